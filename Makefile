@@ -1,0 +1,38 @@
+# rewardflow: `make demo` and `make test` work on a fresh machine (they create .venv when needed).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test test-slow demo lint format clean
+
+setup: $(STAMP)
+
+# Reinstall only when the project's dependency list changes, so `make setup` is quick when done.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	# audiobox-aesthetics declares torchaudio, which has no build for this torch; its model code needs none.
+	$(PY) -m pip install -q --no-deps "audiobox-aesthetics>=0.0.4"
+	touch $(STAMP)
+
+test: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+test-slow: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(PY) base_model/generate.py --model random-tiny --num_steps 10 --output_dir outputs/demo
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: setup
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+clean:
+	rm -rf $(VENV) outputs

@@ -1,0 +1,226 @@
+"""`MaskAudioFlowPipeline`: text -> latents -> log-mel -> waveform, diffusers-style.
+
+A pipeline folder holds `pipeline.json` (text encoder, vocoder, mel settings, clip length), `flow/` (the
+MaskAudioFlow or CFM model) and `vae/` (the mel VAE), each a `save_pretrained` folder. The bundled SynthCaps
+pipeline resolves by the name `"synthcaps"`, like a hub id; any folder path works too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers.utils import ModelOutput
+
+from .mel import MelConfig
+from .modeling_maskaudioflow import MaskAudioFlow
+from .sampling import sample
+from .text_encoders import TextEncoder, load_text_encoder
+from .vae import MelVAE
+from .vocoders import Vocoder, load_vocoder
+
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+BUNDLED_PIPELINES = {"synthcaps": PRETRAINED_DIR / "synthcaps"}
+
+
+def resolve_pipeline_path(name_or_path: str | os.PathLike) -> Path:
+    """`"synthcaps"` (bundled) or a folder with `pipeline.json`."""
+    path = BUNDLED_PIPELINES.get(str(name_or_path), Path(name_or_path))
+    if not (path / "pipeline.json").is_file():
+        hint = (
+            "the bundled checkpoint is missing from this checkout; rebuild it with `python base_model/build_synthcaps.py`"
+            if str(name_or_path) in BUNDLED_PIPELINES
+            else f"pass a folder written by MaskAudioFlowPipeline.save_pretrained, or one of {sorted(BUNDLED_PIPELINES)}"
+        )
+        raise FileNotFoundError(f"No pipeline.json in {path}: {hint}.")
+    return path
+
+
+@dataclass
+class AudioPipelineOutput(ModelOutput):
+    """Output of [`MaskAudioFlowPipeline.__call__`].
+
+    Args:
+        latents (`torch.Tensor` of shape `(B, T, C)`), mel (`torch.Tensor` of shape `(B, n_mels, F)`),
+        waveforms (`torch.Tensor` of shape `(B, N)`), sample_rate (`int`),
+        intermediates (`torch.Tensor` of shape `(K, B, T, C)`, *optional*): see [`SamplerOutput`].
+        infill_masks (`torch.BoolTensor` of shape `(K, B, T)`, *optional*).
+    """
+
+    latents: torch.Tensor | None = None
+    mel: torch.Tensor | None = None
+    waveforms: torch.Tensor | None = None
+    sample_rate: int | None = None
+    intermediates: torch.Tensor | None = None
+    infill_masks: torch.Tensor | None = None
+
+
+class MaskAudioFlowPipeline:
+    """Text-to-audio with MaskAudioFlow (or its CFM baseline).
+
+    Example:
+
+    >>> from base_model import MaskAudioFlowPipeline
+    >>> pipe = MaskAudioFlowPipeline.from_pretrained("synthcaps")  # doctest: +SKIP
+    >>> out = pipe(["a high pitched beep repeating quickly"], seed=0)  # doctest: +SKIP
+    >>> out.waveforms.shape, out.sample_rate  # doctest: +SKIP
+    (torch.Size([1, 64000]), 16000)
+    """
+
+    def __init__(
+        self,
+        model: MaskAudioFlow,
+        vae: MelVAE,
+        text_encoder: TextEncoder,
+        vocoder: Vocoder,
+        mel_config: MelConfig | None = None,
+        clip_seconds: float = 4.0,
+    ):
+        self.model, self.vae, self.text_encoder, self.vocoder = model, vae, text_encoder, vocoder
+        self.mel_config = mel_config or MelConfig()
+        self.clip_seconds = clip_seconds
+        if model.config.latent_channels != vae.latent_channels:
+            raise ValueError(
+                f"flow model has {model.config.latent_channels} latent channels but the VAE has {vae.latent_channels}."
+            )
+        if model.config.text_hidden_size != text_encoder.hidden_size:
+            raise ValueError(
+                f"flow model expects text width {model.config.text_hidden_size} but the text encoder gives "
+                f"{text_encoder.hidden_size}."
+            )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def sample_rate(self) -> int:
+        return self.vocoder.sample_rate
+
+    def to(self, device) -> MaskAudioFlowPipeline:
+        self.model.to(device)
+        self.vae.to(device)
+        if hasattr(self.text_encoder, "to"):
+            self.text_encoder.to(device)
+        return self
+
+    def num_frames(self, seconds: float | None = None) -> int:
+        """Latent frames for a clip of `seconds` (default: the pipeline's clip length)."""
+        samples = int(round((seconds or self.clip_seconds) * self.mel_config.sample_rate))
+        mel_frames = self.mel_config.num_frames(samples) // self.vae.downsample_factor * self.vae.downsample_factor
+        return mel_frames // self.vae.downsample_factor
+
+    # ------------------------------------------------------------------------------------------ generate
+    @torch.inference_mode()
+    def __call__(
+        self,
+        prompts: list[str] | str,
+        num_iterations: int = 8,
+        num_steps: int = 25,
+        method: str = "euler",
+        cfg_scale: float = 3.0,
+        seconds: float | None = None,
+        seed: int | list[int] | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_intermediates: bool = False,
+        decode: bool = True,
+        vocode: bool = True,
+    ) -> AudioPipelineOutput:
+        """Generates audio for `prompts`.
+
+        Args:
+            prompts: one caption or a list.
+            num_iterations, num_steps, method, cfg_scale: sampler settings (see `base_model.sampling`).
+            seconds: clip length (default: the pipeline's).
+            seed: an int (sample `i` uses `seed + i`) or one int per prompt; each sample then depends only on its
+                own seed, whatever the batch. Ignored when `generator` is given.
+            decode / vocode: stop after the latents or the mel.
+        """
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise ValueError("prompts is empty.")
+        device = self.device
+        if generator is None and seed is not None:
+            seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
+            if len(seeds) != len(prompts):
+                raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts.")
+            generator = [torch.Generator(device).manual_seed(int(s)) for s in seeds]
+        enc = self.text_encoder(prompts)
+        out = sample(
+            self.model,
+            enc.hidden_states.to(device),
+            enc.padding_mask.to(device),
+            self.num_frames(seconds),
+            num_iterations=num_iterations,
+            num_steps=num_steps,
+            method=method,
+            cfg_scale=cfg_scale,
+            generator=generator,
+            return_intermediates=return_intermediates,
+        )
+        mel = self.vae.decode(out.latents) if decode else None
+        waveforms = self.vocoder(mel) if decode and vocode else None
+        return AudioPipelineOutput(
+            latents=out.latents,
+            mel=mel,
+            waveforms=waveforms,
+            sample_rate=self.sample_rate,
+            intermediates=out.intermediates,
+            infill_masks=out.infill_masks,
+        )
+
+    # ----------------------------------------------------------------------------------------- save/load
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike, device: str | torch.device = "cpu", vocoder: str | dict | None = None
+    ) -> MaskAudioFlowPipeline:
+        """Loads a pipeline folder (or the bundled `"synthcaps"`); `vocoder` overrides the saved choice
+        (`"griffin_lim"` or a BigVGAN folder)."""
+        path = resolve_pipeline_path(name_or_path)
+        meta = json.loads((path / "pipeline.json").read_text())
+        mel_config = MelConfig(**meta.get("mel", {}))
+        model = MaskAudioFlow.from_pretrained(path / "flow").eval().to(device)
+        vae = MelVAE.from_pretrained(path / "vae").eval().to(device)
+        text_encoder = load_text_encoder(meta["text_encoder"], device=device)
+        voc = load_vocoder(vocoder or meta.get("vocoder", {"type": "griffin_lim"}), mel_config, device=device)
+        pipe = cls(model, vae, text_encoder, voc, mel_config, meta.get("clip_seconds", 4.0))
+        pipe.name_or_path = str(name_or_path)
+        return pipe
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(folder / "flow")
+        self.vae.save_pretrained(folder / "vae")
+        meta = {
+            "text_encoder": self.text_encoder.to_config(),
+            "vocoder": self.vocoder.to_config(),
+            "mel": self.mel_config.to_dict(),
+            "clip_seconds": self.clip_seconds,
+        }
+        atomic_write_text(folder / "pipeline.json", json.dumps(meta, indent=2))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Writes to a temporary name in the same folder, then renames: readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def save_wav(path: str | os.PathLike, waveform: torch.Tensor | np.ndarray, sample_rate: int) -> None:
+    """Writes a mono clip with soundfile (peak-normalised to avoid clipping when above 1)."""
+    import soundfile as sf
+
+    wav = waveform.detach().cpu().numpy() if isinstance(waveform, torch.Tensor) else np.asarray(waveform)
+    peak = float(np.abs(wav).max()) if wav.size else 0.0
+    if peak > 1.0:
+        wav = wav / peak
+    sf.write(str(path), wav.astype(np.float32), sample_rate)

@@ -1,0 +1,289 @@
+"""Samplers: iterative masked decoding (paper Algorithm 1) and the CFM baseline's plain ODE.
+
+Reads like `flow_matching/solver/ode_solver.py`: `method`, `num_steps` (fixed grid, step `1/num_steps`),
+`atol`/`rtol` for adaptive methods, `return_intermediates`, and a `generator` argument. CFG is folded into the
+ODE function with the conditional and unconditional halves in one batched forward (DiT `forward_with_cfg`).
+
+Reproducibility: pass one `torch.Generator` per sample (a list) and each sample's noise and reveal order depend
+only on its own generator, so the same seed gives the same clip at any batch size or batch position.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torchdiffeq import odeint
+from transformers.utils import ModelOutput
+
+from .flow import num_spans, spans_to_frames
+
+# torchdiffeq's fixed-grid solvers step on the grid we give them; the rest are adaptive (atol/rtol).
+FIXED_GRID_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams")
+
+GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
+
+
+def solve_ode(
+    velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x_0: torch.Tensor,
+    method: str = "euler",
+    num_steps: int = 25,
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
+    return_intermediates: bool = False,
+) -> torch.Tensor:
+    """Integrates `dx/dt = velocity(t, x)` from `t = 0` (noise) to `t = 1` (data) with torchdiffeq.
+
+    Fixed-grid methods take `num_steps` steps of size `1 / num_steps` (euler: `num_steps` evaluations);
+    adaptive methods (`dopri5`, `bosh3`, ...) use `atol`/`rtol`.
+
+    Returns the endpoint `x_1` (shape of `x_0`), or all grid points `(num_steps + 1, *x_0.shape)` when
+    `return_intermediates` (adaptive methods then report `num_steps + 1` evenly spaced points).
+    """
+    t_dtype = torch.float64 if x_0.dtype == torch.float64 else torch.float32
+    t_grid = torch.linspace(0.0, 1.0, num_steps + 1, device=x_0.device, dtype=t_dtype)
+    if method in FIXED_GRID_METHODS:
+        traj = odeint(velocity, x_0, t_grid, method=method)
+    else:
+        t_eval = t_grid if return_intermediates else t_grid[[0, -1]]
+        traj = odeint(velocity, x_0, t_eval, method=method, atol=atol, rtol=rtol)
+    return traj if return_intermediates else traj[-1]
+
+
+def decoding_schedule(num_spans: int, num_iterations: int) -> list[int]:
+    """Number of spans still masked after each decoding iteration (paper Algorithm 1, MaskGIT/MAR cosine).
+
+    After iteration `i < s - 1`, `floor(N * cos(pi/2 * (i + 1) / s))` spans stay masked, clamped so that at least
+    one stays masked and at least one is revealed; the last iteration reveals the rest. With fewer spans than
+    iterations decoding finishes early, so the list may be shorter than `num_iterations`; it always ends in 0.
+
+    >>> decoding_schedule(312, 8)
+    [306, 288, 259, 220, 173, 119, 60, 0]
+    >>> decoding_schedule(2, 8)
+    [1, 0]
+    """
+    if num_spans < 1 or num_iterations < 1:
+        raise ValueError(f"need at least one span and one iteration, got {num_spans} and {num_iterations}.")
+    masked, schedule = num_spans, []
+    for i in range(num_iterations):
+        if i == num_iterations - 1 or masked == 1:
+            nxt = 0
+        else:
+            nxt = math.floor(num_spans * math.cos(math.pi / 2 * (i + 1) / num_iterations))
+            nxt = min(max(nxt, 1), masked - 1)
+        schedule.append(nxt)
+        masked = nxt
+        if masked == 0:
+            break
+    return schedule
+
+
+def _per_sample_draws(batch_size, num_frames, channels, n_spans, generator: GeneratorArg, device, dtype):
+    """Noise `x_0` `(B, T, C)` and span reveal priorities `(B, N)`, drawn per sample when given a list."""
+    if isinstance(generator, Sequence):
+        if len(generator) != batch_size:
+            raise ValueError(f"got {len(generator)} generators for a batch of {batch_size}; pass one per sample.")
+        noise = torch.stack([torch.randn(num_frames, channels, generator=g, device=device) for g in generator])
+        prio = torch.stack([torch.rand(n_spans, generator=g, device=device) for g in generator])
+    else:
+        noise = torch.randn(batch_size, num_frames, channels, generator=generator, device=device)
+        prio = torch.rand(batch_size, n_spans, generator=generator, device=device)
+    return noise.to(dtype), prio
+
+
+@dataclass
+class SamplerOutput(ModelOutput):
+    """Output of the samplers.
+
+    Args:
+        latents (`torch.Tensor` of shape `(B, T, C)`): the generated latents.
+        intermediates (`torch.Tensor` of shape `(K, B, T, C)`, *optional*): masked decoding: the canvas after each
+            iteration (unknown frames are 0); CFM: the ODE state on the step grid.
+        infill_masks (`torch.BoolTensor` of shape `(K, B, T)`, *optional*): masked decoding: frames still masked
+            after each iteration.
+        head_rows (`int`): frames the head was integrated on, summed over iterations (per sample, CFG not counted).
+    """
+
+    latents: torch.Tensor | None = None
+    intermediates: torch.Tensor | None = None
+    infill_masks: torch.Tensor | None = None
+    head_rows: int | None = None
+
+
+def _with_null_context(model, context: torch.Tensor, context_mask: torch.Tensor):
+    """Appends the unconditional half: `[cond; null]` contexts `(2B, L, D)`, the null prompt padded to `L`."""
+    B, Lc = context.shape[:2]
+    null_ctx, null_mask = model.null_context(B)
+    null_ctx = torch.nn.functional.pad(null_ctx, (0, 0, 0, Lc - 1))
+    null_mask = torch.nn.functional.pad(null_mask, (0, Lc - 1), value=False)
+    return torch.cat([context, null_ctx]), torch.cat([context_mask, null_mask])
+
+
+def _cfg_combine(v: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+    v_cond, v_uncond = v.chunk(2)
+    return v_uncond + cfg_scale * (v_cond - v_uncond)
+
+
+@torch.inference_mode()
+def sample_masked(
+    model,
+    text_hidden_states: torch.Tensor,
+    text_padding_mask: torch.Tensor | None,
+    num_frames: int,
+    num_iterations: int = 8,
+    num_steps: int = 25,
+    method: str = "euler",
+    cfg_scale: float = 3.0,
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
+    generator: GeneratorArg = None,
+    return_intermediates: bool = False,
+    head_on: str = "revealed",
+) -> SamplerOutput:
+    r"""Iterative masked decoding (paper Algorithm 1).
+
+    All `N = ceil(T / span_length)` spans start masked and the canvas at 0. Each iteration runs the backbone once
+    on the known frames, then solves the head ODE from noise for the frames revealed in that iteration and writes
+    them into the canvas; frames already known never change. Which spans stay masked is a random subset of those
+    masked now (a per-sample random order, as MAR), so masks only shrink.
+
+    Args:
+        model ([`MaskAudioFlow`]): with `config.flow_type == "masked"`.
+        text_hidden_states (`torch.Tensor` of shape `(B, L, D_text)`), text_padding_mask (`(B, L)`).
+        num_frames (`int`): latent frames `T` to generate.
+        num_iterations (`int`): decoding iterations `s`.
+        num_steps (`int`): fixed-grid ODE steps per iteration (step `1 / num_steps`).
+        method (`str`): any torchdiffeq method.
+        cfg_scale (`float`): `v = v_uncond + cfg_scale * (v_cond - v_uncond)`; 1 skips the unconditional pass.
+        generator (`torch.Generator` or a list of one per sample).
+        head_on (`str`): `"revealed"` integrates the per-token head only on frames revealed this iteration (MAR);
+            `"masked"` integrates all currently masked frames and keeps the revealed ones. The transformer head
+            always uses `"masked"` since its frames interact.
+
+    Example:
+
+    >>> import torch
+    >>> from base_model import MaskAudioFlow, MaskAudioFlowConfig
+    >>> from base_model.sampling import sample_masked
+    >>> model = MaskAudioFlow(MaskAudioFlowConfig.from_preset("tiny", text_hidden_size=32)).eval()
+    >>> out = sample_masked(model, torch.randn(2, 5, 32), None, num_frames=16, num_steps=4)
+    >>> out.latents.shape
+    torch.Size([2, 16, 20])
+    """
+    cfg = model.config
+    if cfg.flow_type != "masked":
+        raise ValueError("sample_masked needs a masked model; use sample_cfm for flow_type='cfm'.")
+    if head_on not in ("revealed", "masked"):
+        raise ValueError(f"head_on must be 'revealed' or 'masked', got {head_on!r}.")
+    if cfg.head_type == "transformer":
+        head_on = "masked"
+    B, device = text_hidden_states.shape[0], text_hidden_states.device
+    dtype = next(model.parameters()).dtype
+    C, T, L = cfg.latent_channels, num_frames, cfg.span_length
+    N = num_spans(T, L)
+    x_0, prio = _per_sample_draws(B, T, C, N, generator, device, dtype)
+    rank = prio.argsort(dim=1).argsort(dim=1)  # (B, N): reveal position of each span
+
+    context, context_mask = model.encode_context(text_hidden_states.to(dtype), text_padding_mask)
+    use_cfg = cfg_scale != 1.0
+    if use_cfg:
+        context, context_mask = _with_null_context(model, context, context_mask)
+    rep = 2 if use_cfg else 1
+
+    x = torch.zeros(B, T, C, device=device, dtype=dtype)
+    masked_spans, head_rows = N, 0
+    canvases, masks = [], []
+    for masked_next in decoding_schedule(N, num_iterations):
+        infill = spans_to_frames(rank >= N - masked_spans, L, T)  # (B, T) masked now
+        reveal = infill & ~spans_to_frames(rank >= N - masked_next, L, T)  # (B, T) revealed this iteration
+        z = model.backbone(x.repeat(rep, 1, 1), context, context_mask, infill_mask=infill.repeat(rep, 1))
+        if head_on == "revealed":
+            # Per-token head: only the rows written this iteration are integrated (MAR `sample_tokens`).
+            rows = reveal.nonzero(as_tuple=True)
+            z_rows = torch.cat([z_half[rows] for z_half in z.chunk(rep)])  # (rep*n, D)
+
+            def velocity(t, x_rows, z_rows=z_rows):
+                v = model.head(x_rows.repeat(rep, 1), t.expand(rep * x_rows.shape[0]), z_rows)
+                return _cfg_combine(v, cfg_scale) if use_cfg else v
+
+            x[rows] = solve_ode(velocity, x_0[rows], method, num_steps, atol, rtol)
+            head_rows += rows[0].numel()
+        else:
+            # All currently masked frames evolve together; known frames sit at their values with t = 1.
+            infill_r, known_r = infill.repeat(rep, 1), x.repeat(rep, 1, 1)
+
+            def velocity(t, x_cur, z=z, infill_r=infill_r, known_r=known_r, infill=infill):
+                x_in = torch.where(infill_r[..., None], x_cur.repeat(rep, 1, 1), known_r)
+                t_tok = torch.where(infill_r, t, torch.ones_like(t))
+                v = model.head(x_in, t_tok, z)
+                v = _cfg_combine(v, cfg_scale) if use_cfg else v
+                return v * infill[..., None]  # zero velocity on known frames
+
+            x_new = solve_ode(velocity, torch.where(infill[..., None], x_0, x), method, num_steps, atol, rtol)
+            x = torch.where(reveal[..., None], x_new, x)
+            head_rows += int(infill.sum()) // B
+        masked_spans = masked_next
+        if return_intermediates:
+            canvases.append(x.clone())
+            masks.append(spans_to_frames(rank >= N - masked_next, L, T))
+    return SamplerOutput(
+        latents=x,
+        intermediates=torch.stack(canvases) if return_intermediates else None,
+        infill_masks=torch.stack(masks) if return_intermediates else None,
+        head_rows=head_rows // B if head_on == "revealed" else head_rows,
+    )
+
+
+@torch.inference_mode()
+def sample_cfm(
+    model,
+    text_hidden_states: torch.Tensor,
+    text_padding_mask: torch.Tensor | None,
+    num_frames: int,
+    num_steps: int = 25,
+    method: str = "euler",
+    cfg_scale: float = 3.0,
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
+    generator: GeneratorArg = None,
+    return_intermediates: bool = False,
+    **unused,
+) -> SamplerOutput:
+    """The CFM baseline: integrate the whole network (backbone sees `x_t` and `t`) from noise for `num_steps`.
+
+    Same arguments as [`sample_masked`] without the decoding ones.
+    """
+    cfg = model.config
+    if cfg.flow_type != "cfm":
+        raise ValueError("sample_cfm needs flow_type='cfm'; use sample_masked for MaskAudioFlow.")
+    B, device = text_hidden_states.shape[0], text_hidden_states.device
+    dtype = next(model.parameters()).dtype
+    x_0, _ = _per_sample_draws(B, num_frames, cfg.latent_channels, 1, generator, device, dtype)
+    context, context_mask = model.encode_context(text_hidden_states.to(dtype), text_padding_mask)
+    use_cfg = cfg_scale != 1.0
+    if use_cfg:
+        context, context_mask = _with_null_context(model, context, context_mask)
+    rep = 2 if use_cfg else 1
+
+    def velocity(t, x):
+        x_in, t_in = x.repeat(rep, 1, 1), t.expand(rep * B)
+        v = model.head(x_in, t_in, model.backbone(x_in, context, context_mask, t=t_in))
+        return _cfg_combine(v, cfg_scale) if use_cfg else v
+
+    traj = solve_ode(velocity, x_0, method, num_steps, atol, rtol, return_intermediates=return_intermediates)
+    latents = traj[-1] if return_intermediates else traj
+    return SamplerOutput(
+        latents=latents, intermediates=traj if return_intermediates else None, head_rows=num_frames * num_steps
+    )
+
+
+def sample(model, *args, **kwargs) -> SamplerOutput:
+    """Dispatches to [`sample_masked`] or [`sample_cfm`] by `model.config.flow_type`."""
+    if model.config.flow_type == "cfm":
+        kwargs.pop("num_iterations", None)
+        kwargs.pop("head_on", None)
+        return sample_cfm(model, *args, **kwargs)
+    return sample_masked(model, *args, **kwargs)

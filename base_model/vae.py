@@ -1,0 +1,167 @@
+"""Mel VAE: log-mel `(B, n_mels, F)` <-> latents `(B, T, C)` with `T = F / downsample_factor`.
+
+A KL-regularised 1-D convolutional autoencoder in the spirit of Make-An-Audio 2's `autoencoder1d` (20 latent
+channels, 2x time downsampling by default). The latent scaling (`latent_shift`, `latent_scale`, set from the
+training data's statistics after training) is stored in the config so the flow model sees roughly
+unit-variance latents.
+
+Any object with `latent_channels`, `downsample_factor`, `encode(mel) -> (B, T, C)` and
+`decode(latents) -> (B, n_mels, F)` can replace it in the pipeline (the latent-autoencoder interface).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.utils import ModelOutput
+
+
+class MelVAEConfig(PretrainedConfig):
+    r"""Configuration of [`MelVAE`].
+
+    Args:
+        n_mels (`int`, defaults to 80): mel bins.
+        latent_channels (`int`, defaults to 20): latent channels `C`.
+        hidden_channels (`int`, defaults to 128): conv width at full time resolution (doubled per downsampling).
+        downsample_factor (`int`, defaults to 2): time downsampling, a power of two.
+        num_res_blocks (`int`, defaults to 2): residual blocks per resolution.
+        kl_weight (`float`, defaults to 1e-4): weight of the KL term.
+        latent_shift / latent_scale (`float`): `latents = (mu - shift) * scale`; set after training.
+    """
+
+    model_type = "mel_vae"
+
+    def __init__(
+        self,
+        n_mels: int = 80,
+        latent_channels: int = 20,
+        hidden_channels: int = 128,
+        downsample_factor: int = 2,
+        num_res_blocks: int = 2,
+        kl_weight: float = 1e-4,
+        latent_shift: float = 0.0,
+        latent_scale: float = 1.0,
+        **kwargs,
+    ):
+        if downsample_factor < 1 or downsample_factor & (downsample_factor - 1):
+            raise ValueError(f"downsample_factor must be a power of two, got {downsample_factor}.")
+        self.n_mels = n_mels
+        self.latent_channels = latent_channels
+        self.hidden_channels = hidden_channels
+        self.downsample_factor = downsample_factor
+        self.num_res_blocks = num_res_blocks
+        self.kl_weight = kl_weight
+        self.latent_shift = latent_shift
+        self.latent_scale = latent_scale
+        super().__init__(**kwargs)
+
+
+class ResBlock1d(nn.Module):
+    def __init__(self, channels: int, kernel_size: int = 5):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.GroupNorm(8, channels),
+            nn.SiLU(),
+            nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2),
+            nn.GroupNorm(8, channels),
+            nn.SiLU(),
+            nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2),
+        )
+
+    def forward(self, x):
+        return x + self.block(x)
+
+
+@dataclass
+class MelVAEOutput(ModelOutput):
+    """`loss` `(B,)` = reconstruction L1 + kl_weight * KL per sample; `recon_loss`, `kl` `(B,)`; `mel` the
+    reconstruction `(B, n_mels, F)`; `latents` the scaled posterior mean `(B, T, C)`."""
+
+    loss: torch.Tensor | None = None
+    recon_loss: torch.Tensor | None = None
+    kl: torch.Tensor | None = None
+    mel: torch.Tensor | None = None
+    latents: torch.Tensor | None = None
+
+
+class MelVAE(PreTrainedModel):
+    """KL mel autoencoder (see module docstring).
+
+    >>> vae = MelVAE(MelVAEConfig(hidden_channels=32))
+    >>> vae.encode(torch.randn(1, 80, 100)).shape
+    torch.Size([1, 50, 20])
+    """
+
+    config_class = MelVAEConfig
+    main_input_name = "mel"
+
+    def __init__(self, config: MelVAEConfig):
+        super().__init__(config)
+        H, n_down = config.hidden_channels, int(math.log2(config.downsample_factor))
+        enc = [nn.Conv1d(config.n_mels, H, 5, padding=2)]
+        ch = H
+        for _ in range(n_down):
+            enc += [ResBlock1d(ch) for _ in range(config.num_res_blocks)]
+            enc += [nn.Conv1d(ch, ch * 2, 4, stride=2, padding=1)]
+            ch *= 2
+        enc += [ResBlock1d(ch) for _ in range(config.num_res_blocks)]
+        enc += [nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv1d(ch, 2 * config.latent_channels, 3, padding=1)]
+        self.encoder = nn.Sequential(*enc)
+        dec = [nn.Conv1d(config.latent_channels, ch, 3, padding=1)]
+        dec += [ResBlock1d(ch) for _ in range(config.num_res_blocks)]
+        for _ in range(n_down):
+            dec += [nn.ConvTranspose1d(ch, ch // 2, 4, stride=2, padding=1)]
+            ch //= 2
+            dec += [ResBlock1d(ch) for _ in range(config.num_res_blocks)]
+        dec += [nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv1d(ch, config.n_mels, 5, padding=2)]
+        self.decoder = nn.Sequential(*dec)
+        self.post_init()
+
+    @property
+    def latent_channels(self) -> int:
+        return self.config.latent_channels
+
+    @property
+    def downsample_factor(self) -> int:
+        return self.config.downsample_factor
+
+    def _pad(self, mel: torch.Tensor) -> torch.Tensor:
+        rem = mel.shape[-1] % self.config.downsample_factor
+        return mel if rem == 0 else F.pad(mel, (0, self.config.downsample_factor - rem), mode="replicate")
+
+    def posterior(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance `(B, C, T)` of the unscaled posterior."""
+        mean, logvar = self.encoder(self._pad(mel)).chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)
+
+    def encode(
+        self, mel: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Log-mel `(B, n_mels, F)` -> scaled latents `(B, T, C)` (posterior mean unless `sample`)."""
+        mean, logvar = self.posterior(mel)
+        z = mean
+        if sample:
+            z = mean + torch.randn(mean.shape, generator=generator, device=mean.device) * (0.5 * logvar).exp()
+        return ((z - self.config.latent_shift) * self.config.latent_scale).transpose(1, 2)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents `(B, T, C)` -> log-mel `(B, n_mels, T * downsample_factor)`."""
+        z = latents.transpose(1, 2) / self.config.latent_scale + self.config.latent_shift
+        return self.decoder(z)
+
+    def forward(self, mel: torch.Tensor, generator: torch.Generator | None = None, **kwargs) -> MelVAEOutput:
+        """Per-sample VAE loss on log-mel `(B, n_mels, F)`."""
+        F_ = mel.shape[-1]
+        mean, logvar = self.posterior(mel)
+        z = mean + torch.randn(mean.shape, generator=generator, device=mean.device) * (0.5 * logvar).exp()
+        recon = self.decoder(z)[..., :F_]
+        recon_loss = (recon - mel).abs().mean(dim=(1, 2))
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean(dim=(1, 2))
+        loss = recon_loss + self.config.kl_weight * kl
+        latents = ((mean - self.config.latent_shift) * self.config.latent_scale).transpose(1, 2)
+        return MelVAEOutput(loss=loss, recon_loss=recon_loss, kl=kl, mel=recon, latents=latents)

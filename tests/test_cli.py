@@ -1,0 +1,62 @@
+"""Every command answers --help, and runs end to end into tmp_path."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ["base_model/generate.py"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help(script):
+    res = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    assert "--output_dir" in res.stdout
+
+
+def test_generate_end_to_end(tmp_path):
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "base_model/generate.py"),
+            "--model",
+            "random-tiny",
+            "--num_steps",
+            "2",
+            "--num_iterations",
+            "2",
+            "--seconds",
+            "0.5",
+            "--prompts",
+            "a beep",
+            "white noise",
+            "--output_dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [c["prompt"] for c in summary["clips"]] == ["a beep", "white noise"]
+    import soundfile as sf
+
+    for c in summary["clips"]:
+        data, sr = sf.read(c["wav"])
+        assert sr == 16000 and len(data) > 4000
+    assert (tmp_path / "spectrograms.png").stat().st_size > 1000
+
+
+def test_unknown_flag_is_an_error(tmp_path):
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "base_model/generate.py"), "--nonsense", "1"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert res.returncode != 0

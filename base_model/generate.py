@@ -31,6 +31,9 @@ class GenerateArguments:
         ],
         metadata={"help": "Captions to generate, one clip each."},
     )
+    heldout_prompts: int = field(
+        default=0, metadata={"help": "Use the first N held-out SynthCaps captions instead of --prompts."}
+    )
     output_dir: str = field(default="outputs/generate", metadata={"help": "Where WAVs, PNG and summary go."})
     num_iterations: int = field(default=8, metadata={"help": "Decoding iterations (masked model)."})
     num_steps: int = field(default=25, metadata={"help": "ODE steps per iteration (step size 1/num_steps)."})
@@ -57,6 +60,10 @@ def main(args: GenerateArguments) -> dict:
     from base_model.pipeline import save_wav
     from base_model.plotting import save_spectrograms
 
+    if args.heldout_prompts > 0:
+        from base_model.data.synthcaps import example
+
+        args.prompts = [example(i, "heldout")["caption"] for i in range(args.heldout_prompts)]
     if args.model == "random-tiny":
         print("Note: --model random-tiny is an UNTRAINED tiny pipeline; its audio is noise (smoke test only).")
         pipe = random_tiny_pipeline(args.seed)

@@ -25,7 +25,7 @@ from .vae import MelVAE
 from .vocoders import Vocoder, load_vocoder
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
-BUNDLED_PIPELINES = {"synthcaps": PRETRAINED_DIR / "synthcaps"}
+BUNDLED_PIPELINES = {"synthcaps": PRETRAINED_DIR / "synthcaps", "synthcaps-cfm": PRETRAINED_DIR / "synthcaps-cfm"}
 
 
 def resolve_pipeline_path(name_or_path: str | os.PathLike) -> Path:
@@ -33,7 +33,7 @@ def resolve_pipeline_path(name_or_path: str | os.PathLike) -> Path:
     path = BUNDLED_PIPELINES.get(str(name_or_path), Path(name_or_path))
     if not (path / "pipeline.json").is_file():
         hint = (
-            "the bundled checkpoint is missing from this checkout; rebuild it with `python base_model/build_synthcaps.py`"
+            "the bundled checkpoint is missing from this checkout; rebuild it with `python experiments/build_synthcaps.py --install`"
             if str(name_or_path) in BUNDLED_PIPELINES
             else f"pass a folder written by MaskAudioFlowPipeline.save_pretrained, or one of {sorted(BUNDLED_PIPELINES)}"
         )

@@ -1,0 +1,1 @@
+"""Corpora: SynthCaps (procedural, offline) and AudioCaps-style caption tables."""

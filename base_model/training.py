@@ -42,8 +42,8 @@ def _atomic_save_npz(path: Path, **arrays) -> None:
 def synthcaps_mels(
     split: str,
     num_examples: int,
-    config: SynthCapsConfig = SynthCapsConfig(),
-    mel_config: MelConfig = MelConfig(),
+    config: SynthCapsConfig | None = None,
+    mel_config: MelConfig | None = None,
     cache_dir: Path = DEFAULT_CACHE,
     frames_multiple: int = 1,
 ) -> tuple[np.ndarray, list[dict]]:
@@ -51,6 +51,7 @@ def synthcaps_mels(
 
     `F` is cut to a multiple of `frames_multiple` (the VAE's downsampling factor).
     """
+    config, mel_config = config or SynthCapsConfig(), mel_config or MelConfig()
     rows = [example(i, split, config) for i in range(num_examples)]
     key = (
         corpus_fingerprint(split, num_examples, config)

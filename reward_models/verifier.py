@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from scipy.ndimage import maximum_filter1d
 
+from .base import RewardModel
+
 SAMPLE_RATE = 16000
 N_FFT, HOP = 1024, 256
 PITCH_EDGES = {"low": (0.0, 400.0), "medium": (400.0, 1500.0), "high": (1500.0, 8000.0)}
@@ -133,22 +135,23 @@ def verify_clip(wav: np.ndarray, attrs: dict, sr: int = SAMPLE_RATE) -> dict[str
     return checks
 
 
-class SynthCapsVerifier:
+class SynthCapsVerifier(RewardModel):
     """Reward-model interface over [`verify_clip`]: `(waveforms, sample_rate, prompts, attributes=...)`.
 
     Returns `{"verifier": fraction of attributes passed (B,), "verifier/<attribute>": 1.0/0.0 or NaN}`; clips with
-    no attributes (not SynthCaps prompts) score NaN, never 0.
+    no attributes (not SynthCaps prompts) or with NaN samples score NaN, never 0.
 
     >>> import torch
     >>> v = SynthCapsVerifier()
     >>> attrs = {"structure": "single", "events": [{"type": "noise", "colour": "white"}], "fade": "none",
     ...          "loudness": "normal", "degradation": "none"}
-    >>> wav = torch.randn(1, 64000) * 10 ** (-16 / 20)
+    >>> wav = torch.randn(1, 64000, generator=torch.Generator().manual_seed(0)) * 10 ** (-20 / 20)
     >>> v(wav, 16000, ["white noise"], attributes=[attrs])["verifier"]
     tensor([1.])
     """
 
     model_id = "synthcaps-verifier-v1"
+    checkpoint_hash = "signal-analysis"
     names = (
         "verifier",
         "verifier/type",
@@ -160,10 +163,8 @@ class SynthCapsVerifier:
         "verifier/loudness",
     )
 
-    def __call__(self, waveforms, sample_rate: int, prompts: list[str], attributes=None, **kwargs) -> dict:
+    def score(self, waveforms, sample_rate, prompts, attributes=None, **kwargs) -> dict:
         B = len(waveforms)
-        if len(prompts) != B:
-            raise ValueError(f"verifier: got {B} waveforms but {len(prompts)} prompts.")
         if attributes is None:
             attributes = [None] * B
         if len(attributes) != B:
@@ -173,10 +174,7 @@ class SynthCapsVerifier:
             if attrs is None or attrs == "":
                 continue
             attrs = json.loads(attrs) if isinstance(attrs, str) else attrs
-            wav = wav.detach().float().cpu().numpy() if isinstance(wav, torch.Tensor) else np.asarray(wav)
-            if not np.isfinite(wav).all():
-                continue  # NaN audio cannot be verified: NaN score
-            checks = verify_clip(wav, attrs, sample_rate)
+            checks = verify_clip(wav.detach().float().cpu().numpy(), attrs, sample_rate)
             out["verifier"][b] = float(np.mean(list(checks.values())))
             for key in ("type", "pitch", "tempo", "direction", "colour"):
                 vals = [v for k, v in checks.items() if k.endswith("." + key)]

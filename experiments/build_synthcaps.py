@@ -186,6 +186,10 @@ def evaluate(masked: Path, cfm: Path, a: BuildArguments, out: Path) -> dict:
     report["shuffled_prompt_verifier_accuracy"] = round(float(shuffled["verifier"].nanmean()), 4)
     real_acc = verifier(real, 16000, prompts, attributes=attrs)["verifier"]
     report["real_audio_verifier_accuracy"] = round(float(real_acc.nanmean()), 4)
+    # The ceiling the generator can reach through its decoder: real clips -> mel -> VAE -> vocoder -> verifier.
+    vae_mel = masked_pipe.vae.decode(masked_pipe.vae.encode(mel_fn(real)[..., : 2 * masked_pipe.num_frames()]))
+    ceiling = verifier(masked_pipe.vocoder(vae_mel), 16000, prompts, attributes=attrs)["verifier"]
+    report["real_audio_through_vae_and_vocoder_verifier_accuracy"] = round(float(ceiling.nanmean()), 4)
     report["real_audio_mel_frechet_to_itself"] = round(frechet_distance(real_feats, real_feats), 6)
     scaling = {}
     for k in (1, 8) if a.small else (1, 2, 4, 8, 16):

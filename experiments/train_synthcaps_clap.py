@@ -35,7 +35,7 @@ MODEL_CFG = {
         "mel_bins": 64,
         "sample_rate": 16000,
         "window_size": 512,
-        "hop_size": 160,
+        "hop_size": 320,  # 20 ms frames: half the cost of 10 ms, ample for SynthCaps
         "fmin": 50,
         "fmax": 8000,
         "class_num": 527,

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["base_model/generate.py"]
+SCRIPTS = [
+    "base_model/generate.py",
+    "base_model/train_vae.py",
+    "base_model/pretrain.py",
+    "rewardflow/rollout.py",
+    "experiments/build_synthcaps.py",
+    "experiments/train_synthcaps_clap.py",
+    "experiments/train_synthcaps_aesthetics.py",
+]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

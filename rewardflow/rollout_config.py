@@ -1,0 +1,57 @@
+"""Settings of a rollout (`rewardflow/rollout.py`), parsed by `trl.TrlParser` (YAML via `--config`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class RolloutConfig:
+    model: str = field(default="synthcaps", metadata={"help": "Pipeline folder or bundled name ('synthcaps')."})
+    prompts: str = field(
+        default="synthcaps:train",
+        metadata={"help": "'synthcaps:<split>' or a caption table: .csv/.jsonl/datasets folder/Hub id."},
+    )
+    caption_column: str = field(default="caption", metadata={"help": "Caption column of a prompt table."})
+    id_column: str = field(default="", metadata={"help": "Prompt id column (default: the row number)."})
+    max_prompts: int = field(default=64, metadata={"help": "Use the first N prompts (0: all)."})
+    num_generations: int = field(default=2, metadata={"help": "Clips per prompt."})
+    rewards: list[str] = field(
+        default_factory=lambda: ["clap", "aesthetics", "verifier"],
+        metadata={"help": "Reward models to score with (names or 'package.module:function')."},
+    )
+    clap_checkpoint: str = field(default="", metadata={"help": "CLAP checkpoint (default: bundled SynthCaps CLAP)."})
+    aesthetics_checkpoint: str = field(default="", metadata={"help": "audiobox-aesthetics checkpoint (default: bundled)."})
+    seed: int = field(default=0, metadata={"help": "Run seed; each clip's seed derives from it and its ids."})
+    output_dir: str = field(default="outputs/rollout", metadata={"help": "Where the table and audio go."})
+    batch_size: int = field(default=8, metadata={"help": "Clips generated (and scored) per batch and shard."})
+    num_iterations: int = field(default=8, metadata={"help": "Decoding iterations."})
+    num_steps: int = field(default=25, metadata={"help": "ODE steps per iteration."})
+    method: str = field(default="euler", metadata={"help": "torchdiffeq method."})
+    cfg_scale: float = field(default=3.0, metadata={"help": "Classifier-free guidance scale."})
+    audio_format: str = field(default="flac", metadata={"help": "flac, wav, or none (keep latents only)."})
+    max_nan_fraction: float = field(
+        default=0.5, metadata={"help": "Abort when more than this fraction of a reward's scores are NaN/inf."}
+    )
+    cpu_threads: int = field(
+        default=1,
+        metadata={"help": "torch threads per process on CPU. BLAS results depend on the thread count, so the default "
+                  "of 1 keeps tables bitwise identical for any number of processes: use more processes for more cores."},
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Replace a rollout made with other settings."})
+    rescore: bool = field(default=False, metadata={"help": "Add reward columns to an existing table from its audio."})
+
+    def __post_init__(self):
+        if self.audio_format not in ("flac", "wav", "none"):
+            raise ValueError(f"audio_format must be flac, wav or none, got {self.audio_format!r}.")
+        if self.num_generations < 1 or self.batch_size < 1:
+            raise ValueError("num_generations and batch_size must be >= 1.")
+        if not 0.0 <= self.max_nan_fraction <= 1.0:
+            raise ValueError(f"max_nan_fraction must be in [0, 1], got {self.max_nan_fraction}.")
+
+    def generation_settings(self) -> dict:
+        """The settings that decide what is generated: a rerun with other values is a different rollout."""
+        keys = ("model", "prompts", "caption_column", "id_column", "max_prompts", "num_generations", "seed",
+                "batch_size", "num_iterations", "num_steps", "method", "cfg_scale", "audio_format")
+        d = asdict(self)
+        return {k: d[k] for k in keys}

@@ -1,0 +1,154 @@
+"""Rollout: table contents, resume after a crash, 1 vs 2 processes, rescoring, and every bad input it must survive."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rewardflow.rollout import latents_of, load_rollout, main, make_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--num_iterations", "2", "--num_steps", "2", "--batch_size", "4", "--num_generations", "2"]
+
+REWARDS_PY = """
+import math
+import torch
+
+def energy(waveforms, sample_rate, prompts, **kw):
+    return waveforms.pow(2).mean(1)
+
+def half_nan(waveforms, sample_rate, prompts, **kw):
+    out = waveforms.pow(2).mean(1)
+    out[::2] = math.nan
+    return out
+
+def all_nan(waveforms, sample_rate, prompts, **kw):
+    return torch.full((len(prompts),), math.inf)
+
+def wrong_count(waveforms, sample_rate, prompts, **kw):
+    return torch.zeros(len(prompts) + 1)
+"""
+
+
+@pytest.fixture(autouse=True)
+def user_rewards(tmp_path, monkeypatch):
+    (tmp_path / "userrewards.py").write_text(REWARDS_PY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+
+
+def run(out, *extra):
+    (cfg,) = make_parser().parse_args_and_config(args=["--output_dir", str(out), *FAST, *extra])
+    return main(cfg)
+
+
+def test_rollout_table(tmp_path):
+    out = tmp_path / "r"
+    summary = run(out, "--max_prompts", "3", "--rewards", "verifier", "userrewards:energy")
+    ds = load_rollout(out)
+    assert len(ds) == summary["rows"] == 6
+    assert len({(r["prompt_id"], r["sample_index"]) for r in ds}) == 6
+    for col in ("prompt_id", "prompt", "sample_index", "seed", "latent", "audio_path", "attributes",
+                "reward/verifier", "reward/energy"):
+        assert col in ds.column_names, col
+    row = ds[0]
+    lat = latents_of(row)
+    assert lat.dtype == np.float16 and lat.shape[1] == 20
+    assert (out / row["audio_path"]).is_file() and row["audio_path"].endswith(".flac")
+    meta = json.loads(ds.info.description)
+    assert meta["model"]["hash"] and meta["rewards"]["verifier"]["model_id"] == "synthcaps-verifier-v1"
+    assert meta["settings"]["num_generations"] == 2 and "torch" in meta["versions"]
+    assert set(summary["seconds_main_process"]) == {"generate", "decode", "vocode", "score", "write"}
+    assert json.loads(row["attributes"])["events"]
+    # the two samples of a prompt differ (different seeds)
+    a, b = (latents_of(r) for r in ds if r["prompt_id"] == row["prompt_id"])
+    assert np.abs(a.astype(np.float32) - b.astype(np.float32)).max() > 1e-2
+
+
+def test_killed_rollout_resumes_without_duplicates_or_gaps(tmp_path):
+    ref = tmp_path / "ref"
+    run(ref, "--max_prompts", "5", "--rewards", "verifier")
+    out = tmp_path / "out"
+    run(out, "--max_prompts", "5", "--rewards", "verifier")
+    shards = sorted((out / "data").glob("shard-*.parquet"))
+    assert len(shards) == 3  # 10 items in chunks of 4
+    shards[1].unlink()  # a shard never written ...
+    shards[2].write_bytes(shards[2].read_bytes()[:100])  # ... and one torn mid-write
+    (out / "manifest.json").unlink()
+    with pytest.raises(FileNotFoundError, match="incomplete"):
+        load_rollout(out)
+    run(out, "--max_prompts", "5", "--rewards", "verifier")
+    a, b = load_rollout(ref), load_rollout(out)
+    assert len(b) == 10 and len({(r["prompt_id"], r["sample_index"]) for r in b}) == 10
+    assert a["latent"] == b["latent"] and a["seed"] == b["seed"]
+
+
+def test_two_processes_write_the_single_process_table(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ["--max_prompts", "3", "--rewards", "verifier", *FAST]  # 6 items, chunks of 4: uneven over 2 ranks
+    run(one, *args[:4])
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+           str(ROOT / "rewardflow/rollout.py"), "--output_dir", str(two), *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = load_rollout(one), load_rollout(two)
+    assert len(b) == 6
+    for col in ("prompt_id", "sample_index", "seed", "latent", "reward/verifier"):
+        assert a[col] == b[col], col  # bitwise on CPU
+
+
+def test_reward_nan_rows_kept_and_counted_then_abort(tmp_path):
+    summary = run(tmp_path / "a", "--max_prompts", "2", "--rewards", "userrewards:half_nan")
+    assert summary["reward/half_nan"]["nan"] == 2 and len(load_rollout(tmp_path / "a")) == 4
+    assert math.isfinite(summary["reward/half_nan"]["mean"])
+    with pytest.raises(RuntimeError, match="max_nan_fraction"):
+        run(tmp_path / "b", "--max_prompts", "2", "--rewards", "userrewards:all_nan")
+
+
+def test_reward_with_wrong_count_names_the_reward(tmp_path):
+    with pytest.raises(ValueError, match="userrewards:wrong_count"):
+        run(tmp_path, "--max_prompts", "1", "--rewards", "userrewards:wrong_count")
+
+
+@pytest.mark.parametrize("csv,match", [
+    ("id,caption\na,a beep\nb,   \n", "empty or whitespace"),
+    ("id,caption\na,a beep\na,a tone\n", "duplicate prompt ids"),
+    ("id,text\na,a beep\n", "columns are"),
+])
+def test_bad_prompt_tables_fail_before_generation(tmp_path, csv, match):
+    table = tmp_path / "prompts.csv"
+    table.write_text(csv)
+    with pytest.raises(ValueError, match=match):
+        run(tmp_path / "out", "--prompts", str(table), "--id_column", "id", "--rewards", "verifier")
+    assert not (tmp_path / "out" / "data").exists()
+
+
+def test_other_settings_refused_with_a_diff_unless_overwrite(tmp_path):
+    run(tmp_path, "--max_prompts", "1", "--rewards", "verifier")
+    with pytest.raises(RuntimeError, match=r"cfg_scale: 3.0 -> 2.0"):
+        run(tmp_path, "--max_prompts", "1", "--rewards", "verifier", "--cfg_scale", "2.0")
+    run(tmp_path, "--max_prompts", "1", "--rewards", "verifier", "--cfg_scale", "2.0", "--overwrite", "true")
+    assert json.loads((tmp_path / "run.json").read_text())["settings"]["cfg_scale"] == 2.0
+
+
+def test_rescore_adds_columns_and_reports_unreadable_audio(tmp_path):
+    run(tmp_path, "--max_prompts", "2", "--rewards", "verifier")
+    before = load_rollout(tmp_path)
+    broken = tmp_path / before[1]["audio_path"]
+    broken.write_bytes(b"garbage")
+    (cfg,) = make_parser().parse_args_and_config(
+        args=["--output_dir", str(tmp_path), *FAST, "--max_prompts", "2", "--rescore", "true",
+              "--rewards", "userrewards:energy"])
+    report = main(cfg)
+    assert [(u["prompt_id"], u["sample_index"]) for u in report["unreadable"]] == [
+        (before[1]["prompt_id"], before[1]["sample_index"])]
+    after = load_rollout(tmp_path)
+    assert after["latent"] == before["latent"]  # nothing regenerated
+    energy = after["reward/energy"]
+    assert math.isnan(energy[1]) and all(math.isfinite(e) for i, e in enumerate(energy) if i != 1)
+    assert after["reward/verifier"] == before["reward/verifier"]

@@ -100,6 +100,7 @@ def main(args: PretrainConfig, model_args: FlowModelArguments, data: CorpusArgum
         collate_latent_text,
         encode_latents,
         encode_texts,
+        latest_complete_checkpoint,
     )
 
     torch.manual_seed(args.seed)
@@ -123,9 +124,7 @@ def main(args: PretrainConfig, model_args: FlowModelArguments, data: CorpusArgum
 
     resume = args.resume_from_checkpoint
     if resume == "latest":
-        from transformers.trainer_utils import get_last_checkpoint
-
-        resume = get_last_checkpoint(args.output_dir)
+        resume = latest_complete_checkpoint(args.output_dir)
     ema = EMACallback(model_args.ema_decay, resume_from=resume)
     callbacks = [ema]
     if model_args.sample_every > 0:

@@ -109,7 +109,12 @@ def main(args: VAETrainingConfig, model_args: VAEModelArguments, data: CorpusArg
         data_collator=lambda rows: {"mel": torch.stack([r["mel"] for r in rows])},
     )
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    resume = args.resume_from_checkpoint
+    if resume == "latest":
+        from base_model.training import latest_complete_checkpoint
+
+        resume = latest_complete_checkpoint(args.output_dir)
+    trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.perf_counter() - start
 
     # Latent scaling from the training set's posterior means (Stable Diffusion's scale_factor idea).

@@ -132,6 +132,19 @@ def encode_latents(vae, mels: np.ndarray, batch_size: int = 64) -> torch.Tensor:
     return torch.cat(out)
 
 
+def latest_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest `checkpoint-<step>` folder that was written completely (Trainer writes `trainer_state.json` last),
+    skipping any a killed run left half-written; None when there is none."""
+    folders = sorted(
+        (p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+    )
+    for folder in reversed(folders):
+        if (folder / "trainer_state.json").is_file() and any(folder.glob("model*.safetensors")):
+            return str(folder)
+    return None
+
+
 # ------------------------------------------------------------------------------------------------- EMA
 class EMACallback(TrainerCallback):
     """Exponential moving average of the trained weights, saved as `ema.safetensors` in every checkpoint and

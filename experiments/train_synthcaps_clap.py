@@ -141,7 +141,15 @@ def main(args: ClapTrainingConfig, data: ClapDataArguments) -> dict:
     seconds = time.perf_counter() - start
     final = Path(args.output_dir) / "final"
     final.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in clap.state_dict().items()}, str(final / "model.safetensors"))
+    # Stored in float16 (27 MB instead of 55; 6.3 M of the 13.7 M parameters are the BPE token table) and loaded
+    # back into float32; the metrics below are measured on the stored weights.
+    save_file(
+        {
+            k: v.contiguous().to(torch.float16) if v.is_floating_point() else v.contiguous()
+            for k, v in clap.state_dict().items()
+        },
+        str(final / "model.safetensors"),
+    )
     meta = {"amodel": AMODEL, "tmodel": "transformer", "model_cfg": MODEL_CFG, "model_id": "synthcaps-clap-v1"}
     (final / "clap_config.json").write_text(json.dumps(meta, indent=2))
     reward = ClapReward(final)
@@ -156,8 +164,8 @@ def main(args: ClapTrainingConfig, data: ClapDataArguments) -> dict:
     (final / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (final / "README.md").write_text(
         "# SynthCaps CLAP (bundled)\n\nA small CLAP built with laion-clap's model code: PANN Cnn6 audio branch at "
-        "16 kHz (64 mel bins, 4 s window) and a 2-layer 128-wide 'transformer' text branch on laion-clap's BPE "
-        f"vocabulary (context 32). Trained contrastively on the first {data.train_examples} SynthCaps `train` clips "
+        "16 kHz (64 mel bins, 20 ms hop, 4 s window) and a 2-layer 128-wide 'transformer' text branch on laion-clap's BPE "
+        f"vocabulary (context 32), stored in float16. Trained contrastively on the first {data.train_examples} SynthCaps `train` clips "
         f"by\n\n```\npython experiments/train_synthcaps_clap.py --max_steps {args.max_steps} --seed {args.seed}\n```\n\n"
         f"on {os.cpu_count()} CPU cores, torch {torch.__version__}.\n\n## Metrics (held-out SynthCaps compositions)\n\n"
         f"```json\n{json.dumps(metrics, indent=2)}\n```\n\nToy model for offline development; not a model of real-world "

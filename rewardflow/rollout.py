@@ -46,23 +46,36 @@ def load_prompts(cfg: RolloutConfig) -> list[dict]:
         split = cfg.prompts.split(":", 1)[1]
         n = cfg.max_prompts or 1000
         rows = [example(i, split) for i in range(n)]
-        prompts = [{"prompt_id": r["id"], "prompt": r["caption"], "attributes": json.dumps(r["attributes"])}
-                   for r in rows]
+        prompts = [
+            {"prompt_id": r["id"], "prompt": r["caption"], "attributes": json.dumps(r["attributes"])} for r in rows
+        ]
     else:
         from base_model.data.captions import _load_table
 
         table, _ = _load_table(cfg.prompts)
         if cfg.caption_column not in table.column_names:
-            raise ValueError(f"{cfg.prompts} has no caption column {cfg.caption_column!r}; its columns are "
-                             f"{table.column_names}. Pass --caption_column.")
+            raise ValueError(
+                f"{cfg.prompts} has no caption column {cfg.caption_column!r}; its columns are "
+                f"{table.column_names}. Pass --caption_column."
+            )
         if cfg.id_column and cfg.id_column not in table.column_names:
-            raise ValueError(f"{cfg.prompts} has no id column {cfg.id_column!r}; its columns are {table.column_names}.")
+            raise ValueError(
+                f"{cfg.prompts} has no id column {cfg.id_column!r}; its columns are {table.column_names}."
+            )
         n = len(table) if not cfg.max_prompts else min(cfg.max_prompts, len(table))
-        prompts = [{"prompt_id": str(table[i][cfg.id_column]) if cfg.id_column else str(i),
-                    "prompt": table[i][cfg.caption_column], "attributes": ""} for i in range(n)]
+        prompts = [
+            {
+                "prompt_id": str(table[i][cfg.id_column]) if cfg.id_column else str(i),
+                "prompt": table[i][cfg.caption_column],
+                "attributes": "",
+            }
+            for i in range(n)
+        ]
     bad = [p["prompt_id"] for p in prompts if not isinstance(p["prompt"], str) or not p["prompt"].strip()]
     if bad:
-        raise ValueError(f"empty or whitespace prompts for prompt ids {bad[:10]} ({len(bad)} in all); fix or drop them.")
+        raise ValueError(
+            f"empty or whitespace prompts for prompt ids {bad[:10]} ({len(bad)} in all); fix or drop them."
+        )
     seen, dups = set(), set()
     for p in prompts:
         (dups if p["prompt_id"] in seen else seen).add(p["prompt_id"])
@@ -116,8 +129,9 @@ def _write_audio(path: Path, wav: np.ndarray, sample_rate: int) -> None:
 
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     peak = float(np.abs(wav).max()) if wav.size else 0.0
-    sf.write(str(tmp), (wav / peak if peak > 1 else wav).astype(np.float32), sample_rate,
-             format=path.suffix[1:].upper())
+    sf.write(
+        str(tmp), (wav / peak if peak > 1 else wav).astype(np.float32), sample_rate, format=path.suffix[1:].upper()
+    )
     os.replace(tmp, path)
 
 
@@ -144,15 +158,18 @@ def build_rewards(cfg: RolloutConfig, device) -> dict:
     return out
 
 
-def score_batch(rewards: dict, wavs: torch.Tensor, sample_rate: int, prompts: list[str], attributes: list[str]
-                ) -> dict[str, np.ndarray]:
+def score_batch(
+    rewards: dict, wavs: torch.Tensor, sample_rate: int, prompts: list[str], attributes: list[str]
+) -> dict[str, np.ndarray]:
     cols = {}
     for name, reward in rewards.items():
         scores = reward(wavs, sample_rate, prompts, attributes=attributes)
         for key, val in scores.items():
             if val.shape != (len(prompts),):
-                raise ValueError(f"reward {name!r} returned {tuple(val.shape)} scores for {key!r}; expected "
-                                 f"({len(prompts)},), one per clip.")
+                raise ValueError(
+                    f"reward {name!r} returned {tuple(val.shape)} scores for {key!r}; expected "
+                    f"({len(prompts)},), one per clip."
+                )
             cols[f"reward/{key}"] = val.float().numpy()
     return cols
 
@@ -166,9 +183,14 @@ def run_metadata(cfg: RolloutConfig, pipe, rewards: dict) -> dict:
     model_path = Path(pipe.name_or_path) if Path(pipe.name_or_path).exists() else None
     from base_model.pipeline import resolve_pipeline_path
 
-    model_hash = file_hash(resolve_pipeline_path(cfg.model) / "flow") if model_path is None else file_hash(model_path / "flow")
-    versions = {p: md.version(p) for p in ("torch", "transformers", "datasets", "laion-clap", "audiobox-aesthetics")
-                if _has_dist(p)}
+    model_hash = (
+        file_hash(resolve_pipeline_path(cfg.model) / "flow") if model_path is None else file_hash(model_path / "flow")
+    )
+    versions = {
+        p: md.version(p)
+        for p in ("torch", "transformers", "datasets", "laion-clap", "audiobox-aesthetics")
+        if _has_dist(p)
+    }
     return {
         "settings": cfg.generation_settings(),
         "model": {"id": cfg.model, "hash": model_hash},
@@ -211,9 +233,11 @@ def rollout(cfg: RolloutConfig) -> dict:
         old = json.loads(run_file.read_text())["settings"]
         if old != cfg.generation_settings():
             if not cfg.overwrite:
-                raise RuntimeError(f"{out} holds a rollout made with other settings:\n"
-                                   f"{_settings_diff(old, cfg.generation_settings())}\n"
-                                   "Use another --output_dir, or --overwrite to replace it.")
+                raise RuntimeError(
+                    f"{out} holds a rollout made with other settings:\n"
+                    f"{_settings_diff(old, cfg.generation_settings())}\n"
+                    "Use another --output_dir, or --overwrite to replace it."
+                )
             if state.is_main_process:
                 import shutil
 
@@ -237,8 +261,7 @@ def rollout(cfg: RolloutConfig) -> dict:
     mine = list(range(state.process_index, len(chunks), state.num_processes))
     todo = [k for k in mine if not _valid_shard(_shard_path(out, k), _keys(prompts, chunks[k]))]
     timings = {"generate": 0.0, "decode": 0.0, "vocode": 0.0, "score": 0.0, "write": 0.0}
-    bar = tqdm(total=sum(len(chunks[k]) for k in todo), unit="clip", disable=not state.is_main_process,
-               desc="rollout")
+    bar = tqdm(total=sum(len(chunks[k]) for k in todo), unit="clip", disable=not state.is_main_process, desc="rollout")
     for k in todo:
         items = chunks[k]
         rows = _generate_chunk(cfg, pipe, rewards, prompts, items, out, timings)
@@ -264,8 +287,15 @@ def _generate_chunk(cfg, pipe, rewards, prompts, items, out: Path, timings: dict
     attrs = [prompts[i]["attributes"] for i, _ in items]
     seeds = [sample_seed(cfg.seed, prompts[i]["prompt_id"], s) for i, s in items]
     t = time.perf_counter()
-    gen = pipe(texts, num_iterations=cfg.num_iterations, num_steps=cfg.num_steps, method=cfg.method,
-               cfg_scale=cfg.cfg_scale, seed=seeds, decode=False)
+    gen = pipe(
+        texts,
+        num_iterations=cfg.num_iterations,
+        num_steps=cfg.num_steps,
+        method=cfg.method,
+        cfg_scale=cfg.cfg_scale,
+        seed=seeds,
+        decode=False,
+    )
     timings["generate"] += time.perf_counter() - t
     t = time.perf_counter()
     mel = pipe.vae.decode(gen.latents)
@@ -310,18 +340,23 @@ def _finish(cfg, out: Path, prompts, chunks, timings, num_processes, clips_done:
     for col in [c for c in ds.column_names if c.startswith("reward/")]:
         v = np.asarray(ds[col], dtype=np.float64)
         bad = ~np.isfinite(v)
-        summary[col] = {"mean": float(np.nanmean(np.where(bad, np.nan, v))) if (~bad).any() else math.nan,
-                        "std": float(np.nanstd(np.where(bad, np.nan, v))) if (~bad).any() else math.nan,
-                        "nan": int(bad.sum())}
+        summary[col] = {
+            "mean": float(np.nanmean(np.where(bad, np.nan, v))) if (~bad).any() else math.nan,
+            "std": float(np.nanstd(np.where(bad, np.nan, v))) if (~bad).any() else math.nan,
+            "nan": int(bad.sum()),
+        }
         # Sub-scores (`reward/verifier/pitch`) are NaN where they do not apply; only a reward's own score aborts.
-        if "/" not in col[len("reward/"):] and bad.mean() > cfg.max_nan_fraction:
-            raise RuntimeError(f"{col}: {bad.sum()} of {len(v)} scores are NaN/inf, above --max_nan_fraction "
-                               f"{cfg.max_nan_fraction}; the rows are kept in {out / 'data'} for inspection.")
+        if "/" not in col[len("reward/") :] and bad.mean() > cfg.max_nan_fraction:
+            raise RuntimeError(
+                f"{col}: {bad.sum()} of {len(v)} scores are NaN/inf, above --max_nan_fraction "
+                f"{cfg.max_nan_fraction}; the rows are kept in {out / 'data'} for inspection."
+            )
     total = sum(timings.values())
     summary["seconds_main_process"] = {k: round(v, 3) for k, v in timings.items()}
     summary["clips_generated_by_main_process"] = clips_done
     summary["clips_per_second_main_process"] = {
-        k: (round(clips_done / v, 2) if v > 0 else None) for k, v in timings.items()}
+        k: (round(clips_done / v, 2) if v > 0 else None) for k, v in timings.items()
+    }
     summary["write_fraction"] = round(timings["write"] / total, 4) if total else 0.0
     _atomic_json(out / "manifest.json", {"shards": [p.name for p in shards], "rows": len(ds)})
     _atomic_json(out / "summary.json", summary)
@@ -341,8 +376,9 @@ def load_rollout(output_dir: str | os.PathLike, require_manifest: bool = True):
 
     out = Path(output_dir)
     if require_manifest and not (out / "manifest.json").is_file():
-        raise FileNotFoundError(f"{out} has no manifest.json: the rollout is incomplete. Rerun the same rollout "
-                                "command to finish it.")
+        raise FileNotFoundError(
+            f"{out} has no manifest.json: the rollout is incomplete. Rerun the same rollout command to finish it."
+        )
     files = sorted(str(p) for p in (out / "data").glob("shard-*.parquet"))
     if not files:
         raise FileNotFoundError(f"no shards under {out / 'data'}.")
@@ -384,8 +420,14 @@ def rescore(cfg: RolloutConfig) -> dict:
                 wavs.append(torch.from_numpy(wav))
                 ok.append(True)
             except Exception as e:  # noqa: BLE001 - reported by row, others still scored
-                report["unreadable"].append({"prompt_id": r["prompt_id"], "sample_index": r["sample_index"],
-                                             "path": r["audio_path"], "error": str(e)[:200]})
+                report["unreadable"].append(
+                    {
+                        "prompt_id": r["prompt_id"],
+                        "sample_index": r["sample_index"],
+                        "path": r["audio_path"],
+                        "error": str(e)[:200],
+                    }
+                )
                 wavs.append(torch.full((sr,), float("nan")))  # NaN audio -> NaN scores
                 ok.append(False)
         n = max(len(w) for w in wavs)
@@ -398,12 +440,16 @@ def rescore(cfg: RolloutConfig) -> dict:
         tmp = shard.with_name(f".{shard.name}.tmp")
         pq.write_table(table, tmp)
         os.replace(tmp, shard)
-    meta["rewards"].update({n: {"model_id": r.model_id, "checkpoint_hash": r.checkpoint_hash}
-                            for n, r in rewards.items()})
+    meta["rewards"].update(
+        {n: {"model_id": r.model_id, "checkpoint_hash": r.checkpoint_hash} for n, r in rewards.items()}
+    )
     _atomic_json(out / "run.json", meta)
     if report["unreadable"]:
-        logger.warning("rescore: %d unreadable clip(s): %s", len(report["unreadable"]),
-                       ", ".join(f"{u['prompt_id']}/{u['sample_index']}" for u in report["unreadable"][:10]))
+        logger.warning(
+            "rescore: %d unreadable clip(s): %s",
+            len(report["unreadable"]),
+            ", ".join(f"{u['prompt_id']}/{u['sample_index']}" for u in report["unreadable"][:10]),
+        )
     print(json.dumps(report, indent=2))
     return report
 

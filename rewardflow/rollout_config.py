@@ -21,7 +21,9 @@ class RolloutConfig:
         metadata={"help": "Reward models to score with (names or 'package.module:function')."},
     )
     clap_checkpoint: str = field(default="", metadata={"help": "CLAP checkpoint (default: bundled SynthCaps CLAP)."})
-    aesthetics_checkpoint: str = field(default="", metadata={"help": "audiobox-aesthetics checkpoint (default: bundled)."})
+    aesthetics_checkpoint: str = field(
+        default="", metadata={"help": "audiobox-aesthetics checkpoint (default: bundled)."}
+    )
     seed: int = field(default=0, metadata={"help": "Run seed; each clip's seed derives from it and its ids."})
     output_dir: str = field(default="outputs/rollout", metadata={"help": "Where the table and audio go."})
     batch_size: int = field(default=8, metadata={"help": "Clips generated (and scored) per batch and shard."})
@@ -35,8 +37,10 @@ class RolloutConfig:
     )
     cpu_threads: int = field(
         default=1,
-        metadata={"help": "torch threads per process on CPU. BLAS results depend on the thread count, so the default "
-                  "of 1 keeps tables bitwise identical for any number of processes: use more processes for more cores."},
+        metadata={
+            "help": "torch threads per process on CPU. BLAS results depend on the thread count, so the default "
+            "of 1 keeps tables bitwise identical for any number of processes: use more processes for more cores."
+        },
     )
     overwrite: bool = field(default=False, metadata={"help": "Replace a rollout made with other settings."})
     rescore: bool = field(default=False, metadata={"help": "Add reward columns to an existing table from its audio."})
@@ -51,7 +55,20 @@ class RolloutConfig:
 
     def generation_settings(self) -> dict:
         """The settings that decide what is generated: a rerun with other values is a different rollout."""
-        keys = ("model", "prompts", "caption_column", "id_column", "max_prompts", "num_generations", "seed",
-                "batch_size", "num_iterations", "num_steps", "method", "cfg_scale", "audio_format")
+        keys = (
+            "model",
+            "prompts",
+            "caption_column",
+            "id_column",
+            "max_prompts",
+            "num_generations",
+            "seed",
+            "batch_size",
+            "num_iterations",
+            "num_steps",
+            "method",
+            "cfg_scale",
+            "audio_format",
+        )
         d = asdict(self)
         return {k: d[k] for k in keys}

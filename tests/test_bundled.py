@@ -8,8 +8,12 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLED = [ROOT / "base_model/pretrained/synthcaps", ROOT / "base_model/pretrained/synthcaps-cfm",
-           ROOT / "reward_models/pretrained/synthcaps-clap", ROOT / "reward_models/pretrained/synthcaps-aesthetics"]
+BUNDLED = [
+    ROOT / "base_model/pretrained/synthcaps",
+    ROOT / "base_model/pretrained/synthcaps-cfm",
+    ROOT / "reward_models/pretrained/synthcaps-clap",
+    ROOT / "reward_models/pretrained/synthcaps-aesthetics",
+]
 
 
 @pytest.mark.parametrize("folder", BUNDLED, ids=lambda p: p.name)

@@ -289,3 +289,45 @@ def test_real_size_architectures_time_per_clip():
     aes_s = (time.perf_counter() - start) / 4
     print(f"\nreal-size HTSAT-tiny audio tower: {clap_s:.2f} s/clip; WavLM-base aesthetics: {aes_s:.2f} s/clip (CPU)")
     assert clap_s > 0 and aes_s > 0
+
+
+@pytest.mark.slow
+def test_published_clap_pt_layout_scores_equal_direct_model(tmp_path):
+    """A randomly initialised HTSAT-tiny + RoBERTa CLAP saved as laion-clap's .pt (module. prefixes, the stale
+    position_ids key) loads through the published path and scores like the model called directly."""
+    from transformers import RobertaConfig, RobertaTokenizer
+
+    from reward_models.clap import _local_roberta, clap_module
+
+    rob = tmp_path / "roberta"
+    rob.mkdir()
+    RobertaConfig(num_hidden_layers=1).save_pretrained(rob)
+    vocab = {
+        "<s>": 0,
+        "<pad>": 1,
+        "</s>": 2,
+        "<unk>": 3,
+        **{c: 4 + i for i, c in enumerate("abcdefghijklmnopqrstuvwxyz")},
+    }
+    (rob / "vocab.json").write_text(json.dumps(vocab))
+    (rob / "merges.txt").write_text("#version: 0.2\n")
+    torch.manual_seed(0)
+    with _local_roberta(rob):
+        model, _ = clap_module().factory.create_model("HTSAT-tiny", "roberta", pretrained="")
+    model.eval()
+    state = {f"module.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    state["module.text_branch.embeddings.position_ids"] = torch.arange(514)[None]
+    pt = tmp_path / "630k-audioset-best.pt"
+    torch.save({"state_dict": state, "epoch": 1}, pt)
+    reward = ClapReward(pt, roberta_path=rob)
+    wav = torch.randn(2, 48000 * 3, generator=gen()) * 0.1
+    got = reward(wav, 48000, ["a dog", "rain"])["clap"]
+    tok = RobertaTokenizer.from_pretrained(str(rob))(
+        ["a dog", "rain"], padding="max_length", truncation=True, max_length=77, return_tensors="pt"
+    )
+    with torch.no_grad():
+        t = F.normalize(model.encode_text(dict(tok), device="cpu"), dim=-1)
+        padded = wav.repeat(1, 4)[:, :480000]  # repeatpad to the 10 s window
+        a = model.encode_audio({"waveform": padded, "longer": torch.zeros(2, dtype=torch.bool)}, "cpu")["embedding"]
+        a = F.normalize(model.audio_projection(a), dim=-1)
+    torch.testing.assert_close(got, (a * t).sum(-1), atol=1e-4, rtol=1e-4)

@@ -53,8 +53,17 @@ def test_rollout_table(tmp_path):
     ds = load_rollout(out)
     assert len(ds) == summary["rows"] == 6
     assert len({(r["prompt_id"], r["sample_index"]) for r in ds}) == 6
-    for col in ("prompt_id", "prompt", "sample_index", "seed", "latent", "audio_path", "attributes",
-                "reward/verifier", "reward/energy"):
+    for col in (
+        "prompt_id",
+        "prompt",
+        "sample_index",
+        "seed",
+        "latent",
+        "audio_path",
+        "attributes",
+        "reward/verifier",
+        "reward/energy",
+    ):
         assert col in ds.column_names, col
     row = ds[0]
     lat = latents_of(row)
@@ -92,8 +101,18 @@ def test_two_processes_write_the_single_process_table(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     args = ["--max_prompts", "3", "--rewards", "verifier", *FAST]  # 6 items, chunks of 4: uneven over 2 ranks
     run(one, *args[:4])
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
-           str(ROOT / "rewardflow/rollout.py"), "--output_dir", str(two), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--cpu",
+        str(ROOT / "rewardflow/rollout.py"),
+        "--output_dir",
+        str(two),
+        *args,
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     a, b = load_rollout(one), load_rollout(two)
@@ -115,11 +134,14 @@ def test_reward_with_wrong_count_names_the_reward(tmp_path):
         run(tmp_path, "--max_prompts", "1", "--rewards", "userrewards:wrong_count")
 
 
-@pytest.mark.parametrize("csv,match", [
-    ("id,caption\na,a beep\nb,   \n", "empty or whitespace"),
-    ("id,caption\na,a beep\na,a tone\n", "duplicate prompt ids"),
-    ("id,text\na,a beep\n", "columns are"),
-])
+@pytest.mark.parametrize(
+    "csv,match",
+    [
+        ("id,caption\na,a beep\nb,   \n", "empty or whitespace"),
+        ("id,caption\na,a beep\na,a tone\n", "duplicate prompt ids"),
+        ("id,text\na,a beep\n", "columns are"),
+    ],
+)
 def test_bad_prompt_tables_fail_before_generation(tmp_path, csv, match):
     table = tmp_path / "prompts.csv"
     table.write_text(csv)
@@ -142,11 +164,22 @@ def test_rescore_adds_columns_and_reports_unreadable_audio(tmp_path):
     broken = tmp_path / before[1]["audio_path"]
     broken.write_bytes(b"garbage")
     (cfg,) = make_parser().parse_args_and_config(
-        args=["--output_dir", str(tmp_path), *FAST, "--max_prompts", "2", "--rescore", "true",
-              "--rewards", "userrewards:energy"])
+        args=[
+            "--output_dir",
+            str(tmp_path),
+            *FAST,
+            "--max_prompts",
+            "2",
+            "--rescore",
+            "true",
+            "--rewards",
+            "userrewards:energy",
+        ]
+    )
     report = main(cfg)
     assert [(u["prompt_id"], u["sample_index"]) for u in report["unreadable"]] == [
-        (before[1]["prompt_id"], before[1]["sample_index"])]
+        (before[1]["prompt_id"], before[1]["sample_index"])
+    ]
     after = load_rollout(tmp_path)
     assert after["latent"] == before["latent"]  # nothing regenerated
     energy = after["reward/energy"]

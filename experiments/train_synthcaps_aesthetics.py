@@ -129,7 +129,8 @@ def main(args: AesTrainingConfig, data: AesDataArguments) -> dict:
         "nth_layer": WAVLM_SMALL["encoder_layers"] + 1,
         "use_weighted_layer_sum": True,
         "precision": "32",
-        "normalize_embed": True,
+        # No L2 normalisation of the pooled embedding: level is what hiss and clipping change most.
+        "normalize_embed": False,
         "output_dim": 1,
         "freeze_encoder": False,
         "wavlm_cfg": WAVLM_SMALL,

@@ -36,18 +36,18 @@ class GriffinLimVocoder:
     def __call__(self, mel: torch.Tensor) -> torch.Tensor:
         c = self.mel_config
         mag = np.exp(mel.detach().float().cpu().numpy())  # undo log compression, (B, n_mels, frames)
-        wav = librosa.feature.inverse.mel_to_audio(
-            mag,
-            sr=c.sample_rate,
-            n_fft=c.n_fft,
+        stft = librosa.feature.inverse.mel_to_stft(
+            mag, sr=c.sample_rate, n_fft=c.n_fft, power=c.power, fmin=c.f_min, fmax=c.f_max
+        )
+        wav = librosa.griffinlim(
+            stft,
+            n_iter=self.n_iter,
             hop_length=c.hop_length,
             win_length=c.win_length,
+            n_fft=c.n_fft,
             center=True,
             pad_mode="constant",
-            power=c.power,
-            n_iter=self.n_iter,
-            fmin=c.f_min,
-            fmax=c.f_max,
+            init=None,  # zero-phase start: librosa's default random phases make audio differ run to run
         )
         return torch.from_numpy(np.ascontiguousarray(wav)).float().reshape(mel.shape[0], -1)
 

@@ -68,6 +68,14 @@ def test_griffin_lim_round_trip_keeps_the_spectrum():
     assert rel < 0.3, rel
 
 
+def test_griffin_lim_is_deterministic_and_batch_independent():
+    mel = MelSpectrogram()(torch.randn(3, 8000, generator=gen()) * 0.1)
+    voc = GriffinLimVocoder(n_iter=4)
+    a, b = voc(mel), voc(mel)
+    assert torch.equal(a, b)
+    torch.testing.assert_close(voc(mel[1:2])[0], a[1], atol=1e-6, rtol=1e-5)
+
+
 def test_bigvgan_without_weights_names_what_it_needs(tmp_path):
     with pytest.raises(FileNotFoundError, match="bigvgan_generator.pt"):
         BigVGANVocoder(tmp_path)

@@ -50,9 +50,9 @@ def load_prompts(cfg: RolloutConfig) -> list[dict]:
             {"prompt_id": r["id"], "prompt": r["caption"], "attributes": json.dumps(r["attributes"])} for r in rows
         ]
     else:
-        from base_model.data.captions import _load_table
+        from base_model.data.captions import load_caption_table
 
-        table, _ = _load_table(cfg.prompts)
+        table, _ = load_caption_table(cfg.prompts)
         if cfg.caption_column not in table.column_names:
             raise ValueError(
                 f"{cfg.prompts} has no caption column {cfg.caption_column!r}; its columns are "
@@ -178,14 +178,10 @@ def score_batch(
 def run_metadata(cfg: RolloutConfig, pipe, rewards: dict) -> dict:
     import importlib.metadata as md
 
+    from base_model.pipeline import resolve_pipeline_path
     from reward_models.base import file_hash
 
-    model_path = Path(pipe.name_or_path) if Path(pipe.name_or_path).exists() else None
-    from base_model.pipeline import resolve_pipeline_path
-
-    model_hash = (
-        file_hash(resolve_pipeline_path(cfg.model) / "flow") if model_path is None else file_hash(model_path / "flow")
-    )
+    model_hash = file_hash(resolve_pipeline_path(cfg.model) / "flow")  # bundled names and folders alike
     versions = {
         p: md.version(p)
         for p in ("torch", "transformers", "datasets", "laion-clap", "audiobox-aesthetics")

@@ -24,7 +24,9 @@ class CaptionAudioCorpus:
     unreadable: list[str] = field(default_factory=list)
 
 
-def _load_table(source: str):
+def load_caption_table(source: str):
+    """Opens a caption table: `(datasets.Dataset, folder that relative audio paths start from)`."""
+
     import datasets
 
     path = Path(source)
@@ -74,7 +76,7 @@ def load_caption_audio(
 ) -> CaptionAudioCorpus:
     """Loads an AudioCaps-style table. The audio column holds file paths (relative to the table's folder) or
     decoded `{"array", "sampling_rate"}` dicts."""
-    table, base = _load_table(source)
+    table, base = load_caption_table(source)
     for col in (audio_column, caption_column):
         if col not in table.column_names:
             raise ValueError(f"{source} has no column {col!r}; its columns are {table.column_names}.")

@@ -24,7 +24,7 @@ from transformers import Trainer, TrainingArguments
 from trl import TrlParser
 
 from base_model.data.synthcaps import example, render_audio
-from reward_models.clap import BUNDLED_CLAP, ClapReward, build_clap, clap_module
+from reward_models.clap import BUNDLED_CLAP, ClapReward, build_clap, clap_transformer_tokens
 
 AMODEL = "SynthCapsCLAP-Cnn6-16k"
 MODEL_CFG = {
@@ -99,14 +99,6 @@ def _data(split: str, n: int):
     return wavs, [r["caption"] for r in rows]
 
 
-def tokens_for(captions: list[str], context_length: int) -> torch.Tensor:
-    tok = clap_module().tokenizer.tokenize(captions, context_length=77)
-    over = tok.argmax(-1) >= context_length  # keep the end-of-text token inside the cut
-    tok = tok[:, :context_length]
-    tok[over, -1] = tok.max()
-    return tok
-
-
 def retrieval(reward: ClapReward, wavs: np.ndarray, captions: list[str]) -> dict:
     audio = torch.cat(
         [
@@ -129,7 +121,7 @@ def main(args: ClapTrainingConfig, data: ClapDataArguments) -> dict:
     torch.manual_seed(args.seed)
     clap, _ = build_clap(MODEL_CFG, AMODEL, "transformer")
     train_wavs, train_caps = _data("train", data.train_examples)
-    dataset = ClipDataset(train_wavs, tokens_for(train_caps, MODEL_CFG["text_cfg"]["context_length"]))
+    dataset = ClipDataset(train_wavs, clap_transformer_tokens(train_caps, MODEL_CFG["text_cfg"]["context_length"]))
     trainer = Trainer(
         model=ContrastiveClap(clap),
         args=args,

@@ -55,6 +55,18 @@ def clap_module():
     return importlib.import_module("clap_module")
 
 
+def clap_transformer_tokens(prompts: list[str], context_length: int) -> torch.Tensor:
+    """laion-clap's BPE tokens cut to `context_length`, keeping the end-of-text token (the 'transformer' text branch
+    reads its embedding at the highest id) as the last token of prompts that were cut."""
+    tokenizer = clap_module().tokenizer
+    tokens = tokenizer.tokenize(prompts, context_length=77)
+    eot = tokenizer._tokenizer.encoder["<end_of_text>"]
+    over = tokens.argmax(-1) >= context_length  # measured before the cut
+    tokens = tokens[:, :context_length].clone()
+    tokens[over, -1] = eot
+    return tokens
+
+
 def build_clap(model_cfg: dict, amodel: str, tmodel: str, device="cpu", enable_fusion=False, fusion_type="None"):
     """A CLAP model from a config dict, via laion-clap's registry (`add_model_config` + `create_model`)."""
     cm = clap_module()
@@ -207,11 +219,7 @@ class ClapReward(RewardModel):
     def embed_text(self, prompts: list[str]) -> torch.Tensor:
         """Unit-norm text embeddings `(B, D)`."""
         if self.text_type == "transformer":
-            tokens = clap_module().tokenizer.tokenize(prompts, context_length=77)[:, : self.model.context_length]
-            # keep the end-of-text token (highest id) inside the cut
-            eot = tokens.argmax(-1)
-            over = eot >= self.model.context_length
-            tokens[over, -1] = tokens.max()
+            tokens = clap_transformer_tokens(prompts, self.model.context_length)
             emb = self.model.encode_text(tokens.to(self.device), device=self.device)
         else:
             tok = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=77, return_tensors="pt")

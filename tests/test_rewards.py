@@ -123,6 +123,14 @@ def test_clap_folder_scores_equal_direct_model(clap_folder, clap):
     assert clap.model_id == "test-clap" and len(clap.checkpoint_hash) == 16
 
 
+def test_long_prompts_keep_their_end_of_text_token():
+    from reward_models.clap import clap_transformer_tokens
+
+    tok = clap_transformer_tokens(["a tone", "a " * 40 + "beep"], 16)
+    assert tok.shape == (2, 16)
+    assert tok[0].argmax() == 3 and tok[1, -1] == 49407  # short prompt untouched; long one ends in <end_of_text>
+
+
 def test_clap_long_clips_are_chunked_deterministically(clap):
     long = torch.cat([tone(300, 2.0), tone(3000, 2.0), tone(600, 1.0)])[None]  # 5 s, window 2 s -> 3 chunks
     a = clap(long, 16000, ["a tone"])["clap"]

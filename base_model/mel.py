@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import librosa
 import numpy as np
 import torch
 
@@ -45,6 +44,8 @@ class MelSpectrogram(torch.nn.Module):
         super().__init__()
         self.config = config or MelConfig()
         c = self.config
+        import librosa  # imported here: the model code runs without it (e.g. on a GPU box)
+
         fb = librosa.filters.mel(sr=c.sample_rate, n_fft=c.n_fft, n_mels=c.n_mels, fmin=c.f_min, fmax=c.f_max)
         self.register_buffer("mel_basis", torch.from_numpy(fb).float(), persistent=False)  # (n_mels, n_fft//2+1)
         self.register_buffer("window", torch.hann_window(c.win_length), persistent=False)
@@ -71,6 +72,8 @@ class MelSpectrogram(torch.nn.Module):
 def librosa_log_mel(waveform: np.ndarray, config: MelConfig | None = None) -> np.ndarray:
     """The same log-mel computed by librosa, the reference the torch front end is tested against."""
     c = config or MelConfig()
+    import librosa
+
     m = librosa.feature.melspectrogram(
         y=waveform,
         sr=c.sample_rate,

@@ -382,6 +382,36 @@ class MaskAudioFlow(MaskAudioFlowPreTrainedModel):
         return self.norm(h)
 
     # -------------------------------------------------------------------------------------------- forward
+    def draw_flow_inputs(
+        self, latents: torch.Tensor, generator: torch.Generator | None = None, drop_text: bool = True
+    ) -> dict[str, torch.Tensor | None]:
+        """Draws everything random in the training forward, with the config's masking settings: the span mask
+        (all frames for the CFM baseline), flow times, noise `x_0` and the CFG text dropout.
+
+        Reward fine-tuning draws these once and passes them to both the policy and the frozen reference, so both
+        see the same `(x_t, t, z)` inputs; pretraining lets `forward` draw them.
+
+        Args:
+            latents (`torch.Tensor` of shape `(B, T, C)`): clean latents `x_1` (only shape, dtype and device used).
+            drop_text: draw `text_drop_mask` with `config.text_dropout_prob` (else it is None: keep every prompt).
+
+        Returns: `{"infill_mask": (B, T) bool, "t": (M*B,), "noise": (M*B, T, C), "text_drop_mask": (B,) or None}`.
+        """
+        cfg = self.config
+        B, T, C = latents.shape
+        device, M = latents.device, cfg.flow_batch_mul
+        text_drop_mask = None
+        if drop_text and cfg.text_dropout_prob > 0:
+            text_drop_mask = torch.rand(B, generator=generator, device=device) < cfg.text_dropout_prob
+        if cfg.flow_type == "masked":
+            ratio = sample_mask_ratio(B, cfg.mask_ratio_mode, cfg.mask_ratio, generator, device)
+            infill_mask = sample_span_mask(B, T, cfg.span_length, ratio, generator, device)
+        else:
+            infill_mask = torch.ones(B, T, dtype=torch.bool, device=device)
+        t = sample_time(M * B, generator, device)
+        noise = torch.randn(M * B, T, C, generator=generator, device=device, dtype=latents.dtype)
+        return {"infill_mask": infill_mask, "t": t, "noise": noise, "text_drop_mask": text_drop_mask}
+
     def forward(
         self,
         latents: torch.Tensor,
@@ -412,22 +442,16 @@ class MaskAudioFlow(MaskAudioFlowPreTrainedModel):
         B, T, C = x_1.shape
         if C != cfg.latent_channels:
             raise ValueError(f"latents have {C} channels but the model expects {cfg.latent_channels}.")
-        device = x_1.device
         M = cfg.flow_batch_mul
-        if text_drop_mask is None and self.training and cfg.text_dropout_prob > 0:
-            text_drop_mask = torch.rand(B, generator=generator, device=device) < cfg.text_dropout_prob
-        context, context_mask = self.encode_context(text_hidden_states, text_padding_mask, text_drop_mask)
-        if infill_mask is None:
-            if cfg.flow_type == "masked":
-                ratio = sample_mask_ratio(B, cfg.mask_ratio_mode, cfg.mask_ratio, generator, device)
-                infill_mask = sample_span_mask(B, T, cfg.span_length, ratio, generator, device)
-            else:
-                infill_mask = torch.ones(B, T, dtype=torch.bool, device=device)
+        drop_text = self.training and text_drop_mask is None and cfg.text_dropout_prob > 0
+        if infill_mask is None or t is None or noise is None or drop_text:
+            drawn = self.draw_flow_inputs(x_1, generator, drop_text=drop_text)
+            infill_mask = drawn["infill_mask"] if infill_mask is None else infill_mask
+            t = drawn["t"] if t is None else t
+            noise = drawn["noise"] if noise is None else noise
+            text_drop_mask = drawn["text_drop_mask"] if text_drop_mask is None else text_drop_mask
         infill_mask = infill_mask.bool()
-        if t is None:
-            t = sample_time(M * B, generator, device)
-        if noise is None:
-            noise = torch.randn(M * B, T, C, generator=generator, device=device, dtype=x_1.dtype)
+        context, context_mask = self.encode_context(text_hidden_states, text_padding_mask, text_drop_mask)
 
         x_1m, mask_m = x_1.repeat(M, 1, 1), infill_mask.repeat(M, 1)  # several t per backbone pass
         x_t, u_t = path_sample(noise, x_1m, t, cfg.sigma_min)  # (M*B, T, C)

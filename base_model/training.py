@@ -140,7 +140,9 @@ def latest_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
         key=lambda p: int(p.name.split("-")[-1]),
     )
     for folder in reversed(folders):
-        if (folder / "trainer_state.json").is_file() and any(folder.glob("model*.safetensors")):
+        if (folder / "trainer_state.json").is_file() and any(
+            folder.glob("*model*.safetensors")
+        ):  # LoRA: adapter_model
             return str(folder)
     return None
 

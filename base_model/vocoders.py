@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-import librosa
 import numpy as np
 import torch
 
@@ -36,6 +35,8 @@ class GriffinLimVocoder:
     def __call__(self, mel: torch.Tensor) -> torch.Tensor:
         c = self.mel_config
         mag = np.exp(mel.detach().float().cpu().numpy())  # undo log compression, (B, n_mels, frames)
+        import librosa  # imported here: the model code runs without it
+
         stft = librosa.feature.inverse.mel_to_stft(
             mag, sr=c.sample_rate, n_fft=c.n_fft, power=c.power, fmin=c.f_min, fmax=c.f_max
         )

@@ -213,12 +213,12 @@ def _settings_diff(old: dict, new: dict) -> str:
 
 def rollout(cfg: RolloutConfig) -> dict:
     """Generates and scores the rollout; returns the summary (also written to `summary.json`)."""
-    from accelerate import PartialState
     from tqdm.auto import tqdm
 
     from base_model import MaskAudioFlowPipeline
+    from rewardflow.distributed import process_state
 
-    state = PartialState()
+    state = process_state()
     if state.device.type == "cpu":
         torch.set_num_threads(cfg.cpu_threads)  # see RolloutConfig.cpu_threads: same bits for any process count
     out = Path(cfg.output_dir)

@@ -13,6 +13,7 @@ SCRIPTS = [
     "base_model/train_vae.py",
     "base_model/pretrain.py",
     "rewardflow/rollout.py",
+    "rewardflow/finetune.py",
     "experiments/build_synthcaps.py",
     "experiments/train_synthcaps_clap.py",
     "experiments/train_synthcaps_aesthetics.py",
@@ -24,6 +25,16 @@ def test_help(script):
     res = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     assert "--output_dir" in res.stdout
+
+
+@pytest.mark.parametrize(
+    "script,flag",
+    [("rewardflow/evaluate.py", "--models"), ("experiments/benchmarks/finetune_step.py", "--preset")],
+)
+def test_help_other_commands(script, flag):
+    res = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    assert flag in res.stdout
 
 
 def test_generate_end_to_end(tmp_path):

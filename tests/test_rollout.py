@@ -105,9 +105,9 @@ def test_two_processes_write_the_single_process_table(tmp_path):
         sys.executable,
         "-m",
         "accelerate.commands.launch",
+        "--multi_gpu",  # torchrun underneath; on a machine without GPUs the processes join one CPU group (gloo)
         "--num_processes",
         "2",
-        "--cpu",
         str(ROOT / "rewardflow/rollout.py"),
         "--output_dir",
         str(two),
@@ -117,6 +117,7 @@ def test_two_processes_write_the_single_process_table(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     a, b = load_rollout(one), load_rollout(two)
     assert len(b) == 6
+    assert json.loads((two / "summary.json").read_text())["processes"] == 2  # really two ranks, not one alone
     for col in ("prompt_id", "sample_index", "seed", "latent", "reward/verifier"):
         assert a[col] == b[col], col  # bitwise on CPU
 

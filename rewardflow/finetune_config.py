@@ -1,0 +1,107 @@
+"""Settings of reward-weighted fine-tuning (`rewardflow/finetune.py`), parsed by `trl.TrlParser` with TRL's
+`ModelConfig` for the LoRA fields (`--use_peft --lora_r 16 --lora_alpha 32 --lora_target_modules ...`)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+WEIGHTINGS = ("exp", "self_normalized", "standardized", "clipped", "topk")
+
+
+@dataclass
+class RewardFlowConfig(TrainingArguments):
+    r"""Reward-weighted flow matching (paper §4, Algorithm 2):
+
+    `L = mean_b[w_b · ‖v_θ − u_t‖²_b] + beta · mean_b[‖v_θ − v_ref‖²_b]`, both norms averaged over the masked frames
+    of each sample, `w_b` from the rollout's reward `r_b` by `weighting`:
+
+    - `exp`: `w = exp(tau · r)`, the paper's raw weights (an error, naming the safe modes, when they overflow).
+    - `self_normalized`: `w = N · softmax(tau · r)` over the table (log-sum-exp): `exp` up to a constant, always
+      finite, mean 1.
+    - `standardized`: `w ∝ exp(tau · (r − mean_p) / (std_p + 1e-4))` with the mean and std over the prompt's own
+      samples (GRPO's group scaling), mean 1.
+    - `clipped`: `w ∝ exp(clip(tau · (r − mean r), −log c, log c))` with `c = weight_clip`, mean 1.
+    - `topk`: weight 1 on the best `ceil(top_k · n_p)` of each prompt's `n_p` samples, the rest dropped (expert
+      iteration / RAFT).
+    """
+
+    # --- data and model
+    rollout: str = field(default="outputs/rollout", metadata={"help": "Rollout output_dir (rewardflow/rollout.py)."})
+    model: str = field(
+        default="", metadata={"help": "Pipeline to fine-tune (folder or bundled name); default: the rollout's model."}
+    )
+    reference_model: str = field(
+        default="",
+        metadata={
+            "help": "Frozen reference for the regulariser (default: the starting model; with LoRA: adapters off)."
+        },
+    )
+    # --- objective
+    reward: str = field(
+        default="clap",
+        metadata={"help": "Score column or composition: clap, aesthetics, aesthetics/PQ, 'clap:1,aesthetics:0.5'."},
+    )
+    tau: float = field(default=0.1, metadata={"help": "Temperature τ of w = exp(τ·r) (paper: 0.1)."})
+    beta: float = field(default=1.0, metadata={"help": "Weight λ of ‖v_θ − v_ref‖² (paper: 1; 0 disables it)."})
+    weighting: str = field(default="exp", metadata={"help": f"Reward weighting: {', '.join(WEIGHTINGS)}."})
+    weight_clip: float = field(default=10.0, metadata={"help": "`clipped`: weights stay within [1/c, c]."})
+    top_k: float = field(default=0.5, metadata={"help": "`topk`: fraction of each prompt's samples kept."})
+    max_nan_fraction: float = field(
+        default=0.1, metadata={"help": "Rows with a NaN reward are dropped; abort above this fraction."}
+    )
+    max_nan_loss_steps: int = field(
+        default=5, metadata={"help": "A step with a NaN/inf loss is skipped; abort after this many in a row."}
+    )
+    # --- online rounds (beyond the paper, after ORW-CFM)
+    rounds: int = field(
+        default=1,
+        metadata={
+            "help": "Alternate rollout and fine-tuning N times; round k > 1 rolls out with the round k-1 policy, "
+            "using the first rollout's generation settings (seed + k - 1). Folders: <output_dir>/round-<k>/."
+        },
+    )
+    # --- TrainingArguments defaults suited to this job
+    output_dir: str = field(default="outputs/finetune", metadata={"help": "Checkpoints and the final pipeline."})
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Batch size per device."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_steps: int = field(default=200, metadata={"help": "Training steps (per round)."})
+    warmup_steps: int = field(default=10, metadata={"help": "Linear warm-up steps."})
+    lr_scheduler_type: str = field(default="constant_with_warmup", metadata={"help": "Learning-rate schedule."})
+    logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
+    save_steps: int = field(default=100, metadata={"help": "Checkpoint every N steps."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep our columns."})
+
+    def __post_init__(self):
+        from rewardflow.distributed import use_cpu
+
+        # Without a GPU, say so before TrainingArguments sets up the process group: only then do processes
+        # started by torchrun train as one DDP group on CPU (gloo) instead of each alone.
+        self.use_cpu = self.use_cpu or use_cpu()
+        super().__post_init__()
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"--weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}.")
+        if not math.isfinite(self.tau) or self.tau < 0:
+            raise ValueError(f"--tau must be a finite number >= 0, got {self.tau}.")
+        if not math.isfinite(self.beta) or self.beta < 0:
+            raise ValueError(f"--beta must be a finite number >= 0, got {self.beta}.")
+        if self.weight_clip < 1:
+            raise ValueError(f"--weight_clip must be >= 1 (weights stay within [1/c, c]), got {self.weight_clip}.")
+        if not 0 < self.top_k <= 1:
+            raise ValueError(f"--top_k is the fraction of each prompt's samples kept, in (0, 1]; got {self.top_k}.")
+        if not 0 <= self.max_nan_fraction <= 1:
+            raise ValueError(f"--max_nan_fraction must be in [0, 1], got {self.max_nan_fraction}.")
+        if self.rounds < 1:
+            raise ValueError(f"--rounds must be >= 1, got {self.rounds}.")
+        if self.max_nan_loss_steps < 1:
+            raise ValueError(f"--max_nan_loss_steps must be >= 1, got {self.max_nan_loss_steps}.")
+
+    def objective_settings(self) -> dict:
+        """What defines the objective: resuming with other values warns with the difference."""
+        keys = ("reward", "tau", "beta", "weighting", "weight_clip", "top_k")
+        return {k: getattr(self, k) for k in keys}

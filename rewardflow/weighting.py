@@ -1,0 +1,130 @@
+"""From rollout scores to per-sample loss weights: the reward spec, the paper's `exp(τ·r)` and safe alternatives.
+
+Everything here is plain numpy on the whole table, computed once before training, so the weights do not depend on
+batch composition, process count or resume point.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from reward_models.compose import parse_reward_spec
+
+# exp overflows float32 (the loss dtype) above this exponent.
+_MAX_LOG_WEIGHT = math.log(np.finfo(np.float32).max)
+
+
+def reward_columns(column_names: list[str]) -> list[str]:
+    """The score names a rollout table offers (`reward/clap` -> `clap`)."""
+    return sorted(c[len("reward/") :] for c in column_names if c.startswith("reward/"))
+
+
+def resolve_reward(spec: str, table: dict[str, np.ndarray] | None = None, column_names: list[str] | None = None):
+    """`--reward` -> `(r (N,), parts)`: one score column or a weighted sum (`clap:1,aesthetics:0.5`).
+
+    Args:
+        spec: the `--reward` string.
+        table: `{"reward/<name>": values (N,)}`; when None only the names are checked (against `column_names`).
+
+    Raises a `ValueError` listing the available columns when a name is unknown. NaN in any used column gives NaN.
+    """
+    parts = parse_reward_spec(spec)
+    names = list(table) if table is not None else list(column_names or [])
+    available = reward_columns(names)
+    missing = [n for n, _ in parts if n not in available]
+    if missing:
+        raise ValueError(
+            f"--reward {spec!r}: no score column {', '.join(repr(m) for m in missing)} in the rollout table. "
+            f"Available: {', '.join(available) or '(none)'}. Add one with `python rewardflow/rollout.py --rescore "
+            "--rewards <name> --output_dir <rollout>`."
+        )
+    if table is None:
+        return None, parts
+    r = sum(w * np.asarray(table[f"reward/{n}"], dtype=np.float64) for n, w in parts)
+    return np.asarray(r, dtype=np.float64), parts
+
+
+def _group_indices(groups: list) -> list[np.ndarray]:
+    index: dict = {}
+    for i, g in enumerate(groups):
+        index.setdefault(g, []).append(i)
+    return [np.asarray(v) for v in index.values()]
+
+
+def reward_weights(
+    rewards: np.ndarray,
+    groups: list,
+    tau: float,
+    weighting: str = "exp",
+    weight_clip: float = 10.0,
+    top_k: float = 0.5,
+) -> np.ndarray:
+    """Per-sample loss weights `(N,)` (float64) for finite `rewards` `(N,)`; `groups` holds each sample's prompt id.
+
+    See `RewardFlowConfig` for the modes. Raw `exp` raises when `τ·r` would overflow float32, naming the safe modes.
+    Equal rewards give uniform weights in every mode (`standardized` guards the zero std).
+    """
+    r = np.asarray(rewards, dtype=np.float64)
+    if r.ndim != 1 or len(r) != len(groups):
+        raise ValueError(f"rewards {r.shape} and groups ({len(groups)}) must be (N,) and N long.")
+    if len(r) == 0:
+        raise ValueError("no samples to weight.")
+    if not np.isfinite(r).all():
+        raise ValueError("rewards must be finite here; drop NaN rows first (see `finite_rows`).")
+    if weighting == "exp":
+        logw = tau * r
+        if logw.max() > _MAX_LOG_WEIGHT or logw.min() < -_MAX_LOG_WEIGHT:
+            worst = float(np.abs(logw).max())
+            raise ValueError(
+                f"--weighting exp: tau * reward reaches {worst:.4g}, and exp() of that overflows float32 "
+                f"(limit {_MAX_LOG_WEIGHT:.1f}). Lower --tau, or use --weighting self_normalized (the same weights "
+                "up to a constant, computed with log-sum-exp), standardized or clipped."
+            )
+        return np.exp(logw)
+    if weighting == "self_normalized":
+        logw = tau * r
+        logw = logw - logw.max()  # log-sum-exp: exp of at most 0
+        w = np.exp(logw)
+        return w * (len(w) / w.sum())
+    if weighting == "standardized":
+        a = np.zeros_like(r)
+        for idx in _group_indices(groups):
+            g = r[idx]
+            std = g.std() if len(g) > 1 else 0.0
+            a[idx] = (g - g.mean()) / (std + 1e-4)  # equal rewards -> 0, never a division by zero
+        w = np.exp(tau * a)
+        return w * (len(w) / w.sum())
+    if weighting == "clipped":
+        c = math.log(weight_clip)
+        w = np.exp(np.clip(tau * (r - r.mean()), -c, c))
+        return w * (len(w) / w.sum())
+    if weighting == "topk":
+        w = np.zeros_like(r)
+        for idx in _group_indices(groups):
+            k = max(1, math.ceil(top_k * len(idx)))
+            order = idx[np.argsort(-r[idx], kind="stable")]  # ties keep table order
+            w[order[:k]] = 1.0
+        return w
+    raise ValueError(f"unknown weighting {weighting!r}.")
+
+
+def effective_sample_size(weights: np.ndarray) -> float:
+    """Kish's effective sample size as a fraction of N: `(Σw)² / (N Σw²)`, 1 for uniform weights."""
+    w = np.asarray(weights, dtype=np.float64)
+    s2 = float((w**2).sum())
+    return float(w.sum() ** 2 / (len(w) * s2)) if s2 > 0 else 0.0
+
+
+def finite_rows(rewards: np.ndarray, max_nan_fraction: float) -> tuple[np.ndarray, int]:
+    """Boolean keep-mask of rows with a finite reward and the number dropped; raises above `max_nan_fraction`."""
+    r = np.asarray(rewards, dtype=np.float64)
+    keep = np.isfinite(r)
+    dropped = int((~keep).sum())
+    if len(r) and dropped / len(r) > max_nan_fraction:
+        raise ValueError(
+            f"{dropped} of {len(r)} rows have a NaN/inf reward, above --max_nan_fraction {max_nan_fraction}. "
+            "Check the reward model (rescore with `rewardflow/rollout.py --rescore`) or raise --max_nan_fraction."
+        )
+    return keep, dropped

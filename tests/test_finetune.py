@@ -1,0 +1,340 @@
+"""Reward-weighted fine-tuning: weights, the trainer (all params change, LoRA keeps the base, reference at init),
+bitwise resume after a kill, NaN losses, and every bad input the issue lists."""
+
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from rewardflow.finetune import main, make_parser
+from rewardflow.weighting import effective_sample_size, finite_rows, resolve_reward, reward_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--max_steps", "3", "--per_device_train_batch_size", "4", "--logging_steps", "1", "--save_steps", "100"]
+
+
+# ------------------------------------------------------------------------------------------------ weights
+def test_exp_weights_are_the_papers():
+    r = np.array([0.1, 0.5, 0.9])
+    np.testing.assert_allclose(reward_weights(r, [0, 0, 1], tau=0.1, weighting="exp"), np.exp(0.1 * r))
+
+
+def test_exp_overflow_is_a_clear_error_and_safe_modes_stay_finite():
+    r = np.array([0.0, 500.0, 1000.0])
+    with pytest.raises(ValueError, match="self_normalized"):
+        reward_weights(r, [0, 0, 0], tau=10.0, weighting="exp")
+    for mode in ("self_normalized", "standardized", "clipped"):
+        w = reward_weights(r, [0, 0, 0], tau=10.0, weighting=mode)
+        assert np.isfinite(w).all() and w.min() >= 0 and math.isclose(w.mean(), 1.0), mode
+    # self-normalised weights are exp(τ r) up to a constant, computed without overflow
+    r = np.array([0.2, 0.4, 0.7])
+    w = reward_weights(r, [0, 1, 2], tau=3.0, weighting="self_normalized")
+    np.testing.assert_allclose(w / w[0], np.exp(3.0 * (r - r[0])))
+
+
+@pytest.mark.parametrize("mode", ["exp", "self_normalized", "standardized", "clipped", "topk"])
+def test_equal_rewards_give_uniform_weights(mode):
+    w = reward_weights(np.full(6, 0.37), [0, 0, 0, 1, 1, 1], tau=5.0, weighting=mode, top_k=1.0)
+    assert np.isfinite(w).all() and np.ptp(w) == 0 and w[0] > 0
+    assert effective_sample_size(w) == pytest.approx(1.0)
+
+
+def test_standardized_is_per_prompt_and_clipped_is_bounded():
+    r = np.array([0.0, 1.0, 10.0, 11.0])  # prompt 1's rewards are 10 higher, same spread
+    w = reward_weights(r, ["a", "a", "b", "b"], tau=1.0, weighting="standardized")
+    assert w[0] == pytest.approx(w[2]) and w[1] == pytest.approx(w[3]) and w[1] > w[0]
+    w = reward_weights(np.linspace(-100, 100, 9), [0] * 9, tau=1.0, weighting="clipped", weight_clip=4.0)
+    assert w.max() / w.min() == pytest.approx(16.0)
+
+
+def test_topk_keeps_the_best_of_each_prompt():
+    r = np.array([0.1, 0.9, 0.5, 0.3, 0.2, 0.8])
+    w = reward_weights(r, [0, 0, 0, 1, 1, 1], tau=1.0, weighting="topk", top_k=0.34)  # ceil(0.34*3) = 2 each
+    np.testing.assert_array_equal(w, [0, 1, 1, 1, 0, 1])
+
+
+def test_nan_rows_dropped_with_count_or_error_past_threshold():
+    r = np.array([0.1, np.nan, 0.3, np.inf])
+    keep, dropped = finite_rows(r, max_nan_fraction=0.5)
+    assert dropped == 2 and keep.tolist() == [True, False, True, False]
+    with pytest.raises(ValueError, match="max_nan_fraction"):
+        finite_rows(r, max_nan_fraction=0.25)
+
+
+def test_reward_spec_resolution():
+    table = {"reward/clap": np.array([0.5, 0.7]), "reward/aesthetics/PQ": np.array([4.0, 6.0])}
+    r, _ = resolve_reward("clap:1,aesthetics/PQ:0.5", table)
+    np.testing.assert_allclose(r, [2.5, 3.7])
+    with pytest.raises(ValueError, match=r"Available: aesthetics/PQ, clap"):
+        resolve_reward("loudness", table)
+
+
+# ------------------------------------------------------------------------------------ a real rollout table
+@pytest.fixture(scope="module")
+def rollout_dir(tmp_path_factory):
+    """A real (tiny) rollout of the bundled model, scored by the verifier and a fake CLAP-like column."""
+    from rewardflow.rollout import main as rollout_main
+    from rewardflow.rollout import make_parser as rollout_parser
+
+    out = tmp_path_factory.mktemp("rollout") / "r"
+    argv = ["--output_dir", str(out), "--max_prompts", "4", "--num_generations", "2", "--num_iterations", "2"]
+    argv += ["--num_steps", "2", "--batch_size", "4", "--rewards", "verifier", "--audio_format", "none"]
+    (cfg,) = rollout_parser().parse_args_and_config(args=argv)
+    rollout_main(cfg)
+    return out
+
+
+def edit_table(src: Path, dst: Path, fn) -> Path:
+    """Copies a rollout and applies `fn(pyarrow.Table) -> Table` to every shard."""
+    shutil.copytree(src, dst)
+    for shard in (dst / "data").glob("shard-*.parquet"):
+        pq.write_table(fn(pq.read_table(shard)), shard)
+    return dst
+
+
+def set_column(table: pa.Table, name: str, values) -> pa.Table:
+    values = pa.array(list(values), type=table.schema.field(name).type if name in table.column_names else None)
+    if name in table.column_names:
+        return table.set_column(table.column_names.index(name), name, values)
+    return table.append_column(name, values)
+
+
+def run(rollout, out, *extra, callbacks=None):
+    args, model_args = make_parser().parse_args_and_config(
+        args=["--rollout", str(rollout), "--output_dir", str(out), "--reward", "verifier", *FAST, *extra]
+    )
+    return main(args, model_args, callbacks=callbacks)
+
+
+def state_of(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "flow" / "model.safetensors"))
+
+
+class Snapshots(TrainerCallback):
+    """Parameters before training and after each step (copies), for assertions."""
+
+    def __init__(self):
+        self.before, self.after = None, []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.before = {k: v.detach().clone() for k, v in model.named_parameters()}
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.after.append({k: v.detach().clone() for k, v in model.named_parameters()})
+
+
+def test_every_parameter_changes_and_parts_are_logged(rollout_dir, tmp_path):
+    from base_model import MaskAudioFlowPipeline
+
+    snap = Snapshots()
+    metrics = run(rollout_dir, tmp_path / "ft", "--tau", "1.0", callbacks=[snap])
+    assert metrics["steps"] == 3 and metrics["rows"] == 8 and metrics["nan_loss_steps"] == 0
+    for k, v in snap.before.items():
+        assert not torch.equal(v, snap.after[-1][k]), f"{k} did not change"
+    log = metrics["last_log"]
+    for key in ("loss/flow", "loss/reference", "rewards/verifier/mean", "weights/ess", "weights/max_min_ratio"):
+        assert key in log and math.isfinite(log[key]), key
+    first = json.loads(sorted((tmp_path / "ft").glob("checkpoint-*/trainer_state.json"))[-1].read_text())
+    assert first["log_history"][0]["loss/reference"] == 0.0  # at step 1 the policy is the reference
+    # the final pipeline loads and holds the trained weights; the reference is in no checkpoint
+    pipe = MaskAudioFlowPipeline.from_pretrained(tmp_path / "ft" / "final")
+    trained = dict(pipe.model.named_parameters())
+    assert all(torch.equal(trained[k], v) for k, v in snap.after[-1].items())
+    ckpt = sorted((tmp_path / "ft").glob("checkpoint-*"))[-1]
+    from safetensors.torch import load_file
+
+    assert set(load_file(str(ckpt / "model.safetensors"))) == set(trained)
+    card = (tmp_path / "ft" / "final" / "README.md").read_text()
+    assert "verifier" in card and "τ = 1.0" in card and str(rollout_dir) in card
+
+
+def test_lora_keeps_base_weights_and_changes_every_adapter(rollout_dir, tmp_path):
+    snap = Snapshots()
+    run(rollout_dir, tmp_path / "lora", "--use_peft", "--lora_r", "4", "--lora_alpha", "8", callbacks=[snap])
+    lora = [k for k in snap.before if "lora_" in k]
+    base = [k for k in snap.before if "lora_" not in k]
+    assert lora and base
+    for k in base:
+        assert torch.equal(snap.before[k], snap.after[-1][k]), f"base weight {k} changed"
+    for k in lora:
+        assert not torch.equal(snap.before[k], snap.after[-1][k]), f"adapter {k} did not change"
+    final = tmp_path / "lora" / "final"
+    assert (final / "adapter" / "adapter_model.safetensors").is_file()
+    assert not any("lora" in k for k in state_of(final))  # merged
+    hist = json.loads(sorted((tmp_path / "lora").glob("checkpoint-*/trainer_state.json"))[-1].read_text())
+    assert hist["log_history"][0]["loss/reference"] == 0.0  # adapters start at B = 0: policy == reference
+
+
+class KillAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt("killed")
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_resume_after_kill_is_bitwise(rollout_dir, tmp_path, lora):
+    extra = ["--max_steps", "4", "--save_steps", "2", "--use_cpu"] + (["--use_peft", "--lora_r", "4"] if lora else [])
+    run(rollout_dir, tmp_path / "a", *extra)
+    with pytest.raises(KeyboardInterrupt):
+        run(rollout_dir, tmp_path / "b", *extra, callbacks=[KillAt(3)])
+    assert not (tmp_path / "b" / "final").exists()
+    # a half-written newer checkpoint (no trainer_state.json) must be skipped by "latest"
+    (tmp_path / "b" / "checkpoint-3").mkdir()
+    run(rollout_dir, tmp_path / "b", *extra, "--resume_from_checkpoint", "latest")
+    a, b = state_of(tmp_path / "a" / "final"), state_of(tmp_path / "b" / "final")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_warns_on_changed_objective_and_stops_on_changed_shape(rollout_dir, tmp_path, caplog):
+    out = tmp_path / "r"
+    run(rollout_dir, out, "--max_steps", "2", "--save_steps", "1")
+    with caplog.at_level(logging.WARNING, logger="rewardflow.finetune"):
+        run(rollout_dir, out, "--max_steps", "3", "--tau", "2.0", "--resume_from_checkpoint", "latest")
+    assert "tau: 0.1 -> 2.0" in caplog.text
+    with pytest.raises(ValueError, match="use_peft: False -> True"):
+        run(rollout_dir, out, "--use_peft", "--resume_from_checkpoint", "latest")
+    run_file = out / "finetune_run.json"
+    state = json.loads(run_file.read_text())
+    state["model_config"]["hidden_size"] = 999
+    run_file.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="hidden_size: 999 -> 128"):
+        run(rollout_dir, out, "--resume_from_checkpoint", "latest")
+
+
+def test_nan_loss_step_skipped_then_abort_after_k_in_a_row(rollout_dir, tmp_path):
+    def nan_latents(rows):
+        def fn(table):
+            lat = table.column("latent").to_pylist()
+            for i in range(len(lat)):
+                if (
+                    rows is None
+                    or (table.column("prompt_id")[i].as_py(), table.column("sample_index")[i].as_py()) in rows
+                ):
+                    lat[i] = np.full(len(lat[i]) // 2, np.nan, np.float16).tobytes()
+            return set_column(table, "latent", lat)
+
+        return fn
+
+    one = edit_table(rollout_dir, tmp_path / "one", nan_latents({("synthcaps-train-000000", 0)}))
+    snap = Snapshots()
+    m = run(one, tmp_path / "ft1", "--per_device_train_batch_size", "1", "--max_steps", "8", callbacks=[snap])
+    assert m["nan_loss_steps"] == 1 and m["steps"] == 8
+    skipped = [i for i in range(1, 8) if all(torch.equal(snap.after[i - 1][k], v) for k, v in snap.after[i].items())]
+    assert len(skipped) == 1  # exactly one step left every weight untouched
+    assert all(torch.isfinite(v).all() for v in snap.after[-1].values())
+    every = edit_table(rollout_dir, tmp_path / "all", nan_latents(None))
+    with pytest.raises(RuntimeError, match="2 steps in a row had a NaN/inf loss"):
+        run(every, tmp_path / "ft2", "--max_nan_loss_steps", "2")
+
+
+def test_nan_reward_rows_are_dropped_and_counted(rollout_dir, tmp_path):
+    def fn(table):
+        v = table.column("reward/verifier").to_pylist()
+        v[0] = float("nan")
+        return set_column(table, "reward/verifier", v)
+
+    bad = edit_table(rollout_dir, tmp_path / "nan", fn)
+    m = run(bad, tmp_path / "ft", "--max_nan_fraction", "0.5")
+    assert m["dropped_nan_rows"] == 2 and m["rows"] == 6  # one per shard, two shards
+    with pytest.raises(ValueError, match="max_nan_fraction"):
+        run(bad, tmp_path / "ft2", "--max_nan_fraction", "0.1")
+
+
+def test_bad_inputs_fail_before_training(rollout_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"no score column 'clap'.*Available: verifier"):
+        run(rollout_dir, tmp_path / "x", "--reward", "clap")
+
+    def fewer_channels(table):
+        lat = [
+            np.frombuffer(b, np.float16).reshape(-1, 20)[:, :16].tobytes() for b in table.column("latent").to_pylist()
+        ]
+        shapes = [[s[0], 16] for s in table.column("latent_shape").to_pylist()]
+        return set_column(set_column(table, "latent", lat), "latent_shape", shapes)
+
+    with pytest.raises(ValueError, match="16-channel latents but the model expects 20"):
+        run(edit_table(rollout_dir, tmp_path / "c16", fewer_channels), tmp_path / "y")
+
+    def shorter(table):
+        lat = [np.frombuffer(b, np.float16).reshape(-1, 20)[:10].tobytes() for b in table.column("latent").to_pylist()]
+        return set_column(set_column(table, "latent", lat), "latent_shape", [[10, 20]] * len(lat))
+
+    with pytest.raises(ValueError, match="10-frame latents"):
+        run(edit_table(rollout_dir, tmp_path / "t10", shorter), tmp_path / "z")
+    with pytest.raises(FileNotFoundError, match="rewardflow/rollout.py"):
+        run(tmp_path / "missing", tmp_path / "w")
+    with pytest.raises(ValueError, match="--weighting must be one of"):
+        run(rollout_dir, tmp_path / "v", "--weighting", "softmax")
+    with pytest.raises(ValueError, match="self_normalized"):
+        run(rollout_dir, tmp_path / "u", "--weighting", "exp", "--tau", "1e9")
+    assert not any((tmp_path / d).exists() for d in ("x", "y", "z", "u"))  # nothing trained, nothing written
+
+
+def test_rounds_roll_out_with_the_newest_policy_and_resume(rollout_dir, tmp_path):
+    out = tmp_path / "rounds"
+    all_metrics = run(rollout_dir, out, "--rounds", "2", "--max_steps", "2")
+    assert set(all_metrics) == {1, 2}
+    meta = json.loads((out / "round-2" / "rollout" / "run.json").read_text())
+    assert meta["model"]["id"] == str(out / "round-1" / "final")
+    assert meta["settings"]["seed"] == 1
+    assert (out / "round-2" / "final" / "metrics.json").is_file()
+    before = (out / "round-2" / "final" / "metrics.json").stat().st_mtime_ns
+    run(rollout_dir, out, "--rounds", "2", "--max_steps", "2")  # finished rounds are skipped
+    assert (out / "round-2" / "final" / "metrics.json").stat().st_mtime_ns == before
+
+
+DDP_SCRIPT = """
+import hashlib, json, os, sys
+sys.path.insert(0, {root!r})
+from transformers import TrainerCallback
+from rewardflow.finetune import main, make_parser
+
+class Checksums(TrainerCallback):
+    def __init__(self):
+        self.sums = []
+    def on_step_end(self, args, state, control, model=None, **kw):
+        h = hashlib.sha256()
+        for k, v in sorted(model.state_dict().items()):
+            h.update(v.detach().cpu().numpy().tobytes())
+        self.sums.append(h.hexdigest())
+
+cb = Checksums()
+args, model_args = make_parser().parse_args_and_config()
+main(args, model_args, callbacks=[cb])
+from accelerate import PartialState
+rank = PartialState().process_index
+with open(os.path.join(args.output_dir, f"sums-{{rank}}.json"), "w") as f:
+    json.dump(cb.sums, f)
+"""
+
+
+def test_two_process_ranks_hold_identical_parameters(rollout_dir, tmp_path):
+    script = tmp_path / "ddp_finetune.py"
+    script.write_text(DDP_SCRIPT.format(root=str(ROOT)))
+    out = tmp_path / "ddp"
+    # `--multi_gpu` is torchrun underneath; without GPUs the two ranks form one CPU (gloo) DDP group.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", str(script)]
+    cmd += ["--rollout", str(rollout_dir), "--output_dir", str(out), "--reward", "verifier", *FAST]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a = json.loads((out / "sums-0.json").read_text())
+    b = json.loads((out / "sums-1.json").read_text())
+    assert len(a) == 3 and a == b and len(set(a)) == 3  # identical on both ranks, and changing every step
+    metrics = json.loads((out / "final" / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and metrics["world_size"] == 2

@@ -24,7 +24,7 @@ test-slow: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow
 
 demo: setup
-	HF_HUB_OFFLINE=1 $(PY) base_model/generate.py --model synthcaps --heldout_prompts 4 --output_dir outputs/demo
+	HF_HUB_OFFLINE=1 $(PY) experiments/alignment_demo.py --output_dir outputs/demo
 
 lint: setup
 	$(PY) -m ruff check .

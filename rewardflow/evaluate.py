@@ -1,13 +1,16 @@
-"""Evaluate pipelines side by side on the same prompts and seeds: reward scores, SynthCaps verifier accuracy and a
-Fréchet distance over mel statistics to real audio.
+"""Evaluate pipelines side by side on the same prompts and seeds, the way papers report them.
 
     python rewardflow/evaluate.py --models synthcaps outputs/finetune/final --max_prompts 48
-    python rewardflow/evaluate.py --models synthcaps outputs/finetune/final --output_json outputs/eval.json
+    python rewardflow/evaluate.py --models synthcaps tuned/ --output_dir outputs/eval      # report.json + report.md
+    python rewardflow/evaluate.py --models my_pipeline/ --prompts audiocaps_test.csv --audio_column audio \
+        --id_column youtube_id --clap_checkpoint 630k-audioset-best.pt --aesthetics_checkpoint checkpoint.pt
+    python rewardflow/evaluate.py --models synthcaps --best_of 4 --rerank_reward clap      # reported as best-of-4
 
-Every model generates the same prompts with the same per-clip seeds, so differences are paired: the table gives
-each metric's mean per model and, for each later model, the paired difference to the first with a 95% bootstrap
-interval over prompts. The Fréchet distance needs reference audio: SynthCaps prompts render theirs; other prompt
-sets report it as unavailable.
+Per model: CLAP score (checkpoint named), aesthetics and its four axes, the SynthCaps verifier's attribute accuracy,
+FAD over CLAP audio embeddings (the embedding model named), a Fréchet distance over mel statistics, and seconds per
+clip. Every model generates the same prompts with the same per-clip seeds, derived from the prompt id, so clips are
+paired by `(prompt_id, sample_index)`, never by order: each later model's difference to the first comes with a 95%
+bootstrap interval over prompts. A metric that cannot be computed says why (`n/a: <reason>`); failures raise.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +31,8 @@ if __package__ in (None, ""):  # run as a script
 
 logger = logging.getLogger("rewardflow.evaluate")
 
+KL_NA = "n/a: needs an audio classifier (PANNs/PaSST weights, or a SynthCaps attribute classifier) - not built yet"
+
 
 @dataclass
 class EvaluateConfig:
@@ -35,39 +41,75 @@ class EvaluateConfig:
     )
     prompts: str = field(default="synthcaps:heldout", metadata={"help": "'synthcaps:<split>' or a caption table."})
     caption_column: str = field(default="caption", metadata={"help": "Caption column of a prompt table."})
+    id_column: str = field(default="", metadata={"help": "Prompt id column (default: the row number)."})
+    audio_column: str = field(
+        default="", metadata={"help": "Reference audio column of a caption table (for FAD / Fréchet distances)."}
+    )
     max_prompts: int = field(default=48, metadata={"help": "Use the first N prompts."})
-    num_generations: int = field(default=1, metadata={"help": "Clips per prompt (seeds shared across models)."})
+    num_samples: int = field(default=1, metadata={"help": "Clips per prompt (seeds shared across models)."})
     seed: int = field(default=1000, metadata={"help": "Clip seeds derive from it and the prompt ids."})
     rewards: list[str] = field(
         default_factory=lambda: ["clap", "aesthetics", "verifier"], metadata={"help": "Scorers to report."}
     )
     clap_checkpoint: str = field(default="", metadata={"help": "CLAP checkpoint (default: bundled SynthCaps CLAP)."})
     aesthetics_checkpoint: str = field(default="", metadata={"help": "Aesthetics checkpoint (default: bundled)."})
+    best_of: int = field(default=1, metadata={"help": "Generate N per clip and keep the best by --rerank_reward."})
+    rerank_reward: str = field(default="clap", metadata={"help": "Score column that picks the best of N."})
     num_iterations: int = field(default=8, metadata={"help": "Decoding iterations."})
     num_steps: int = field(default=25, metadata={"help": "ODE steps per iteration."})
     cfg_scale: float = field(default=3.0, metadata={"help": "Classifier-free guidance scale."})
     batch_size: int = field(default=16, metadata={"help": "Clips per batch."})
     bootstrap: int = field(default=2000, metadata={"help": "Bootstrap resamples for the paired intervals."})
-    output_json: str = field(default="", metadata={"help": "Also write the report here (atomically)."})
+    cache_dir: str = field(
+        default="", metadata={"help": "Embedding cache (default: ~/.cache/rewardflow/embeddings; 'none' disables)."}
+    )
+    output_dir: str = field(default="", metadata={"help": "Write report.json and report.md here (atomically)."})
+    output_json: str = field(default="", metadata={"help": "Also write the JSON report to this file."})
+
+    def __post_init__(self):
+        if self.num_samples < 1 or self.best_of < 1:
+            raise ValueError("--num_samples and --best_of must be >= 1.")
+        if not self.models:
+            raise ValueError("--models needs at least one pipeline.")
 
 
-def _prompts(cfg: EvaluateConfig) -> tuple[list[dict], torch.Tensor | None]:
-    """Prompt rows and, for SynthCaps, the real renders `(N, samples)` used as the Fréchet reference."""
+# ------------------------------------------------------------------------------------------------ inputs
+def load_eval_prompts(cfg: EvaluateConfig) -> tuple[list[dict], dict[str, np.ndarray] | None, str]:
+    """Prompt rows, the reference audio by prompt id (16 kHz) or None, and why there is none."""
     from rewardflow.rollout import load_prompts
     from rewardflow.rollout_config import RolloutConfig
 
     rows = load_prompts(
-        RolloutConfig(prompts=cfg.prompts, caption_column=cfg.caption_column, max_prompts=cfg.max_prompts)
+        RolloutConfig(
+            prompts=cfg.prompts,
+            caption_column=cfg.caption_column,
+            id_column=cfg.id_column,
+            max_prompts=cfg.max_prompts,
+        )
     )
-    real = None
     if cfg.prompts.startswith("synthcaps:"):
         from base_model.data.synthcaps import example, render_audio
 
         split = cfg.prompts.split(":", 1)[1]
-        real = torch.from_numpy(
-            np.stack([render_audio(e["attributes"], e["seed"]) for e in (example(i, split) for i in range(len(rows)))])
+        ex = {e["id"]: e for e in (example(i, split) for i in range(len(rows)))}
+        return (
+            rows,
+            {r["prompt_id"]: render_audio(ex[r["prompt_id"]]["attributes"], ex[r["prompt_id"]]["seed"]) for r in rows},
+            "",
         )
-    return rows, real
+    if not cfg.audio_column:
+        return rows, None, "n/a: no reference audio (pass --audio_column for a caption table with audio)"
+    from base_model.data.captions import load_caption_audio
+
+    corpus = load_caption_audio(
+        cfg.prompts, cfg.audio_column, cfg.caption_column, cfg.id_column or None, max_examples=len(rows)
+    )
+    if corpus.unreadable:
+        raise RuntimeError(
+            f"{len(corpus.unreadable)} reference clips are unreadable ({', '.join(corpus.unreadable[:5])}); "
+            "fix or drop them: a distance over a different set would not be comparable."
+        )
+    return rows, dict(zip(corpus.ids, corpus.audio)), ""
 
 
 def paired_interval(a: np.ndarray, b: np.ndarray, n: int, seed: int = 0) -> tuple[float, float, float]:
@@ -81,96 +123,184 @@ def paired_interval(a: np.ndarray, b: np.ndarray, n: int, seed: int = 0) -> tupl
     return float(d.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+# ---------------------------------------------------------------------------------------------- evaluate
 @torch.inference_mode()
 def evaluate(cfg: EvaluateConfig) -> dict:
     from tqdm.auto import tqdm
 
     from base_model import MaskAudioFlowPipeline, MelSpectrogram
     from rewardflow.distributed import process_state
+    from rewardflow.embeddings import EmbeddingCache
     from rewardflow.metrics import frechet_distance, mel_statistics
     from rewardflow.rollout import build_rewards, sample_seed, score_batch
     from rewardflow.rollout_config import RolloutConfig
 
     device = process_state().device
-    rows, real = _prompts(cfg)
+    rows, reference, no_ref_reason = load_eval_prompts(cfg)
+    names = list(dict.fromkeys(cfg.rewards + (["clap"] if "clap" not in cfg.rewards else [])))  # FAD needs CLAP
     rewards = build_rewards(
         RolloutConfig(
-            rewards=cfg.rewards, clap_checkpoint=cfg.clap_checkpoint, aesthetics_checkpoint=cfg.aesthetics_checkpoint
+            rewards=names, clap_checkpoint=cfg.clap_checkpoint, aesthetics_checkpoint=cfg.aesthetics_checkpoint
         ),
         device,
     )
-    items = [(i, s) for i in range(len(rows)) for s in range(cfg.num_generations)]
+    clap = rewards["clap"]
+    cache_dir = None if cfg.cache_dir == "none" else (cfg.cache_dir or Path.home() / ".cache/rewardflow/embeddings")
+    embedder = EmbeddingCache(clap.embed_audio, f"clap:{clap.model_id}:{clap.checkpoint_hash}", cache_dir)
     mel_fn = MelSpectrogram()
-    real_feats = mel_statistics(mel_fn(real)) if real is not None else None
-    report: dict = {"settings": {k: v for k, v in vars(cfg).items()}, "models": {}}
-    per_clip: dict[str, dict[str, np.ndarray]] = {}
+    keys = [(r["prompt_id"], s) for r in rows for s in range(cfg.num_samples)]  # pairing key of every clip
+    by_id = {r["prompt_id"]: r for r in rows}
+    ref_emb = ref_mel = None
+    if reference is not None:
+        ref_wav = torch.from_numpy(np.stack([reference[r["prompt_id"]] for r in rows]))
+        ref_emb, ref_mel = embedder.embed(ref_wav, 16000), mel_statistics(mel_fn(ref_wav))
+
+    report: dict = {
+        "settings": asdict(cfg),
+        "selection": f"best-of-{cfg.best_of} by {cfg.rerank_reward}" if cfg.best_of > 1 else "single sample",
+        "metric_info": {
+            "clap": f"mean cosine(text, audio) of {clap.model_id} (checkpoint {clap.checkpoint_hash[:12]})",
+            "fad_clap": f"Fréchet distance between {clap.model_id} audio embeddings of generated and reference clips",
+            "mel_frechet": "Fréchet distance between per-clip mel-bin mean/std statistics (2 x 80 dims)",
+            "kl": KL_NA,
+            **{n: f"{r.model_id} (checkpoint {r.checkpoint_hash[:12]})" for n, r in rewards.items() if n != "clap"},
+        },
+        "models": {},
+    }
+    per_clip: dict[str, dict[str, dict]] = {}
     for name in cfg.models:
         pipe = MaskAudioFlowPipeline.from_pretrained(name, device=device)
-        cols: dict[str, list] = {}
-        feats = []
+        scores: dict[tuple, dict[str, float]] = {}
+        waves: dict[tuple, torch.Tensor] = {}
         start = time.perf_counter()
-        for b in tqdm(range(0, len(items), cfg.batch_size), desc=f"evaluate {name}", unit="batch"):
-            chunk = items[b : b + cfg.batch_size]
-            texts = [rows[i]["prompt"] for i, _ in chunk]
-            attrs = [rows[i]["attributes"] for i, _ in chunk]
-            seeds = [sample_seed(cfg.seed, rows[i]["prompt_id"], s) for i, s in chunk]
-            out = pipe(
-                texts,
-                num_iterations=cfg.num_iterations,
-                num_steps=cfg.num_steps,
-                cfg_scale=cfg.cfg_scale,
-                seed=seeds,
-            )
-            for k, v in score_batch(rewards, out.waveforms.cpu(), out.sample_rate, texts, attrs).items():
-                cols.setdefault(k, []).extend(v.tolist())
-            if real is not None:
-                n = min(out.waveforms.shape[1], real.shape[1])
-                feats.append(mel_statistics(mel_fn(out.waveforms[:, :n].cpu())))
+        for b in tqdm(range(0, len(keys), cfg.batch_size), desc=f"evaluate {name}", unit="batch"):
+            chunk = keys[b : b + cfg.batch_size]
+            best: dict[tuple, tuple[float, dict, torch.Tensor]] = {}
+            for j in range(cfg.best_of):
+                texts = [by_id[p]["prompt"] for p, _ in chunk]
+                attrs = [by_id[p]["attributes"] for p, _ in chunk]
+                # candidate j of sample s: candidate 0 is the plain sample, so best-of-1 == no selection
+                seeds = [sample_seed(cfg.seed, p if j == 0 else f"{p}#candidate-{j}", s) for p, s in chunk]
+                out = pipe(
+                    texts,
+                    num_iterations=cfg.num_iterations,
+                    num_steps=cfg.num_steps,
+                    cfg_scale=cfg.cfg_scale,
+                    seed=seeds,
+                )
+                wav = out.waveforms.cpu()
+                cols = score_batch(rewards, wav, out.sample_rate, texts, attrs)
+                if f"reward/{cfg.rerank_reward}" not in cols:
+                    raise ValueError(f"--rerank_reward {cfg.rerank_reward!r} is not among the scores {sorted(cols)}.")
+                for i, key in enumerate(chunk):
+                    row = {k: float(v[i]) for k, v in cols.items()}
+                    r = row[f"reward/{cfg.rerank_reward}"]
+                    if key not in best or (np.isfinite(r) and not r <= best[key][0]):
+                        best[key] = (r, row, wav[i])
+            for key, (_, row, w) in best.items():
+                scores[key], waves[key] = row, w
         seconds = time.perf_counter() - start
-        per_clip[name] = {k: np.asarray(v, dtype=np.float64) for k, v in cols.items()}
-        summary = {k: float(np.nanmean(v)) for k, v in per_clip[name].items() if "/" not in k[len("reward/") :]}
-        summary["mel_frechet"] = frechet_distance(np.concatenate(feats), real_feats) if feats else None
-        summary["seconds_per_clip"] = round(seconds / len(items), 3)
+        per_clip[name] = scores
+        summary = _summarise(scores, keys, rows)
+        gen = torch.stack([waves[k] for k in keys])
+        if reference is not None:
+            n = min(gen.shape[1], ref_wav.shape[1])
+            summary["fad_clap"] = frechet_distance(embedder.embed(gen, 16000), ref_emb)
+            summary["mel_frechet"] = frechet_distance(mel_statistics(mel_fn(gen[:, :n])), ref_mel)
+        else:
+            summary["fad_clap"] = summary["mel_frechet"] = no_ref_reason
+        summary["kl"] = KL_NA
+        summary["seconds_per_clip"] = round(seconds / len(keys), 3)
         report["models"][name] = summary
-    # Paired differences to the first model, averaged per prompt first (clips of one prompt are not independent).
-    first = cfg.models[0]
-    prompt_of = np.asarray([i for i, _ in items])
-    report["paired_vs_first"] = {}
-    for name in cfg.models[1:]:
-        diffs = {}
-        for key in report["models"][first]:
-            if not key.startswith("reward/"):
-                continue
-            a = np.array([np.nanmean(per_clip[first][key][prompt_of == i]) for i in range(len(rows))])
-            b = np.array([np.nanmean(per_clip[name][key][prompt_of == i]) for i in range(len(rows))])
-            mean, lo, hi = paired_interval(a, b, cfg.bootstrap)
-            diffs[key] = {"mean": mean, "ci95": [lo, hi]}
-        report["paired_vs_first"][name] = diffs
+    report["paired_vs_first"] = _paired(cfg, per_clip, keys, rows)
     report["table"] = format_table(report)
     print(report["table"])
-    if cfg.output_json:
-        from base_model.pipeline import atomic_write_text
-
-        Path(cfg.output_json).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(Path(cfg.output_json), json.dumps(report, indent=2))
+    _write(cfg, report)
     return report
 
 
+def _summarise(scores: dict, keys: list, rows: list[dict]) -> dict:
+    """Mean of each score over clips; NaN-only scores (e.g. the verifier on prompts without attributes) say why."""
+    out = {}
+    for col in scores[keys[0]]:
+        if col.startswith("reward/verifier/"):
+            continue  # per-attribute diagnostics (NaN where an attribute is absent): the rollout table keeps them
+        v = np.array([scores[k][col] for k in keys], dtype=np.float64)
+        if np.isfinite(v).any():
+            out[col.removeprefix("reward/")] = float(np.nanmean(v))
+        elif col == "reward/verifier":
+            out["verifier"] = "n/a: prompts carry no SynthCaps attributes"
+        else:
+            raise RuntimeError(f"every {col} score is NaN/inf: the reward model failed on these clips.")
+    return out
+
+
+def _paired(cfg: EvaluateConfig, per_clip: dict, keys: list, rows: list[dict]) -> dict:
+    """Each later model minus the first, averaged per prompt first (clips of one prompt are not independent), over
+    prompts sorted by id so the interval does not depend on file order."""
+    first, out = cfg.models[0], {}
+    ids = sorted(r["prompt_id"] for r in rows)
+    for name in cfg.models[1:]:
+        diffs = {}
+        for col in per_clip[first][keys[0]]:
+            if "/" in col.removeprefix("reward/") and not col.startswith("reward/aesthetics/"):
+                continue  # verifier sub-scores: reported in the per-clip data only
+
+            def per_prompt(model, col=col):
+                return np.array(
+                    [np.nanmean([per_clip[model][(p, s)][col] for s in range(cfg.num_samples)]) for p in ids]
+                )
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN prompts give NaN, dropped below
+                a, b = per_prompt(first), per_prompt(name)
+            if not np.isfinite(a - b).any():
+                continue
+            mean, lo, hi = paired_interval(a, b, cfg.bootstrap)
+            diffs[col.removeprefix("reward/")] = {"mean": mean, "ci95": [lo, hi]}
+        out[name] = diffs
+    return out
+
+
+def _write(cfg: EvaluateConfig, report: dict) -> None:
+    from base_model.pipeline import atomic_write_text
+
+    targets = []
+    if cfg.output_dir:
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        targets.append(Path(cfg.output_dir) / "report.json")
+        atomic_write_text(Path(cfg.output_dir) / "report.md", report["table"] + "\n")
+    if cfg.output_json:
+        Path(cfg.output_json).parent.mkdir(parents=True, exist_ok=True)
+        targets.append(Path(cfg.output_json))
+    for path in targets:
+        atomic_write_text(path, json.dumps(report, indent=2))
+
+
 def format_table(report: dict) -> str:
-    """A markdown table: one row per model, one column per metric; paired differences with 95% intervals below."""
+    """A markdown table: one row per model, one column per metric (`n/a: <reason>` spelled out below the table),
+    then paired differences to the first model with 95% intervals."""
     models = report["models"]
-    keys = [k for k in next(iter(models.values()))]
-    head = "| model | " + " | ".join(k.removeprefix("reward/") for k in keys) + " |"
-    lines = [head, "|" + "---|" * (len(keys) + 1)]
+    keys = list(next(iter(models.values())))
+    lines = [f"Selection: {report.get('selection', 'single sample')}.", ""]
+    lines.append("| model | " + " | ".join(keys) + " |")
+    lines.append("|" + "---|" * (len(keys) + 1))
+    reasons = {}
     for name, m in models.items():
-        cells = [("n/a" if m[k] is None else f"{m[k]:.4g}") for k in keys]
+        cells = []
+        for k in keys:
+            v = m.get(k)
+            if isinstance(v, str):
+                reasons[k] = v
+                cells.append("n/a")
+            else:
+                cells.append(f"{v:.4g}")
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    for k, why in reasons.items():
+        lines.append(f"\n{k}: {why}")
     for name, diffs in report.get("paired_vs_first", {}).items():
-        parts = [
-            f"{k.removeprefix('reward/')} {d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
-            for k, d in diffs.items()
-        ]
-        lines.append(f"\n`{name}` minus `{next(iter(models))}` (paired, 95% CI): " + "; ".join(parts))
+        parts = [f"{k} {d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]" for k, d in diffs.items()]
+        lines.append(f"\n`{name}` minus `{next(iter(models))}` (paired by prompt, 95% CI): " + "; ".join(parts))
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ SCRIPTS = [
     "experiments/build_synthcaps.py",
     "experiments/train_synthcaps_clap.py",
     "experiments/train_synthcaps_aesthetics.py",
+    "experiments/alignment_demo.py",
 ]
 
 

@@ -1,12 +1,25 @@
-"""Evaluation: same prompts and seeds for every model, so a model compared with itself differs by exactly zero."""
+"""Evaluation: paired by id, reproducible, honest about what it cannot compute, cached by content."""
 
+import csv
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
+import soundfile as sf
+import torch
 
+from rewardflow.embeddings import EmbeddingCache
 from rewardflow.evaluate import main, make_parser, paired_interval
+from rewardflow.metrics import frechet_distance
+
+FAST = ["--num_steps", "2", "--num_iterations", "2", "--bootstrap", "200", "--cache_dir", "none"]
+
+
+def evaluate(*argv):
+    (cfg,) = make_parser().parse_args_and_config(args=[*FAST, *argv])
+    return main(cfg)
 
 
 def test_paired_interval_matches_a_direct_computation():
@@ -16,22 +29,104 @@ def test_paired_interval_matches_a_direct_computation():
     assert -0.1 - 1e-12 <= lo <= mean <= hi <= 0.4 + 1e-12  # within the smallest and largest difference
 
 
-def test_model_against_its_copy(tmp_path):
-    import shutil
+@pytest.fixture(scope="module")
+def clap():
+    from reward_models import load_reward
 
+    return load_reward("clap")
+
+
+@pytest.fixture(scope="module")
+def renders():
+    from base_model.data.synthcaps import example, render_audio
+
+    return torch.from_numpy(np.stack([render_audio(e["attributes"], e["seed"]) for e in map(example, range(24))]))
+
+
+def test_fad_is_zero_against_itself_and_grows_with_noise(clap, renders):
+    ref = clap.embed_audio(renders, 16000).numpy()
+    assert frechet_distance(ref, ref) == pytest.approx(0.0, abs=1e-6)
+    g = torch.Generator().manual_seed(0)
+    fads = [
+        frechet_distance(
+            clap.embed_audio(renders + level * torch.randn(renders.shape, generator=g), 16000).numpy(), ref
+        )
+        for level in (0.003, 0.03, 0.3)
+    ]
+    assert 0 < fads[0] < fads[1] < fads[2], fads
+
+
+def test_cache_is_keyed_by_content_not_name(clap, renders, tmp_path):
+    cache = EmbeddingCache(clap.embed_audio, "clap:test", tmp_path)
+    first = cache.embed(renders[:4], 16000)
+    assert cache.computed == 4
+    again = EmbeddingCache(clap.embed_audio, "clap:test", tmp_path).embed(renders[:4], 16000)
+    np.testing.assert_array_equal(first, again)
+    changed = renders[:4].clone()
+    changed[2] *= 0.5  # "regenerated audio under the same name"
+    cache2 = EmbeddingCache(clap.embed_audio, "clap:test", tmp_path)
+    out = cache2.embed(changed, 16000)
+    assert cache2.computed == 1 and not np.allclose(out[2], first[2]) and np.array_equal(out[0], first[0])
+    other_model = EmbeddingCache(clap.embed_audio, "clap:another-checkpoint", tmp_path)
+    other_model.embed(renders[:4], 16000)
+    assert other_model.computed == 4
+
+
+def test_model_against_its_copy_and_best_of(tmp_path):
     from base_model.pipeline import resolve_pipeline_path
 
     copy = tmp_path / "copy"
     shutil.copytree(resolve_pipeline_path("synthcaps"), copy)  # same weights, generated in a second pass
-    out = tmp_path / "eval.json"
-    argv = ["--models", "synthcaps", str(copy), "--max_prompts", "4", "--num_steps", "2", "--num_iterations", "2"]
-    argv += ["--rewards", "verifier", "--output_json", str(out), "--bootstrap", "200"]
-    (cfg,) = make_parser().parse_args_and_config(args=argv)
-    report = main(cfg)
-    assert json.loads(out.read_text())["table"] == report["table"]
-    m = report["models"]["synthcaps"]
-    assert 0 <= m["reward/verifier"] <= 1 and math.isfinite(m["mel_frechet"]) and m["mel_frechet"] > 0
-    assert report["models"][str(copy)] == {**m, "seconds_per_clip": report["models"][str(copy)]["seconds_per_clip"]}
-    diff = report["paired_vs_first"][str(copy)]["reward/verifier"]
-    assert diff["mean"] == 0 and diff["ci95"] == [0, 0]
-    assert "| `synthcaps` |" in report["table"]
+    out = tmp_path / "eval"
+    report = evaluate("--models", "synthcaps", str(copy), "--max_prompts", "4", "--output_dir", str(out))
+    assert json.loads((out / "report.json").read_text())["table"] == report["table"]
+    assert (out / "report.md").read_text().strip() == report["table"]
+    m, c = report["models"]["synthcaps"], report["models"][str(copy)]
+    assert 0 <= m["verifier"] <= 1 and math.isfinite(m["fad_clap"]) and m["mel_frechet"] > 0
+    assert {k: v for k, v in m.items() if k != "seconds_per_clip"} == {
+        k: v for k, v in c.items() if k != "seconds_per_clip"
+    }
+    for key in ("aesthetics/PQ", "aesthetics/PC", "aesthetics/CE", "aesthetics/CU", "clap"):
+        assert math.isfinite(m[key]), key
+        assert report["paired_vs_first"][str(copy)][key] == {"mean": 0.0, "ci95": [0.0, 0.0]}
+    assert m["kl"].startswith("n/a: ") and "kl: n/a: " in report["table"]
+    assert "laion" in report["metric_info"]["fad_clap"] or "clap" in report["metric_info"]["fad_clap"]
+    best = evaluate("--models", "synthcaps", "--max_prompts", "4", "--best_of", "2", "--rerank_reward", "verifier")
+    assert best["selection"] == "best-of-2 by verifier" and "best-of-2 by verifier" in best["table"]
+    assert best["models"]["synthcaps"]["verifier"] >= m["verifier"]  # candidate 0 is the single sample
+
+
+def _caption_table(folder, rows, with_audio=True):
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "captions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["clip_id", "caption"] + (["audio"] if with_audio else []))
+        for clip_id, caption, wav in rows:
+            if with_audio:
+                sf.write(folder / f"{clip_id}.wav", wav, 16000)
+            w.writerow([clip_id, caption] + ([f"{clip_id}.wav"] if with_audio else []))
+    return folder / "captions.csv"
+
+
+def test_file_order_changes_no_metric_and_missing_references_say_why(tmp_path, renders):
+    from base_model.data.synthcaps import example
+
+    rows = [(f"clip{i}", example(i)["caption"], renders[i].numpy()) for i in range(5)]
+    common = ["--models", "synthcaps", "--id_column", "clip_id", "--audio_column", "audio", "--rewards", "clap"]
+    a = evaluate(*common, "--prompts", str(_caption_table(tmp_path / "a", rows)))
+    b = evaluate(*common, "--prompts", str(_caption_table(tmp_path / "b", rows[::-1])))
+    ma, mb = a["models"]["synthcaps"], b["models"]["synthcaps"]
+    for k in ("clap", "fad_clap", "mel_frechet"):
+        assert mb[k] == pytest.approx(ma[k], rel=1e-5), k
+    c = evaluate(
+        "--models",
+        "synthcaps",
+        "--rewards",
+        "clap",
+        "verifier",
+        "--prompts",
+        str(_caption_table(tmp_path / "c", rows, False)),
+    )
+    mc = c["models"]["synthcaps"]
+    assert mc["fad_clap"].startswith("n/a: no reference audio") and mc["verifier"].startswith("n/a: ")
+    assert "| n/a |" in c["table"].replace("n/a | n/a", "n/a |") or "n/a" in c["table"]

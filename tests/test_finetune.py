@@ -338,3 +338,21 @@ def test_two_process_ranks_hold_identical_parameters(rollout_dir, tmp_path):
     assert len(a) == 3 and a == b and len(set(a)) == 3  # identical on both ranks, and changing every step
     metrics = json.loads((out / "final" / "metrics.json").read_text())
     assert metrics["steps"] == 3 and metrics["world_size"] == 2
+
+
+def test_command_line_end_to_end(rollout_dir, tmp_path):
+    out = tmp_path / "cli"
+    cmd = [
+        sys.executable,
+        str(ROOT / "rewardflow/finetune.py"),
+        "--rollout",
+        str(rollout_dir),
+        "--output_dir",
+        str(out),
+    ]
+    cmd += ["--reward", "verifier", "--weighting", "topk", "--max_steps", "2", "--per_device_train_batch_size", "2"]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((out / "final" / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and metrics["dropped_topk_rows"] == 4 and metrics["weights_ess"] == 0.5
+    assert (out / "final" / "pipeline.json").is_file() and (out / "final" / "README.md").is_file()

@@ -64,6 +64,13 @@ class EvaluateConfig:
         default="", metadata={"help": "Embedding cache (default: ~/.cache/rewardflow/embeddings; 'none' disables)."}
     )
     output_dir: str = field(default="", metadata={"help": "Write report.json and report.md here (atomically)."})
+    save_audio: bool = field(
+        default=False,
+        metadata={
+            "help": "Also write every clip to <output_dir>/audio/<model #>/ and its scores to clips.json "
+            "(what experiments/report.py builds the listening report from)."
+        },
+    )
     output_json: str = field(default="", metadata={"help": "Also write the JSON report to this file."})
 
     def __post_init__(self):
@@ -71,6 +78,8 @@ class EvaluateConfig:
             raise ValueError("--num_samples and --best_of must be >= 1.")
         if not self.models:
             raise ValueError("--models needs at least one pipeline.")
+        if self.save_audio and not self.output_dir:
+            raise ValueError("--save_audio writes under --output_dir: pass one.")
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -201,6 +210,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
                 scores[key], waves[key] = row, w
         seconds = time.perf_counter() - start
         per_clip[name] = scores
+        if cfg.save_audio:
+            _save_clips(cfg, len(report["models"]), name, keys, by_id, waves, scores, pipe.sample_rate)
         summary = _summarise(scores, keys, rows)
         gen = torch.stack([waves[k] for k in keys])
         if reference is not None:
@@ -217,6 +228,27 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     print(report["table"])
     _write(cfg, report)
     return report
+
+
+def _save_clips(cfg, index: int, name: str, keys, by_id, waves, scores, sample_rate: int) -> None:
+    """`audio/model-<index>/<prompt_id>-<sample>.wav` and an entry per clip in `clips.json` (updated atomically)."""
+    from base_model.pipeline import atomic_write_text, save_wav
+
+    folder = Path(cfg.output_dir) / "audio" / f"model-{index}"
+    folder.mkdir(parents=True, exist_ok=True)
+    index_file = Path(cfg.output_dir) / "clips.json"
+    clips = json.loads(index_file.read_text()) if index_file.is_file() and index else {"models": [], "clips": []}
+    clips["models"].append(name)
+    for p, s in keys:
+        rel = f"audio/model-{index}/{p}-{s}.wav"
+        save_wav(Path(cfg.output_dir) / rel, waves[(p, s)], sample_rate)
+        entry = {
+            k.removeprefix("reward/"): v for k, v in scores[(p, s)].items() if not k.startswith("reward/verifier/")
+        }
+        clips["clips"].append(
+            {"model": name, "prompt_id": p, "sample_index": s, "prompt": by_id[p]["prompt"], "audio": rel, **entry}
+        )
+    atomic_write_text(index_file, json.dumps(clips, indent=2))
 
 
 def _summarise(scores: dict, keys: list, rows: list[dict]) -> dict:

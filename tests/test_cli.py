@@ -18,6 +18,8 @@ SCRIPTS = [
     "experiments/train_synthcaps_clap.py",
     "experiments/train_synthcaps_aesthetics.py",
     "experiments/alignment_demo.py",
+    "experiments/compare_rewards.py",
+    "experiments/decoding_scaling.py",
 ]
 
 
@@ -30,7 +32,11 @@ def test_help(script):
 
 @pytest.mark.parametrize(
     "script,flag",
-    [("rewardflow/evaluate.py", "--models"), ("experiments/benchmarks/finetune_step.py", "--preset")],
+    [
+        ("rewardflow/evaluate.py", "--models"),
+        ("experiments/benchmarks/finetune_step.py", "--preset"),
+        ("experiments/report.py", "--eval_dir"),
+    ],
 )
 def test_help_other_commands(script, flag):
     res = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, cwd=ROOT)

@@ -34,7 +34,10 @@ class CompareArguments:
         metadata={"help": "Reward specs compared (the τ = 0 control is always added)."},
     )
     taus: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0], metadata={"help": "Temperatures τ."})
-    weighting: str = field(default="exp", metadata={"help": "Reward weighting for every run (paper: exp)."})
+    weighting: str = field(
+        default="self_normalized",
+        metadata={"help": "Reward weighting for every run: self_normalized = the paper's exp(τ·r) up to a constant."},
+    )
     beta: float = field(default=1.0, metadata={"help": "Reference regulariser weight."})
     max_steps: int = field(default=300, metadata={"help": "Fine-tuning steps per run."})
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Batch size."})
@@ -83,7 +86,7 @@ def main(a: CompareArguments) -> dict:
                 aesthetics_checkpoint=a.aesthetics_checkpoint,
             )
         )
-    finals = {}
+    finals, refused = {}, {}
     for name, reward, tau in plan(a):
         folder = out / "runs" / name
         if not (folder / "final" / "metrics.json").is_file():
@@ -104,7 +107,11 @@ def main(a: CompareArguments) -> dict:
                 resume_from_checkpoint="latest",
                 disable_tqdm=True,
             )
-            finetune(args)
+            try:
+                finetune(args)
+            except ValueError as e:  # e.g. raw exp weights that would overflow: the row says so
+                refused[name] = str(e).split(". ")[0]
+                continue
         finals[name] = str(folder / "final")
     report = evaluate(
         EvaluateConfig(
@@ -118,14 +125,18 @@ def main(a: CompareArguments) -> dict:
             output_json=str(out / "evaluation.json"),
         )
     )
-    results = summarise(a, report, finals)
+    results = summarise(a, report, finals, refused)
     write_outputs(out, results, finals)
     return results
 
 
-def summarise(a: CompareArguments, report: dict, finals: dict) -> dict:
+def summarise(a: CompareArguments, report: dict, finals: dict, refused: dict | None = None) -> dict:
     runs = {"base": {"reward": "-", "tau": None, **report["models"][a.model]}}
-    for (name, reward, tau), path in zip(plan(a), finals.values()):
+    for name, reward, tau in plan(a):
+        if name in (refused or {}):
+            runs[name] = {"reward": reward, "tau": tau, **{m: f"n/a: not trained: {refused[name]}" for m in METRICS}}
+            continue
+        path = finals[name]
         runs[name] = {
             "reward": "none (τ = 0: self-training control)" if tau == 0 else reward,
             "tau": tau,
@@ -154,14 +165,14 @@ def write_outputs(out: Path, results: dict, finals: dict) -> None:
 
     runs = results["runs"]
     lines = ["| run | reward | τ | " + " | ".join(METRICS) + " |", "|" + "---|" * (len(METRICS) + 3)]
-    reasons = {}
+    reasons: dict[str, set] = {}
     for name, r in runs.items():
         for m in METRICS:
             if isinstance(r.get(m), str):
-                reasons[m] = r[m]
+                reasons.setdefault(m, set()).add(r[m])
         tau = "-" if r["tau"] is None else f"{r['tau']:g}"
         lines.append(f"| {name} | {r['reward']} | {tau} | " + " | ".join(_cell(r.get(m)) for m in METRICS) + " |")
-    lines += [f"\n{m}: {why}" for m, why in reasons.items()]
+    lines += [f"\n{m}: {why}" for m, whys in reasons.items() for why in sorted(whys)]
     lines.append("\nMetric definitions: " + "; ".join(f"{k}: {v}" for k, v in results["metric_info"].items()))
     atomic_write_text(out / "table.md", "\n".join(lines) + "\n")
 
@@ -172,6 +183,9 @@ def write_outputs(out: Path, results: dict, finals: dict) -> None:
     ]
     for r in runs.values():
         if r["tau"] is None:
+            continue
+        if "train" not in r:
+            abl.append(f"| {r['reward']} | {r['tau']:g} | {r['clap']} | | | | |")
             continue
         p = r["paired_vs_base"]
 

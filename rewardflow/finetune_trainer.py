@@ -1,9 +1,10 @@
 """`RewardFlowTrainer`: reward-weighted flow matching against a frozen reference (paper §4, Algorithm 2, step 2).
 
-A `transformers.Trainer` that overrides three hooks, each for one reason:
+A `transformers.Trainer` that overrides four hooks, each for one reason:
 - `compute_loss`: draws the flow inputs once, weights the model's per-sample loss by the reward weights and adds
   `beta · ‖v_θ − v_ref‖²` with the reference at the same `(x_t, t, z)`; skips a step whose loss is not finite.
-- `create_optimizer`: lets a skipped step leave the optimizer untouched (no moment update, no weight decay).
+- `create_optimizer`: lets a skipped step leave the optimizer untouched (no moment update, no weight decay);
+- `_clip_grad_norm`: a gradient norm that overflows (huge weights, finite loss) skips the step too.
 - `log`: adds the averaged loss parts, batch reward stats and weight diagnostics to Trainer's logs.
 Everything else (accumulation, mixed precision, DDP/FSDP/DeepSpeed, checkpoints, `report_to`) is Trainer's.
 """
@@ -146,14 +147,19 @@ class RewardFlowTrainer(Trainer):
         step = optimizer.step
 
         def guarded_step(*args, **kwargs):
+            # A finite loss can still give infinite gradients (huge weights); after DDP's all-reduce every rank sees
+            # the same gradients, so every rank takes the same decision.
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            if grads and not torch.isfinite(torch.stack([g.detach().abs().amax() for g in grads])).all():
+                self._skip_step = True
             if self._skip_step:
                 self._skip_step = False
                 self.nan_loss_steps += 1
                 self._nan_in_a_row += 1
-                logger.warning("non-finite loss: step %d skipped", self.state.global_step + 1)
+                logger.warning("non-finite loss or gradient: step %d skipped", self.state.global_step + 1)
                 if self._nan_in_a_row >= self.args.max_nan_loss_steps:
                     raise RuntimeError(
-                        f"{self._nan_in_a_row} steps in a row had a NaN/inf loss (--max_nan_loss_steps "
+                        f"{self._nan_in_a_row} steps in a row had a NaN/inf loss or gradient (--max_nan_loss_steps "
                         f"{self.args.max_nan_loss_steps}). Lower --learning_rate or --tau, use a safe --weighting "
                         "(self_normalized, standardized, clipped), and check the rollout latents for NaN."
                     )
@@ -164,6 +170,14 @@ class RewardFlowTrainer(Trainer):
         optimizer.step = guarded_step
         optimizer._rewardflow_guarded = True
         return optimizer
+
+    def _clip_grad_norm(self, model):
+        # Why: huge reward weights can give finite gradients whose norm overflows float32; clipping then scales every
+        # gradient to 0 and the step silently learns nothing. A non-finite norm skips the step like a NaN loss.
+        norm = super()._clip_grad_norm(model)
+        if norm is not None and not torch.isfinite(torch.as_tensor(norm)).all():
+            self._skip_step = True
+        return norm
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Why: add the averaged loss parts and reward/weight diagnostics since the last log (as TRL's trainers do).

@@ -12,8 +12,9 @@ import numpy as np
 
 from reward_models.compose import parse_reward_spec
 
-# exp overflows float32 (the loss dtype) above this exponent.
-_MAX_LOG_WEIGHT = math.log(np.finfo(np.float32).max)
+# Raw exp weights above e^30 (~1e13) break float32 training before exp itself overflows (e^88.7): the gradient
+# norm squares them (seen: τ = 10 on aesthetics scores near 4.8 gave weights ~e^48 and an infinite gradient norm).
+_MAX_LOG_WEIGHT = 30.0
 
 
 def reward_columns(column_names: list[str]) -> list[str]:
@@ -78,8 +79,8 @@ def reward_weights(
         if logw.max() > _MAX_LOG_WEIGHT or logw.min() < -_MAX_LOG_WEIGHT:
             worst = float(np.abs(logw).max())
             raise ValueError(
-                f"--weighting exp: tau * reward reaches {worst:.4g}, and exp() of that overflows float32 "
-                f"(limit {_MAX_LOG_WEIGHT:.1f}). Lower --tau, or use --weighting self_normalized (the same weights "
+                f"--weighting exp: tau * reward reaches {worst:.4g}; weights exp(tau * r) beyond e^{_MAX_LOG_WEIGHT:.0f} "
+                "overflow float32 gradients. Lower --tau, or use --weighting self_normalized (the same weights "
                 "up to a constant, computed with log-sum-exp), standardized or clipped."
             )
         return np.exp(logw)

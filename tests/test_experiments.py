@@ -25,16 +25,18 @@ def test_compare_rewards_tiny(tmp_path):
         output_dir=str(out),
         rollout=str(ro),
         rewards=["verifier"],
-        taus=[1.0],
+        taus=[1.0, 100.0],  # τ·r up to 100: raw exp weights refused, the row says why
+        weighting="exp",
         max_steps=2,
         per_device_train_batch_size=4,
         eval_max_prompts=3,
         num_steps=2,
     )
     results = main(a)
-    assert list(results["runs"]) == ["base", "control-tau0", "verifier-tau1"]
+    assert list(results["runs"]) == ["base", "control-tau0", "verifier-tau1", "verifier-tau100"]
     rows = [ln for ln in (out / "table.md").read_text().splitlines() if ln.startswith("| ") and "---" not in ln][1:]
-    assert len(rows) == 3
+    assert len(rows) == 4
+    assert results["runs"]["verifier-tau100"]["clap"].startswith("n/a: not trained: --weighting exp")
     for ln in rows:
         cells = [c.strip() for c in ln.strip("|").split("|")][3:]
         assert len(cells) == len(METRICS) and all(c for c in cells)  # a number or "n/a", never blank

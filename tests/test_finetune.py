@@ -239,7 +239,7 @@ def test_nan_loss_step_skipped_then_abort_after_k_in_a_row(rollout_dir, tmp_path
     assert len(skipped) == 1  # exactly one step left every weight untouched
     assert all(torch.isfinite(v).all() for v in snap.after[-1].values())
     every = edit_table(rollout_dir, tmp_path / "all", nan_latents(None))
-    with pytest.raises(RuntimeError, match="2 steps in a row had a NaN/inf loss"):
+    with pytest.raises(RuntimeError, match="2 steps in a row had a NaN/inf loss or gradient"):
         run(every, tmp_path / "ft2", "--max_nan_loss_steps", "2")
 
 
@@ -356,3 +356,32 @@ def test_command_line_end_to_end(rollout_dir, tmp_path):
     metrics = json.loads((out / "final" / "metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["dropped_topk_rows"] == 4 and metrics["weights_ess"] == 0.5
     assert (out / "final" / "pipeline.json").is_file() and (out / "final" / "README.md").is_file()
+
+
+def test_infinite_gradients_skip_the_step(tmp_path):
+    """A finite loss with overflowing gradients (weights ~1e30) must not reach the optimizer."""
+    from base_model import MaskAudioFlowPipeline
+    from rewardflow.finetune_config import RewardFlowConfig
+    from rewardflow.finetune_trainer import RewardFlowTrainer, RewardLatentDataset
+
+    pipe = MaskAudioFlowPipeline.from_pretrained("synthcaps")
+    g = torch.Generator().manual_seed(0)
+    n, T = 8, pipe.num_frames()
+    data = RewardLatentDataset(
+        torch.randn(n, T, 20, generator=g), [torch.randn(5, 384, generator=g)] * n, [1e30] * n, [0.5] * n
+    )
+    args = RewardFlowConfig(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, save_strategy="no")
+    args.max_nan_loss_steps = 3
+    before = {k: v.clone() for k, v in pipe.model.named_parameters()}
+    trainer = RewardFlowTrainer(pipe.model, args, data)
+    with pytest.raises(RuntimeError, match="3 steps in a row"):
+        trainer.train()
+    assert trainer.nan_loss_steps == 3
+    assert all(torch.equal(before[k], v) for k, v in pipe.model.named_parameters())
+
+
+def test_exp_weights_that_would_break_float32_training_are_refused():
+    r = np.array([4.5, 4.8])  # aesthetics-scale rewards
+    reward_weights(r, [0, 0], tau=1.0, weighting="exp")  # e^4.8: fine
+    with pytest.raises(ValueError, match="self_normalized"):
+        reward_weights(r, [0, 0], tau=10.0, weighting="exp")  # e^48: the gradient norm overflows float32

@@ -2,7 +2,8 @@
 
 - `flow`: plain (unweighted) masked flow matching, the pretraining step (`MeanLossTrainer`);
 - `reward_ref`: reward-weighted flow matching + `beta·‖v_θ − v_ref‖²` with a frozen copy (`RewardFlowTrainer`);
-- `lora_ref`: the same with LoRA adapters, the reference being the network with adapters disabled.
+- `lora_ref`: the same with LoRA adapters, the reference being the network with adapters disabled;
+- `lora`: LoRA without the reference (`beta = 0`), to isolate what the disabled-adapter reference costs.
 
     python experiments/benchmarks/finetune_step.py                          # bundled-size model, this machine
     python experiments/benchmarks/finetune_step.py --preset base --latent_frames 312 --text_hidden_size 768
@@ -28,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-MODES = ("flow", "reward_ref", "lora_ref")
+MODES = ("flow", "reward_ref", "lora_ref", "lora")
 
 
 @dataclass
@@ -107,6 +108,7 @@ def run_mode(a: BenchArguments) -> dict:
         logging_steps=10**6,
         report_to="none",
         bf16=bool(cuda and a.bf16),
+        beta=0.0 if a.mode == "lora" else 1.0,
         dataloader_num_workers=0,
         disable_tqdm=True,
         seed=0,

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-slow demo lint format clean
+.PHONY: setup test test-slow demo bench lint format clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,10 @@ test-slow: setup
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(PY) experiments/alignment_demo.py --output_dir outputs/demo
+
+# The four benchmarks (FLOPs, sampler, fine-tuning step, rollout); writes experiments/benchmarks/results/latest.json.
+bench: setup
+	HF_HUB_OFFLINE=1 $(PY) experiments/benchmarks/run_all.py
 
 lint: setup
 	$(PY) -m ruff check .

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-slow demo bench lint format clean
+.PHONY: setup test test-slow demo bench experiments lint format clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,11 @@ demo: setup
 # The four benchmarks (FLOPs, sampler, fine-tuning step, rollout); writes experiments/benchmarks/results/latest.json.
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) experiments/benchmarks/run_all.py
+
+# Regenerates the committed experiment results (experiments/results/) on the embedded default, CPU-sized.
+experiments: setup
+	HF_HUB_OFFLINE=1 $(PY) experiments/compare_rewards.py --small true
+	HF_HUB_OFFLINE=1 $(PY) experiments/decoding_scaling.py --small true
 
 lint: setup
 	$(PY) -m ruff check .

@@ -48,6 +48,10 @@ class CompareArguments:
     clap_checkpoint: str = field(default="", metadata={"help": "CLAP checkpoint (reward and evaluation)."})
     aesthetics_checkpoint: str = field(default="", metadata={"help": "Aesthetics checkpoint."})
     num_steps: int = field(default=25, metadata={"help": "ODE steps per decoding iteration (rollout and eval)."})
+    results_dir: str = field(
+        default="experiments/results/compare_rewards",
+        metadata={"help": "Copy the tables, plots and results.json here ('' to skip): the committed record."},
+    )
     small: bool = field(default=False, metadata={"help": "CPU size: τ ∈ {1, 10}, 150 steps, 32 eval prompts."})
     seed: int = field(default=0, metadata={"help": "Seed of every fine-tune."})
 
@@ -127,6 +131,7 @@ def main(a: CompareArguments) -> dict:
     )
     results = summarise(a, report, finals, refused)
     write_outputs(out, results, finals)
+    publish(out, a.results_dir)
     return results
 
 
@@ -231,6 +236,19 @@ def write_outputs(out: Path, results: dict, finals: dict) -> None:
     plt.close(fig)
     print((out / "table.md").read_text())
     print((out / "tau_ablation.md").read_text())
+
+
+def publish(out: Path, results_dir: str) -> None:
+    """Copies the small artefacts (not the checkpoints or audio) to `results_dir`, the folder that is committed."""
+    import shutil
+
+    if not results_dir:
+        return
+    dest = ROOT / results_dir if not Path(results_dir).is_absolute() else Path(results_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("table.md", "tau_ablation.md", "results.json", "tradeoff.png", "training_curves.png"):
+        if (out / name).is_file():
+            shutil.copyfile(out / name, dest / name)
 
 
 def make_parser():

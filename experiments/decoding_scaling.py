@@ -35,6 +35,10 @@ class ScalingArguments:
     num_steps: int = field(default=25, metadata={"help": "ODE steps per iteration (and for CFM)."})
     clap_checkpoint: str = field(default="", metadata={"help": "CLAP checkpoint."})
     aesthetics_checkpoint: str = field(default="", metadata={"help": "Aesthetics checkpoint."})
+    results_dir: str = field(
+        default="experiments/results/decoding_scaling",
+        metadata={"help": "Copy the tables, plots and results.json here ('' to skip): the committed record."},
+    )
     small: bool = field(default=False, metadata={"help": "CPU size: 32 prompts."})
 
 
@@ -93,6 +97,7 @@ def main(a: ScalingArguments) -> dict:
     atomic_write_text(out / "table.md", "\n".join(lines) + "\n")
     atomic_write_text(out / "results.json", json.dumps({"settings": vars(a), "rows": rows}, indent=2))
     plot(out / "scaling.png", rows, a)
+    publish(out, a.results_dir)
     print("\n".join(lines))
     return rows
 
@@ -123,6 +128,19 @@ def plot(path: Path, rows: dict, a: ScalingArguments) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def publish(out: Path, results_dir: str) -> None:
+    """Copies the small artefacts (not the checkpoints or audio) to `results_dir`, the folder that is committed."""
+    import shutil
+
+    if not results_dir:
+        return
+    dest = ROOT / results_dir if not Path(results_dir).is_absolute() else Path(results_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("table.md", "results.json", "scaling.png"):
+        if (out / name).is_file():
+            shutil.copyfile(out / name, dest / name)
 
 
 def make_parser():

@@ -86,3 +86,12 @@ def test_unknown_flag_is_an_error(tmp_path):
         cwd=ROOT,
     )
     assert res.returncode != 0
+
+
+def test_console_command_dispatches():
+    res = subprocess.run(
+        [sys.executable, "-m", "rewardflow.cli", "evaluate", "--help"], capture_output=True, text=True
+    )
+    assert res.returncode == 0 and "--models" in res.stdout
+    res = subprocess.run([sys.executable, "-m", "rewardflow.cli", "train"], capture_output=True, text=True)
+    assert res.returncode == 2 and "unknown command 'train'" in res.stderr

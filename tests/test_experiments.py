@@ -31,8 +31,12 @@ def test_compare_rewards_tiny(tmp_path):
         per_device_train_batch_size=4,
         eval_max_prompts=3,
         num_steps=2,
+        results_dir=str(tmp_path / "published"),
     )
     results = main(a)
+    assert sorted(p.name for p in (tmp_path / "published").iterdir()) == sorted(
+        ["results.json", "tau_ablation.md", "table.md", "tradeoff.png", "training_curves.png"]
+    )
     assert list(results["runs"]) == ["base", "control-tau0", "verifier-tau1", "verifier-tau100"]
     rows = [ln for ln in (out / "table.md").read_text().splitlines() if ln.startswith("| ") and "---" not in ln][1:]
     assert len(rows) == 4

@@ -1,6 +1,6 @@
 """`make bench`: the four benchmarks on this machine, ratios printed, `results/latest.json` written.
 
-    python experiments/benchmarks/run_all.py            # about 10 minutes on a 2-core CPU
+    python experiments/benchmarks/run_all.py            # under 10 minutes on a 2-core CPU
 
 1. FLOP accounting per preset and clip length (counted on the real modules by `torch.utils.flop_counter`):
    backbone passes, head steps × frames actually integrated, CFG, VAE decode; Griffin-Lim is FFT work, timed only.
@@ -33,7 +33,8 @@ RESULTS = ROOT / "experiments" / "benchmarks" / "results"
 class BenchAllArguments:
     preset: str = field(default="small", metadata={"help": "Preset of the sampler and fine-tuning benchmarks."})
     rollout_prompts: int = field(default=16, metadata={"help": "Prompts of the rollout benchmark (one clip each)."})
-    repeats: int = field(default=3, metadata={"help": "Timed runs per sampler setting."})
+    repeats: int = field(default=2, metadata={"help": "Timed runs per sampler setting (median)."})
+    main_seconds: float = field(default=2.5, metadata={"help": "Clip length of the sampler's batch sweep."})
 
 
 def flop_table(presets=("tiny", "small", "base"), seconds=(2.5, 5.0, 10.0), iterations=8, steps=25) -> list[dict]:
@@ -104,7 +105,7 @@ def main(a: BenchAllArguments) -> dict:
         )
     tmp = Path(tempfile.mkdtemp(prefix="rewardflow-bench-"))
     _run([py, "experiments/benchmarks/sampler.py", "--preset", a.preset, "--repeats", str(a.repeats),
-          "--output", str(tmp / "sampler.json")])  # fmt: skip
+          "--main_seconds", str(a.main_seconds), "--output", str(tmp / "sampler.json")])  # fmt: skip
     sampler = json.loads((tmp / "sampler.json").read_text())
     _run([py, "experiments/benchmarks/finetune_step.py", "--preset", a.preset, "--latent_frames", "156",
           "--steps", "8", "--warmup", "3", "--output", str(tmp / "finetune.json")])  # fmt: skip

@@ -34,6 +34,10 @@ bench: setup
 experiments: setup
 	HF_HUB_OFFLINE=1 $(PY) experiments/compare_rewards.py --small true
 	HF_HUB_OFFLINE=1 $(PY) experiments/decoding_scaling.py --small true
+	HF_HUB_OFFLINE=1 $(PY) rewardflow/evaluate.py --models synthcaps outputs/compare_rewards/runs/clap-tau10/final \
+		--max_prompts 6 --rewards clap aesthetics verifier --cache_dir none --save_audio true \
+		--output_dir experiments/results/listening
+	HF_HUB_OFFLINE=1 $(PY) experiments/report.py --eval_dir experiments/results/listening
 
 lint: setup
 	$(PY) -m ruff check .

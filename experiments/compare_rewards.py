@@ -21,6 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from experiments.results_io import publish  # noqa: E402
+
 
 @dataclass
 class CompareArguments:
@@ -131,7 +133,7 @@ def main(a: CompareArguments) -> dict:
     )
     results = summarise(a, report, finals, refused)
     write_outputs(out, results, finals)
-    publish(out, a.results_dir)
+    publish(out, a.results_dir, ("table.md", "tau_ablation.md", "results.json", "tradeoff.png", "training_curves.png"))
     return results
 
 
@@ -236,19 +238,6 @@ def write_outputs(out: Path, results: dict, finals: dict) -> None:
     plt.close(fig)
     print((out / "table.md").read_text())
     print((out / "tau_ablation.md").read_text())
-
-
-def publish(out: Path, results_dir: str) -> None:
-    """Copies the small artefacts (not the checkpoints or audio) to `results_dir`, the folder that is committed."""
-    import shutil
-
-    if not results_dir:
-        return
-    dest = ROOT / results_dir if not Path(results_dir).is_absolute() else Path(results_dir)
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("table.md", "tau_ablation.md", "results.json", "tradeoff.png", "training_curves.png"):
-        if (out / name).is_file():
-            shutil.copyfile(out / name, dest / name)
 
 
 def make_parser():

@@ -18,6 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from experiments.results_io import publish  # noqa: E402
+
 
 @dataclass
 class ScalingArguments:
@@ -97,7 +99,7 @@ def main(a: ScalingArguments) -> dict:
     atomic_write_text(out / "table.md", "\n".join(lines) + "\n")
     atomic_write_text(out / "results.json", json.dumps({"settings": vars(a), "rows": rows}, indent=2))
     plot(out / "scaling.png", rows, a)
-    publish(out, a.results_dir)
+    publish(out, a.results_dir, ("table.md", "results.json", "scaling.png"))
     print("\n".join(lines))
     return rows
 
@@ -128,19 +130,6 @@ def plot(path: Path, rows: dict, a: ScalingArguments) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def publish(out: Path, results_dir: str) -> None:
-    """Copies the small artefacts (not the checkpoints or audio) to `results_dir`, the folder that is committed."""
-    import shutil
-
-    if not results_dir:
-        return
-    dest = ROOT / results_dir if not Path(results_dir).is_absolute() else Path(results_dir)
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("table.md", "results.json", "scaling.png"):
-        if (out / name).is_file():
-            shutil.copyfile(out / name, dest / name)
 
 
 def make_parser():

@@ -212,7 +212,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         per_clip[name] = scores
         if cfg.save_audio:
             _save_clips(cfg, len(report["models"]), name, keys, by_id, waves, scores, pipe.sample_rate)
-        summary = _summarise(scores, keys, rows)
+        summary = _summarise(scores, keys)
         gen = torch.stack([waves[k] for k in keys])
         if reference is not None:
             n = min(gen.shape[1], ref_wav.shape[1])
@@ -251,7 +251,7 @@ def _save_clips(cfg, index: int, name: str, keys, by_id, waves, scores, sample_r
     atomic_write_text(index_file, json.dumps(clips, indent=2))
 
 
-def _summarise(scores: dict, keys: list, rows: list[dict]) -> dict:
+def _summarise(scores: dict, keys: list) -> dict:
     """Mean of each score over clips; NaN-only scores (e.g. the verifier on prompts without attributes) say why."""
     out = {}
     for col in scores[keys[0]]:

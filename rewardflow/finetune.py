@@ -16,6 +16,7 @@ of rounds 2..N in `round-<k>/rollout/`):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -116,13 +117,6 @@ def encode_prompts(text_encoder, prompts: list[str]) -> list[torch.Tensor]:
 
 
 # ------------------------------------------------------------------------------------------------ run state
-def _atomic_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def check_resume(out: Path, run: dict, resuming: bool) -> None:
     """Compares this run with the one that wrote `out`: a changed objective warns, a changed model shape stops."""
     path = out / "finetune_run.json"
@@ -217,6 +211,7 @@ def finetune(
 ) -> dict:
     """One fine-tuning run of `args` on `rollout_dir` into `args.output_dir`; returns its metrics."""
     from base_model import MaskAudioFlow, MaskAudioFlowPipeline
+    from base_model.pipeline import atomic_write_text, resolve_pipeline_path
     from base_model.training import latest_complete_checkpoint
     from rewardflow.distributed import process_state
     from rewardflow.finetune_trainer import RewardFlowTrainer, RewardLatentDataset
@@ -250,7 +245,7 @@ def finetune(
     reference = "adapters disabled" if use_peft else f"frozen copy of {model_id}"
     ref_id = reference_model or args.reference_model
     if ref_id and args.beta > 0 and not use_peft:
-        ref_model = MaskAudioFlow.from_pretrained(Path(_pipeline_path(ref_id)) / "flow")
+        ref_model = MaskAudioFlow.from_pretrained(resolve_pipeline_path(ref_id) / "flow")
         reference = f"frozen {ref_id}"
 
     out = Path(args.output_dir)
@@ -276,7 +271,8 @@ def finetune(
     }
     if state.is_main_process:
         check_resume(out, run, resume is not None)
-        _atomic_json(out / "finetune_run.json", run)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "finetune_run.json", json.dumps(run, indent=2, sort_keys=True))
     state.wait_for_everyone()
 
     trainer = RewardFlowTrainer(
@@ -314,12 +310,6 @@ def finetune(
         save_final(trainer, pipe, out, run, metrics)
     state.wait_for_everyone()
     return metrics
-
-
-def _pipeline_path(name_or_path: str) -> Path:
-    from base_model.pipeline import resolve_pipeline_path
-
-    return resolve_pipeline_path(name_or_path)
 
 
 def save_final(trainer, pipe, out: Path, run: dict, metrics: dict) -> Path:
@@ -379,12 +369,12 @@ def run_rounds(args: RewardFlowConfig, model_args=None, callbacks: list | None =
         else:
             prev = root / f"round-{k - 1}" / "final"
             settings = dict(first_meta["settings"])
-            settings.update(model=str(prev), seed=settings["seed"] + k - 1, max_prompts=settings["max_prompts"])
+            settings.update(model=str(prev), seed=settings["seed"] + k - 1)
             rollout_dir = str(folder / "rollout")
             rollout(RolloutConfig(**settings, rewards=list(first_meta["rewards"]), output_dir=rollout_dir))
             process_state().wait_for_everyone()
             start = base_model if use_peft else str(prev)
-        round_args = _replace(args, output_dir=str(folder))
+        round_args = dataclasses.replace(args, output_dir=str(folder))
         adapter = str(root / f"round-{k - 1}" / "final" / "adapter") if (use_peft and k > 1) else None
         all_metrics[k] = finetune(
             round_args,
@@ -398,12 +388,6 @@ def run_rounds(args: RewardFlowConfig, model_args=None, callbacks: list | None =
     summary = {f"round-{k}": {"rows": m["rows"], "reward_mean": m["reward_mean"]} for k, m in all_metrics.items()}
     print(json.dumps(summary, indent=2))
     return all_metrics
-
-
-def _replace(args: RewardFlowConfig, **changes) -> RewardFlowConfig:
-    import dataclasses
-
-    return dataclasses.replace(args, **changes)
 
 
 def make_parser():

@@ -22,6 +22,7 @@ from transformers import Trainer
 from base_model.flow import masked_flow_loss
 
 from .finetune_config import RewardFlowConfig
+from .weighting import effective_sample_size
 
 logger = logging.getLogger("rewardflow.finetune")
 
@@ -62,10 +63,16 @@ def collate_reward_batch(rows: list[dict]) -> dict:
     return batch
 
 
-def _base_model(model):
-    """The `MaskAudioFlow` under any DDP / PEFT wrapping."""
+def _unwrap_engine(model):
+    """The module under DDP / FSDP / DeepSpeed wrapping (a PEFT model stays a PEFT model)."""
     while hasattr(model, "module"):
         model = model.module
+    return model
+
+
+def _base_model(model):
+    """The `MaskAudioFlow` under any DDP / PEFT wrapping."""
+    model = _unwrap_engine(model)
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
@@ -195,9 +202,7 @@ class RewardFlowTrainer(Trainer):
 
     def _reference_forward(self, model, inputs, drawn) -> torch.Tensor:
         if self.use_peft and self.ref_model is None:
-            peft_model = model
-            while hasattr(peft_model, "module"):
-                peft_model = peft_model.module
+            peft_model = _unwrap_engine(model)
             with peft_model.disable_adapter():
                 return peft_model(**inputs, **drawn).v_t
         return self.ref_model(**inputs, **drawn).v_t
@@ -212,5 +217,4 @@ class RewardFlowTrainer(Trainer):
         self._metrics[f"rewards/{self.args.reward}/mean"].append(float(r.mean()))
         self._metrics[f"rewards/{self.args.reward}/std"].append(float(r.std()))
         self._metrics["weights/max_min_ratio"].append(float(w.max() / w.min()) if w.min() > 0 else float("inf"))
-        s2 = float((w**2).sum())
-        self._metrics["weights/ess"].append(float(w.sum() ** 2 / (len(w) * s2)) if s2 > 0 else 0.0)
+        self._metrics["weights/ess"].append(effective_sample_size(w))

@@ -16,7 +16,6 @@ table with ratios to `flow` measured in the same run, and are written to `experi
 from __future__ import annotations
 
 import json
-import os
 import platform
 import resource
 import statistics
@@ -157,6 +156,8 @@ def main(a: BenchArguments) -> dict:
     if a.mode:
         print("RESULT " + json.dumps(run_mode(a)))
         return {}
+    from base_model.pipeline import atomic_write_text
+
     results = {}
     for mode in MODES:
         argv = [sys.executable, __file__, "--mode", mode]
@@ -182,9 +183,7 @@ def main(a: BenchArguments) -> dict:
     tag = "cuda" if "cuda" in base["peak_memory_kind"] else "cpu"
     out = Path(a.output or ROOT / "experiments/benchmarks/results" / f"finetune_step-{a.preset}-{tag}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out)
+    atomic_write_text(out, json.dumps(report, indent=2))
     return report
 
 

@@ -94,6 +94,8 @@ def _run(cmd: list[str]) -> None:
 def main(a: BenchAllArguments) -> dict:
     start = time.perf_counter()
     py = sys.executable
+    from base_model.pipeline import atomic_write_text
+
     flops = flop_table()
     print("| preset | clip s | backbone pass GFLOP | masked (8 it.) GFLOP | naive Alg. 1 GFLOP | CFM 25 steps GFLOP |"
           " masked / CFM | VAE GFLOP |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
@@ -146,9 +148,7 @@ def main(a: BenchAllArguments) -> dict:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "latest.json"
-    tmp_out = out.with_name(f".latest.{os.getpid()}.tmp")
-    tmp_out.write_text(json.dumps(latest, indent=2, default=str))
-    os.replace(tmp_out, out)
+    atomic_write_text(out, json.dumps(latest, indent=2, default=str))
     s, f, r = latest["sampler"], latest["finetune"], latest["rollout"]
     print(f"\n== {latest['machine']['device']}, {a.preset} preset ==")
     print(f"sampler.speedup_vs_naive      {s['speedup_vs_naive']:.2f}x   (target >= 2)")

@@ -15,7 +15,6 @@ All timings are medians of `--repeats` runs after one warm-up, measured side by 
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 import time
@@ -119,6 +118,7 @@ def count_flops(fn) -> int:
 
 def main(a: SamplerBenchArguments) -> dict:
     from base_model import MaskAudioFlow, MaskAudioFlowConfig
+    from base_model.pipeline import atomic_write_text
     from base_model.sampling import sample_cfm, sample_masked
 
     if a.threads:
@@ -216,9 +216,7 @@ def main(a: SamplerBenchArguments) -> dict:
     tag = "cuda" if device.type == "cuda" else "cpu"
     out = Path(a.output or ROOT / "experiments/benchmarks/results" / f"sampler-{a.preset}-{tag}-{a.dtype}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    os.replace(tmp, out)
+    atomic_write_text(out, json.dumps(report, indent=2, default=str))
     return report
 
 

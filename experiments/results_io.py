@@ -1,0 +1,20 @@
+"""Shared by the experiment scripts: copying a run's small artefacts into the committed `experiments/results/`."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def publish(out: Path, results_dir: str, names: tuple[str, ...]) -> None:
+    """Copies `names` (tables, plots, results.json; never checkpoints or audio) from `out` to `results_dir`
+    (relative to the repository root unless absolute); `''` skips."""
+    if not results_dir:
+        return
+    dest = Path(results_dir) if Path(results_dir).is_absolute() else ROOT / results_dir
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if (out / name).is_file():
+            shutil.copyfile(out / name, dest / name)

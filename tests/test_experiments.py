@@ -62,6 +62,7 @@ def test_decoding_scaling_tiny(tmp_path):
         max_prompts=2,
         num_steps=2,
         rerank_reward="verifier",
+        results_dir="",  # never overwrite the committed experiments/results/
     )
     rows = scaling_main(a)
     assert list(rows) == [

@@ -154,7 +154,7 @@ def summarise(a: CompareArguments, report: dict, finals: dict, refused: dict | N
     return {"settings": vars(a), "metric_info": report["metric_info"], "runs": runs}
 
 
-METRICS = ("fad_clap", "mel_frechet", "kl", "clap", "aesthetics/PQ", "aesthetics/PC", "aesthetics/CE",
+METRICS = ("fad_clap", "mel_frechet", "kl", "fd_classifier", "clap", "aesthetics/PQ", "aesthetics/PC", "aesthetics/CE",
            "aesthetics/CU", "verifier")  # fmt: skip
 
 

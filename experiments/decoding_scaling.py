@@ -44,7 +44,7 @@ class ScalingArguments:
     small: bool = field(default=False, metadata={"help": "CPU size: 32 prompts."})
 
 
-METRICS = ("clap", "aesthetics", "verifier", "fad_clap", "mel_frechet", "seconds_per_clip")
+METRICS = ("clap", "aesthetics", "verifier", "kl", "fad_clap", "mel_frechet", "seconds_per_clip")
 
 
 def main(a: ScalingArguments) -> dict:

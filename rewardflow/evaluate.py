@@ -7,8 +7,10 @@
     python rewardflow/evaluate.py --models synthcaps --best_of 4 --rerank_reward clap      # reported as best-of-4
 
 Per model: CLAP score (checkpoint named), aesthetics and its four axes, the SynthCaps verifier's attribute accuracy,
-FAD over CLAP audio embeddings (the embedding model named), a Fréchet distance over mel statistics, and seconds per
-clip. Every model generates the same prompts with the same per-clip seeds, derived from the prompt id, so clips are
+FAD over CLAP audio embeddings (the embedding model named), a Fréchet distance over mel statistics, the paper's KL
+between classifier label distributions of each clip and its prompt's reference clip (the bundled SynthCaps attribute
+classifier offline, PANNs Cnn14 with `--kl_classifier panns:<checkpoint>`) with a Fréchet distance over that
+classifier's embeddings, and seconds per clip. Every model generates the same prompts with the same per-clip seeds, derived from the prompt id, so clips are
 paired by `(prompt_id, sample_index)`, never by order: each later model's difference to the first comes with a 95%
 bootstrap interval over prompts. A metric that cannot be computed says why (`n/a: <reason>`); failures raise.
 """
@@ -31,7 +33,10 @@ if __package__ in (None, ""):  # run as a script
 
 logger = logging.getLogger("rewardflow.evaluate")
 
-KL_NA = "n/a: needs an audio classifier (PANNs/PaSST weights, or a SynthCaps attribute classifier) - not built yet"
+KL_NO_CLASSIFIER = (
+    "n/a: these prompts need an AudioSet classifier: pass --kl_classifier panns:<Cnn14 checkpoint> "
+    "(the bundled SynthCaps classifier only knows SynthCaps' attributes)"
+)
 
 
 @dataclass
@@ -48,6 +53,13 @@ class EvaluateConfig:
     max_prompts: int = field(default=48, metadata={"help": "Use the first N prompts."})
     num_samples: int = field(default=1, metadata={"help": "Clips per prompt (seeds shared across models)."})
     seed: int = field(default=1000, metadata={"help": "Clip seeds derive from it and the prompt ids."})
+    kl_classifier: str = field(
+        default="auto",
+        metadata={
+            "help": "Classifier for KL and its Fréchet distance: 'auto' (the bundled SynthCaps classifier on "
+            "SynthCaps prompts), 'synthcaps[:<folder>]', 'panns:<Cnn14 .pth file>', or 'none'."
+        },
+    )
     rewards: list[str] = field(
         default_factory=lambda: ["clap", "aesthetics", "verifier"], metadata={"help": "Scorers to report."}
     )
@@ -132,12 +144,27 @@ def paired_interval(a: np.ndarray, b: np.ndarray, n: int, seed: int = 0) -> tupl
     return float(d.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def load_kl_classifier(cfg: EvaluateConfig, device) -> tuple[object | None, str]:
+    """The classifier behind KL, or None and why not."""
+    from reward_models.classifiers import load_classifier
+
+    spec = cfg.kl_classifier
+    if spec == "none":
+        return None, "n/a: switched off (--kl_classifier none)"
+    if spec == "auto":
+        if not cfg.prompts.startswith("synthcaps:"):
+            return None, KL_NO_CLASSIFIER
+        spec = "synthcaps"
+    return load_classifier(spec, device), ""
+
+
 # ---------------------------------------------------------------------------------------------- evaluate
 @torch.inference_mode()
 def evaluate(cfg: EvaluateConfig) -> dict:
     from tqdm.auto import tqdm
 
     from base_model import MaskAudioFlowPipeline, MelSpectrogram
+    from reward_models.classifiers import kl_divergence
     from rewardflow.distributed import process_state
     from rewardflow.embeddings import EmbeddingCache
     from rewardflow.metrics import frechet_distance, mel_statistics
@@ -159,10 +186,26 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     mel_fn = MelSpectrogram()
     keys = [(r["prompt_id"], s) for r in rows for s in range(cfg.num_samples)]  # pairing key of every clip
     by_id = {r["prompt_id"]: r for r in rows}
+    classifier, no_kl_reason = load_kl_classifier(cfg, device)
+    if reference is None:
+        classifier, no_kl_reason = None, no_ref_reason
     ref_emb = ref_mel = None
     if reference is not None:
         ref_wav = torch.from_numpy(np.stack([reference[r["prompt_id"]] for r in rows]))
         ref_emb, ref_mel = embedder.embed(ref_wav, 16000), mel_statistics(mel_fn(ref_wav))
+    if classifier is not None:
+        cls_key = f"{classifier.model_id}:{classifier.checkpoint_hash}"
+        cls_embedder = EmbeddingCache(classifier.embed, cls_key, cache_dir)
+        ref_probs = dict(zip((r["prompt_id"] for r in rows), classifier.probs(ref_wav, 16000).numpy()))
+        ref_cls_emb = cls_embedder.embed(ref_wav, 16000)
+        kl_info = (
+            f"mean over clips of KL(P_ref || P_gen) between {classifier.model_id} label distributions (checkpoint "
+            f"{classifier.checkpoint_hash[:12]}; per-label probabilities normalised to sum to 1) of each generated clip "
+            "and its prompt's reference clip, paired by prompt id"
+        )
+        fd_info = f"Fréchet distance between {classifier.model_id} embeddings of generated and reference clips"
+    else:
+        kl_info = fd_info = no_kl_reason
 
     report: dict = {
         "settings": asdict(cfg),
@@ -171,7 +214,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
             "clap": f"mean cosine(text, audio) of {clap.model_id} (checkpoint {clap.checkpoint_hash[:12]})",
             "fad_clap": f"Fréchet distance between {clap.model_id} audio embeddings of generated and reference clips",
             "mel_frechet": "Fréchet distance between per-clip mel-bin mean/std statistics (2 x 80 dims)",
-            "kl": KL_NA,
+            "kl": kl_info,
+            "fd_classifier": fd_info,
             **{n: f"{r.model_id} (checkpoint {r.checkpoint_hash[:12]})" for n, r in rewards.items() if n != "clap"},
         },
         "models": {},
@@ -209,18 +253,25 @@ def evaluate(cfg: EvaluateConfig) -> dict:
             for key, (_, row, w) in best.items():
                 scores[key], waves[key] = row, w
         seconds = time.perf_counter() - start
+        gen = torch.stack([waves[k] for k in keys])
+        if classifier is not None:
+            kl = kl_divergence(np.stack([ref_probs[p] for p, _ in keys]), classifier.probs(gen, 16000).numpy())
+            for key, value in zip(keys, kl):
+                scores[key]["kl"] = float(value)
         per_clip[name] = scores
         if cfg.save_audio:
             _save_clips(cfg, len(report["models"]), name, keys, by_id, waves, scores, pipe.sample_rate)
         summary = _summarise(scores, keys)
-        gen = torch.stack([waves[k] for k in keys])
         if reference is not None:
             n = min(gen.shape[1], ref_wav.shape[1])
             summary["fad_clap"] = frechet_distance(embedder.embed(gen, 16000), ref_emb)
             summary["mel_frechet"] = frechet_distance(mel_statistics(mel_fn(gen[:, :n])), ref_mel)
         else:
             summary["fad_clap"] = summary["mel_frechet"] = no_ref_reason
-        summary["kl"] = KL_NA
+        if classifier is not None:
+            summary["fd_classifier"] = frechet_distance(cls_embedder.embed(gen, 16000), ref_cls_emb)
+        else:
+            summary["kl"] = summary["fd_classifier"] = no_kl_reason
         summary["seconds_per_clip"] = round(seconds / len(keys), 3)
         report["models"][name] = summary
     report["paired_vs_first"] = _paired(cfg, per_clip, keys, rows)

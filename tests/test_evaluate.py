@@ -86,10 +86,12 @@ def test_model_against_its_copy_and_best_of(tmp_path):
     assert {k: v for k, v in m.items() if k != "seconds_per_clip"} == {
         k: v for k, v in c.items() if k != "seconds_per_clip"
     }
-    for key in ("aesthetics/PQ", "aesthetics/PC", "aesthetics/CE", "aesthetics/CU", "clap"):
+    for key in ("aesthetics/PQ", "aesthetics/PC", "aesthetics/CE", "aesthetics/CU", "clap", "kl"):
         assert math.isfinite(m[key]), key
         assert report["paired_vs_first"][str(copy)][key] == {"mean": 0.0, "ci95": [0.0, 0.0]}
-    assert m["kl"].startswith("n/a: ") and "kl: n/a: " in report["table"]
+    assert m["kl"] > 0 and m["fd_classifier"] > 0  # generated clips are not their references
+    assert "synthcaps-classifier" in report["metric_info"]["kl"]
+    assert "synthcaps-classifier" in report["metric_info"]["fd_classifier"]
     assert "laion" in report["metric_info"]["fad_clap"] or "clap" in report["metric_info"]["fad_clap"]
     best = evaluate("--models", "synthcaps", "--max_prompts", "4", "--best_of", "2", "--rerank_reward", "verifier")
     assert best["selection"] == "best-of-2 by verifier" and "best-of-2 by verifier" in best["table"]
@@ -113,11 +115,14 @@ def test_file_order_changes_no_metric_and_missing_references_say_why(tmp_path, r
 
     rows = [(f"clip{i}", example(i)["caption"], renders[i].numpy()) for i in range(5)]
     common = ["--models", "synthcaps", "--id_column", "clip_id", "--audio_column", "audio", "--rewards", "clap"]
+    common += ["--kl_classifier", "synthcaps"]  # the table's clips are SynthCaps renders
     a = evaluate(*common, "--prompts", str(_caption_table(tmp_path / "a", rows)))
     b = evaluate(*common, "--prompts", str(_caption_table(tmp_path / "b", rows[::-1])))
     ma, mb = a["models"]["synthcaps"], b["models"]["synthcaps"]
-    for k in ("clap", "fad_clap", "mel_frechet"):
+    for k in ("clap", "fad_clap", "mel_frechet", "kl", "fd_classifier"):
         assert mb[k] == pytest.approx(ma[k], rel=1e-5), k
+    auto = evaluate(*common[:-2], "--max_prompts", "2", "--prompts", str(tmp_path / "a" / "captions.csv"))
+    assert auto["models"]["synthcaps"]["kl"].startswith("n/a: these prompts need an AudioSet classifier")
     c = evaluate(
         "--models",
         "synthcaps",

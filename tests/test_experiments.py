@@ -44,7 +44,7 @@ def test_compare_rewards_tiny(tmp_path):
     for ln in rows:
         cells = [c.strip() for c in ln.strip("|").split("|")][3:]
         assert len(cells) == len(METRICS) and all(c for c in cells)  # a number or "n/a", never blank
-    assert "kl: n/a: " in (out / "table.md").read_text()
+    assert results["runs"]["base"]["kl"] >= 0 and results["runs"]["verifier-tau1"]["fd_classifier"] >= 0
     assert (out / "tradeoff.png").stat().st_size > 0 and (out / "training_curves.png").stat().st_size > 0
     abl = (out / "tau_ablation.md").read_text()
     assert "| none (τ = 0: self-training control) | 0 |" in abl and "| verifier | 1 |" in abl

@@ -49,6 +49,7 @@ def test_vae_training_writes_a_scaled_model(small_vae):
     assert (final / "model.safetensors").is_file()
     cfg = json.loads((final / "config.json").read_text())
     assert cfg["latent_scale"] != 1.0  # set from the training latents
+    assert cfg["mel_mean"] < -1.0 and cfg["mel_std"] > 1.0  # input standardisation from the training log-mels
     assert metrics["latent_shape_per_clip"] == [125, 20]
     assert 0.5 < metrics["eval_latent_std"] < 2.0
 

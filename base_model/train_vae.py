@@ -41,6 +41,12 @@ class VAEModelArguments:
     downsample_factor: int = field(default=2, metadata={"help": "Time downsampling (power of two)."})
     num_res_blocks: int = field(default=2, metadata={"help": "Residual blocks per resolution."})
     kl_weight: float = field(default=1e-4, metadata={"help": "Weight of the KL term."})
+    spectral_convergence_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the spectral-convergence term (linear mel magnitudes)."}
+    )
+    normalize_input: bool = field(
+        default=True, metadata={"help": "Standardise log-mels with the training set's mean/std (stored in the config)."}
+    )
 
 
 @dataclass
@@ -100,7 +106,11 @@ def main(args: VAETrainingConfig, model_args: VAEModelArguments, data: CorpusArg
         downsample_factor=model_args.downsample_factor,
         num_res_blocks=model_args.num_res_blocks,
         kl_weight=model_args.kl_weight,
+        spectral_convergence_weight=model_args.spectral_convergence_weight,
     )
+    if model_args.normalize_input:
+        sample = train_mels[:512].astype(np.float32)
+        config.mel_mean, config.mel_std = float(sample.mean()), float(sample.std())
     model = MelVAE(config)
     trainer = MeanLossTrainer(
         model=model,

@@ -32,6 +32,12 @@ class MelVAEConfig(PretrainedConfig):
         num_res_blocks (`int`, defaults to 2): residual blocks per resolution.
         kl_weight (`float`, defaults to 1e-4): weight of the KL term.
         latent_shift / latent_scale (`float`): `latents = (mu - shift) * scale`; set after training.
+        spectral_convergence_weight (`float`, defaults to 0): weight of a spectral-convergence term
+            `||exp(mel) - exp(recon)||_F / ||exp(mel)||_F` on linear mel magnitudes. L1 on log-mels treats a missing
+            tone like a few wrong silent bins; this term weighs what is loud, so thin tonal lines survive.
+        mel_mean / mel_std (`float`, default 0 / 1): the encoder sees `(mel - mel_mean) / mel_std` and the decoder's
+            output is mapped back; set from the training data before training (log-mels sit around -5 with silence
+            at -11.5, and an unnormalised input slows training badly). The defaults leave older checkpoints as they were.
     """
 
     model_type = "mel_vae"
@@ -46,6 +52,9 @@ class MelVAEConfig(PretrainedConfig):
         kl_weight: float = 1e-4,
         latent_shift: float = 0.0,
         latent_scale: float = 1.0,
+        mel_mean: float = 0.0,
+        mel_std: float = 1.0,
+        spectral_convergence_weight: float = 0.0,
         **kwargs,
     ):
         if downsample_factor < 1 or downsample_factor & (downsample_factor - 1):
@@ -58,6 +67,9 @@ class MelVAEConfig(PretrainedConfig):
         self.kl_weight = kl_weight
         self.latent_shift = latent_shift
         self.latent_scale = latent_scale
+        self.mel_mean = mel_mean
+        self.mel_std = mel_std
+        self.spectral_convergence_weight = spectral_convergence_weight
         super().__init__(**kwargs)
 
 
@@ -136,7 +148,8 @@ class MelVAE(PreTrainedModel):
 
     def posterior(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance `(B, C, T)` of the unscaled posterior."""
-        mean, logvar = self.encoder(self._pad(mel)).chunk(2, dim=1)
+        x = (self._pad(mel) - self.config.mel_mean) / self.config.mel_std
+        mean, logvar = self.encoder(x).chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)
 
     def encode(
@@ -152,16 +165,23 @@ class MelVAE(PreTrainedModel):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents `(B, T, C)` -> log-mel `(B, n_mels, T * downsample_factor)`."""
         z = latents.transpose(1, 2) / self.config.latent_scale + self.config.latent_shift
-        return self.decoder(z)
+        return self._decode_unscaled(z)
+
+    def _decode_unscaled(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z) * self.config.mel_std + self.config.mel_mean
 
     def forward(self, mel: torch.Tensor, generator: torch.Generator | None = None, **kwargs) -> MelVAEOutput:
         """Per-sample VAE loss on log-mel `(B, n_mels, F)`."""
         F_ = mel.shape[-1]
         mean, logvar = self.posterior(mel)
         z = mean + torch.randn(mean.shape, generator=generator, device=mean.device) * (0.5 * logvar).exp()
-        recon = self.decoder(z)[..., :F_]
+        recon = self._decode_unscaled(z)[..., :F_]
         recon_loss = (recon - mel).abs().mean(dim=(1, 2))
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean(dim=(1, 2))
         loss = recon_loss + self.config.kl_weight * kl
+        if self.config.spectral_convergence_weight:
+            target, pred = mel.exp(), recon.clamp(max=mel.detach().amax() + 1.0).exp()
+            sc = (pred - target).flatten(1).norm(dim=1) / target.flatten(1).norm(dim=1).clamp_min(1e-5)
+            loss = loss + self.config.spectral_convergence_weight * sc
         latents = ((mean - self.config.latent_shift) * self.config.latent_scale).transpose(1, 2)
         return MelVAEOutput(loss=loss, recon_loss=recon_loss, kl=kl, mel=recon, latents=latents)

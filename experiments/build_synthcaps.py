@@ -40,7 +40,7 @@ class BuildArguments:
     reuse: bool = field(default=True, metadata={"help": "Skip a stage whose final folder already exists."})
     parallel: bool = field(default=False, metadata={"help": "Train the two flow models at once, one thread each."})
     seed: int = field(default=0, metadata={"help": "Training seed."})
-    vae_steps: int = field(default=2500, metadata={"help": "VAE training steps."})
+    vae_steps: int = field(default=4000, metadata={"help": "VAE training steps."})
     flow_steps: int = field(default=3000, metadata={"help": "Flow training steps (each of the two models)."})
     train_examples: int = field(default=4000, metadata={"help": "SynthCaps training clips."})
     eval_prompts: int = field(default=48, metadata={"help": "Held-out prompts for the measurements."})

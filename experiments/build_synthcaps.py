@@ -1,7 +1,7 @@
 """Rebuild the bundled SynthCaps checkpoints: the mel VAE, MaskAudioFlow and its CFM baseline; measure them; write
 model cards; optionally install them into `base_model/pretrained/`.
 
-    python experiments/build_synthcaps.py --install          # the bundled checkpoints (about 40 min on 2 CPU cores)
+    python experiments/build_synthcaps.py --install          # the bundled checkpoints (about 55 min on 2 CPU cores)
     python experiments/build_synthcaps.py --small            # a reduced run (seconds), as the test does
 
 What it measures (written to each model card and `<output_dir>/report.json`):

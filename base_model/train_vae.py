@@ -45,7 +45,8 @@ class VAEModelArguments:
         default=0.0, metadata={"help": "Weight of the spectral-convergence term (linear mel magnitudes)."}
     )
     normalize_input: bool = field(
-        default=True, metadata={"help": "Standardise log-mels with the training set's mean/std (stored in the config)."}
+        default=True,
+        metadata={"help": "Standardise log-mels with the training set's mean/std (stored in the config)."},
     )
 
 

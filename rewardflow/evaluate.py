@@ -186,9 +186,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     mel_fn = MelSpectrogram()
     keys = [(r["prompt_id"], s) for r in rows for s in range(cfg.num_samples)]  # pairing key of every clip
     by_id = {r["prompt_id"]: r for r in rows}
-    classifier, no_kl_reason = load_kl_classifier(cfg, device)
-    if reference is None:
-        classifier, no_kl_reason = None, no_ref_reason
+    # KL needs the reference clips: without them the classifier is not loaded at all
+    classifier, no_kl_reason = (None, no_ref_reason) if reference is None else load_kl_classifier(cfg, device)
     ref_emb = ref_mel = None
     if reference is not None:
         ref_wav = torch.from_numpy(np.stack([reference[r["prompt_id"]] for r in rows]))

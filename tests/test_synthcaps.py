@@ -12,6 +12,7 @@ from base_model.data.captions import load_caption_audio
 from base_model.data.synthcaps import (
     SynthCapsConfig,
     active_rms_db,
+    counterfactual_attributes,
     example,
     is_heldout,
     load_synthcaps,
@@ -87,6 +88,46 @@ def test_verifier_accuracy_on_clean_ground_truth():
     assert n > 100
     acc = {k: float(np.mean(v)) for k, v in per.items()}
     assert min(acc.values()) >= 0.95, acc
+
+
+def _visible(attrs: dict) -> dict:
+    return {"structure": attrs["structure"], "fade": attrs["fade"], "events": attrs["events"]}
+
+
+def test_counterfactuals_change_one_visible_attribute():
+    changed = {"events": 0, "structure": 0, "fade": 0}
+    for split in ("train", "heldout"):
+        for i in range(200):
+            e = example(i, split)
+            a = e["attributes"]
+            rng = np.random.default_rng(i)
+            c = counterfactual_attributes(a, rng)
+            assert a == example(i, split)["attributes"]  # the input is not modified
+            assert c == counterfactual_attributes(a, np.random.default_rng(i))  # deterministic in the generator
+            assert (c["loudness"], c["degradation"]) == (a["loudness"], a["degradation"])
+            assert len(c["events"]) == len(a["events"]) and c != a
+            diff = [k for k in _visible(a) if _visible(a)[k] != _visible(c)[k]]
+            assert len(diff) == 1, (a, c)
+            if diff == ["events"]:
+                before, after = a["events"], c["events"]
+                n_changed = sum(x != y for x, y in zip(before, after))
+                assert n_changed == 1 or (len(before) == 2 and after == before[::-1]), (a, c)
+                assert len({ev["type"] for ev in after}) == len(after)  # never two events of one type
+            changed[diff[0]] += 1
+    assert min(changed.values()) > 20, changed  # every kind of edit happens
+
+
+def test_verifier_rejects_counterfactual_attributes():
+    right, wrong = [], []
+    for i in range(60):
+        e = example(i, "train")
+        if e["attributes"]["degradation"] != "none":
+            continue
+        wav = render_audio(e["attributes"], e["seed"])
+        c = counterfactual_attributes(e["attributes"], np.random.default_rng(i))
+        right.append(np.mean(list(verify_clip(wav, e["attributes"]).values())))
+        wrong.append(np.mean(list(verify_clip(wav, c).values())))
+    assert np.mean(right) > np.mean(wrong) + 0.1, (np.mean(right), np.mean(wrong))
 
 
 def test_verifier_rejects_the_wrong_prompt():

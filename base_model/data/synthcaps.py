@@ -91,6 +91,49 @@ def sample_attributes(rng: np.random.Generator) -> dict:
     }
 
 
+def counterfactual_attributes(attrs: dict, rng: np.random.Generator) -> dict:
+    """A copy of `attrs` with one caption-visible attribute changed: an event's pitch, tempo, sweep direction, noise
+    colour or type, the order of a sequence, sequence <-> overlap, or the fade. Its caption (`make_caption`) is a
+    hard negative for the clip of `attrs`: it differs in exactly one thing the audio shows (NegCLIP-style).
+
+    Loudness and quality are never changed: captions often leave them out, so the edit could still describe the clip.
+    """
+    new = json.loads(json.dumps(attrs))
+    events = new["events"]
+    edits = []
+    for i, ev in enumerate(events):
+        for key, values in (
+            ("pitch", list(PITCH_BANDS)),
+            ("tempo", list(TEMPI)),
+            ("direction", ["rising", "falling"]),
+            ("colour", list(NOISE_COLOURS)),
+        ):
+            if key in ev:
+                edits.append(("value", i, key, [v for v in values if v != ev[key]]))
+        others = {e["type"] for e in events}
+        edits.append(("type", i, None, [t for t in EVENT_TYPES if t not in others]))
+    if len(events) == 2:
+        edits.append(("structure", None, None, None))
+    edits.append(("fade", None, None, [f for f in ("none", "in", "out") if f != new["fade"]]))
+    kind, i, key, options = edits[int(rng.integers(len(edits)))]
+    if kind == "value":
+        events[i][key] = str(rng.choice(options))
+    elif kind == "type":
+        while True:  # a fresh event of another type (not the other event's type)
+            ev = _sample_event(rng)
+            if ev["type"] in options:
+                break
+        events[i] = ev
+    elif kind == "structure":
+        if new["structure"] == "sequence" and rng.random() < 0.5:
+            new["events"] = events[::-1]
+        else:
+            new["structure"] = "overlap" if new["structure"] == "sequence" else "sequence"
+    else:
+        new["fade"] = str(rng.choice(options))
+    return new
+
+
 # ------------------------------------------------------------------------------------------------- captions
 _EVENT_PHRASES = {
     "tone": ["a {pitch} tone", "a steady {pitch} pitched tone", "a {pitch} hum", "a continuous {pitch} note"],

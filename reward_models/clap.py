@@ -67,6 +67,17 @@ def clap_transformer_tokens(prompts: list[str], context_length: int) -> torch.Te
     return tokens
 
 
+def token_map(token_ids: list[int], vocab_size: int = 49408) -> torch.Tensor:
+    """Lookup `(vocab_size,)` from laion-clap BPE ids to a reduced vocabulary: padding 0 stays 0, unknown ids go to 1,
+    the kept `token_ids` (ascending) to 2, 3, ... Order is kept, so the end-of-text token (the highest id, where the
+    'transformer' text branch reads its embedding) stays the highest."""
+    ids = torch.as_tensor(sorted(set(token_ids)), dtype=torch.long)
+    lookup = torch.ones(vocab_size, dtype=torch.long)
+    lookup[0] = 0
+    lookup[ids] = torch.arange(2, 2 + len(ids))
+    return lookup
+
+
 def build_clap(model_cfg: dict, amodel: str, tmodel: str, device="cpu", enable_fusion=False, fusion_type="None"):
     """A CLAP model from a config dict, via laion-clap's registry (`add_model_config` + `create_model`)."""
     cm = clap_module()
@@ -177,6 +188,8 @@ class ClapReward(RewardModel):
         self.text_type = meta["tmodel"]
         self.model_id = meta.get("model_id", f"clap:{folder.name}")
         self.tokenizer = None
+        # Folders trained on a reduced vocabulary store the BPE ids they kept (the token table is most of the file).
+        self.token_map = token_map(meta["token_ids"]) if meta.get("token_ids") else None
 
     def _load_published(self, path: Path, amodel: str, roberta_path, enable_fusion) -> None:
         from transformers import RobertaTokenizer
@@ -213,6 +226,7 @@ class ClapReward(RewardModel):
         self.model.load_state_dict(state, strict=True)
         self.tokenizer = RobertaTokenizer.from_pretrained(str(roberta_path), local_files_only=True)
         self.text_type = "roberta"
+        self.token_map = None
         self.model_id = f"laion-clap:{path.name}"
 
     # ----------------------------------------------------------------------------------------- embeddings
@@ -220,6 +234,8 @@ class ClapReward(RewardModel):
         """Unit-norm text embeddings `(B, D)`."""
         if self.text_type == "transformer":
             tokens = clap_transformer_tokens(prompts, self.model.context_length)
+            if self.token_map is not None:
+                tokens = self.token_map[tokens]
             emb = self.model.encode_text(tokens.to(self.device), device=self.device)
         else:
             tok = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=77, return_tensors="pt")

@@ -123,6 +123,35 @@ def test_clap_folder_scores_equal_direct_model(clap_folder, clap):
     assert clap.model_id == "test-clap" and len(clap.checkpoint_hash) == 16
 
 
+def test_reduced_vocabulary_folder_maps_tokens_in_order(tmp_path):
+    """A folder trained on a reduced vocabulary (`token_ids` in clap_config.json) scores as the model does on the
+    mapped tokens; unknown words go to one token; the end-of-text token stays the highest id."""
+    from reward_models.clap import clap_module, clap_transformer_tokens, token_map
+
+    kept = sorted(set(clap_transformer_tokens(["a high tone", "a low beep"], 16).flatten().tolist()) - {0})
+    lookup = token_map(kept)
+    eot = clap_module().tokenizer._tokenizer.encoder["<end_of_text>"]
+    assert lookup[0] == 0 and lookup[eot] == len(kept) + 1 == lookup[kept].max()
+    assert (lookup[kept[:-1]] < lookup[kept[1:]]).all()  # order kept
+    unknown = clap_transformer_tokens(["a zebra"], 16)[0]
+    assert 1 in lookup[unknown].tolist()
+
+    cfg = json.loads(json.dumps(SMALL_CLAP))
+    cfg["text_cfg"]["vocab_size"] = len(kept) + 2
+    torch.manual_seed(0)
+    model, _ = build_clap(cfg, "TestCLAP-Cnn6-small-vocab", "transformer")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    meta = {"amodel": "TestCLAP-Cnn6-small-vocab", "tmodel": "transformer", "model_cfg": cfg, "token_ids": kept}
+    (tmp_path / "clap_config.json").write_text(json.dumps(meta))
+    reward = ClapReward(tmp_path)
+    prompts = ["a high tone", "a low zebra"]
+    wav = torch.stack([tone(440, 2.0), tone(2000, 2.0)])
+    with torch.no_grad():
+        a = F.normalize(model.eval().audio_projection(model.audio_branch(wav)["embedding"]), dim=-1)
+        t = F.normalize(model.encode_text(lookup[clap_transformer_tokens(prompts, 16)], device="cpu"), dim=-1)
+    torch.testing.assert_close(reward(wav, 16000, prompts)["clap"], (a * t).sum(-1), atol=1e-5, rtol=1e-5)
+
+
 def test_long_prompts_keep_their_end_of_text_token():
     from reward_models.clap import clap_transformer_tokens
 

@@ -3,6 +3,7 @@
     rewardflow rollout --max_prompts 64          # = accelerate launch rewardflow/rollout.py ...
     rewardflow finetune --reward clap --tau 0.1  # = accelerate launch rewardflow/finetune.py ...
     rewardflow evaluate --models synthcaps outputs/finetune/final
+    rewardflow agreement --rollout outputs/rollout --referee verifier  # does the reward rank samples as the referee?
 
 Multi-process runs still start through `accelerate launch` / `torchrun` on the script files.
 """
@@ -12,7 +13,12 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS = {"rollout": "rewardflow.rollout", "finetune": "rewardflow.finetune", "evaluate": "rewardflow.evaluate"}
+COMMANDS = {
+    "rollout": "rewardflow.rollout",
+    "finetune": "rewardflow.finetune",
+    "evaluate": "rewardflow.evaluate",
+    "agreement": "rewardflow.agreement",
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,6 +31,8 @@ import torch
 if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rewardflow.metrics import bootstrap_interval  # noqa: E402
+
 logger = logging.getLogger("rewardflow.evaluate")
 
 KL_NO_CLASSIFIER = (
@@ -135,13 +137,7 @@ def load_eval_prompts(cfg: EvaluateConfig) -> tuple[list[dict], dict[str, np.nda
 
 def paired_interval(a: np.ndarray, b: np.ndarray, n: int, seed: int = 0) -> tuple[float, float, float]:
     """Mean of `b - a` over paired prompts and its 95% percentile-bootstrap interval (NaN pairs excluded)."""
-    d = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
-    d = d[np.isfinite(d)]
-    if len(d) == 0:
-        return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), size=(n, len(d)))].mean(1)
-    return float(d.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+    return bootstrap_interval(np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64), n, seed)
 
 
 def load_kl_classifier(cfg: EvaluateConfig, device) -> tuple[object | None, str]:

@@ -30,6 +30,20 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return max(fd, 0.0)  # non-negative by definition; round-off can dip a hair below 0 for identical sets
 
 
+def bootstrap_interval(values: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of `values` and its 95% percentile-bootstrap interval (non-finite values excluded; NaNs when none left).
+
+    >>> bootstrap_interval(np.ones(5), 100)
+    (1.0, 1.0, 1.0)
+    """
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return float("nan"), float("nan"), float("nan")
+    means = v[np.random.default_rng(seed).integers(0, len(v), size=(n, len(v)))].mean(1)
+    return float(v.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
 def mel_statistics(mel: torch.Tensor) -> np.ndarray:
     """Per-clip features from log-mels `(B, n_mels, F)`: per-bin mean and std over time, `(B, 2 * n_mels)`."""
     mel = mel.detach().float().cpu()

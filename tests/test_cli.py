@@ -34,6 +34,7 @@ def test_help(script):
     "script,flag",
     [
         ("rewardflow/evaluate.py", "--models"),
+        ("rewardflow/agreement.py", "--referee"),
         ("experiments/benchmarks/finetune_step.py", "--preset"),
         ("experiments/report.py", "--eval_dir"),
     ],

@@ -1,0 +1,144 @@
+"""Does a reward rank a prompt's own samples the way an independent referee does? A check to run on a rollout
+before spending compute on fine-tuning.
+
+    python rewardflow/agreement.py --rollout outputs/rollout --referee verifier
+    python rewardflow/agreement.py --rollout outputs/rollout --referee verifier --rewards clap aesthetics 'clap:1,aesthetics:0.5'
+
+Reward-weighted fine-tuning only ever compares samples of one prompt (with `--weighting standardized` or `topk`
+literally, with `exp` up to the prompt's mean): what it can learn is bounded by how well the reward picks the better
+of a prompt's samples. Per reward, over the prompts of the table:
+
+- `spearman`: mean within-prompt Spearman correlation between the reward and the referee (prompts where either is
+  constant are skipped; `prompts_ranked` says how many were left);
+- `top1_gain`: the referee of each prompt's best-by-reward sample minus the prompt's mean referee, averaged: what
+  best-of-n selection by this reward buys on the referee, i.e. what `--weighting topk --top_k 1/n` trains toward;
+- `oracle_gain`: the same with the referee choosing (the most any reward could buy from this table).
+
+Each with a 95 % percentile-bootstrap interval over prompts. A reward whose `top1_gain` interval covers 0 gives
+fine-tuning nothing to learn about the referee's criterion from this table. The result is also written (atomically)
+to `<rollout>/agreement-<referee>.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import rankdata
+
+if __package__ in (None, ""):  # run as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rewardflow.metrics import bootstrap_interval  # noqa: E402
+from rewardflow.weighting import _group_indices, resolve_reward, reward_columns  # noqa: E402
+
+
+@dataclass
+class AgreementConfig:
+    rollout: str = field(default="outputs/rollout", metadata={"help": "Rollout output_dir (rewardflow/rollout.py)."})
+    referee: str = field(default="verifier", metadata={"help": "Score column that plays the independent referee."})
+    rewards: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Reward specs to check (as finetune's --reward); default: every other top-level column."},
+    )
+    bootstrap: int = field(default=2000, metadata={"help": "Bootstrap resamples over prompts."})
+    seed: int = field(default=0, metadata={"help": "Bootstrap seed."})
+
+
+def _interval(values: list, n: int, seed: int) -> list[float]:
+    return list(bootstrap_interval(np.asarray(values, dtype=np.float64), n, seed))
+
+
+def within_prompt_agreement(
+    reward: np.ndarray, referee: np.ndarray, groups: list, bootstrap: int = 2000, seed: int = 0
+) -> dict:
+    """Agreement of `reward` with `referee` (both `(N,)`) within the groups (`groups[i]`: sample i's prompt id).
+
+    Rows where either value is NaN are left out; groups with fewer than two samples left count for nothing.
+    Returns `{"spearman", "top1_gain", "oracle_gain"}` as `[mean, low, high]` plus `prompts` and `prompts_ranked`.
+    """
+    r, q = np.asarray(reward, dtype=np.float64), np.asarray(referee, dtype=np.float64)
+    if r.shape != q.shape or r.ndim != 1 or len(groups) != len(r):
+        raise ValueError(f"reward {r.shape}, referee {q.shape} and groups ({len(groups)}) must all be (N,).")
+    keep = np.isfinite(r) & np.isfinite(q)
+    rho, top1, oracle = [], [], []
+    for idx in _group_indices(list(groups)):
+        idx = idx[keep[idx]]
+        if len(idx) < 2:
+            continue
+        gr, gq = r[idx], q[idx]
+        best = np.flatnonzero(gr == gr.max())  # ties: the referee's mean over the tied samples
+        top1.append(gq[best].mean() - gq.mean())
+        oracle.append(gq.max() - gq.mean())
+        if np.ptp(gr) > 0 and np.ptp(gq) > 0:
+            rho.append(np.corrcoef(rankdata(gr), rankdata(gq))[0, 1])
+    return {
+        "spearman": _interval(rho, bootstrap, seed),
+        "top1_gain": _interval(top1, bootstrap, seed),
+        "oracle_gain": _interval(oracle, bootstrap, seed),
+        "prompts": len(top1),
+        "prompts_ranked": len(rho),
+    }
+
+
+def agreement(cfg: AgreementConfig) -> dict:
+    from rewardflow.rollout import load_rollout
+
+    ds = load_rollout(cfg.rollout)
+    available = reward_columns(ds.column_names)
+    if cfg.referee not in available:
+        raise ValueError(
+            f"--referee {cfg.referee!r}: no score column of that name in {cfg.rollout}. Available: "
+            f"{', '.join(available) or '(none)'}."
+        )
+    specs = cfg.rewards or [c for c in available if "/" not in c and c != cfg.referee]
+    table = {c: np.asarray(ds[c], dtype=np.float64) for c in ds.column_names if c.startswith("reward/")}
+    referee = table[f"reward/{cfg.referee}"]
+    groups = list(ds["prompt_id"])
+    result = {"rollout": str(cfg.rollout), "referee": cfg.referee, "rows": len(ds), "rewards": {}}
+    for spec in specs:
+        r, _ = resolve_reward(spec, table)
+        result["rewards"][spec] = within_prompt_agreement(r, referee, groups, cfg.bootstrap, cfg.seed)
+    path = Path(cfg.rollout) / f"agreement-{cfg.referee.replace('/', '_')}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, path)
+    result["table"] = format_table(result)
+    print(result["table"])
+    return result
+
+
+def format_table(result: dict) -> str:
+    def cell(v):
+        return f"{v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]"
+
+    lines = [
+        f"Within-prompt agreement with the referee `{result['referee']}` ({result['rows']} rows, 95% CI over prompts)",
+        "",
+        "| reward | spearman | top1_gain | oracle_gain | prompts (ranked) |",
+        "|---|---|---|---|---|",
+    ]
+    for spec, a in result["rewards"].items():
+        lines.append(
+            f"| {spec} | {cell(a['spearman'])} | {cell(a['top1_gain'])} | {cell(a['oracle_gain'])} | "
+            f"{a['prompts']} ({a['prompts_ranked']}) |"
+        )
+    return "\n".join(lines)
+
+
+def make_parser():
+    from trl import TrlParser
+
+    return TrlParser((AgreementConfig,))
+
+
+def main(cfg: AgreementConfig) -> dict:
+    return agreement(cfg)
+
+
+if __name__ == "__main__":
+    main(*make_parser().parse_args_and_config())

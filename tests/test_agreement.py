@@ -1,0 +1,79 @@
+"""Within-prompt agreement of a reward with a referee (rewardflow/agreement.py)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from rewardflow.agreement import within_prompt_agreement
+
+GROUPS = [p for p in range(30) for _ in range(4)]
+
+
+def _referee(seed=0):
+    return np.random.default_rng(seed).random(len(GROUPS))
+
+
+def test_reward_equal_to_referee_is_perfect():
+    q = _referee()
+    a = within_prompt_agreement(q, q, GROUPS, bootstrap=200)
+    assert a["spearman"][0] == pytest.approx(1.0)
+    assert a["top1_gain"] == pytest.approx(a["oracle_gain"])
+    expected = np.mean([q[i * 4 : i * 4 + 4].max() - q[i * 4 : i * 4 + 4].mean() for i in range(30)])
+    assert a["oracle_gain"][0] == pytest.approx(expected)
+    assert a["top1_gain"][1] > 0 and a["prompts"] == a["prompts_ranked"] == 30
+
+
+def test_reversed_reward_picks_the_worst_and_a_monotone_transform_changes_nothing():
+    q = _referee()
+    worst = within_prompt_agreement(-q, q, GROUPS, bootstrap=200)
+    assert worst["spearman"][0] == pytest.approx(-1.0) and worst["top1_gain"][2] < 0
+    expected = np.mean([q[i * 4 : i * 4 + 4].min() - q[i * 4 : i * 4 + 4].mean() for i in range(30)])
+    assert worst["top1_gain"][0] == pytest.approx(expected)
+    # a prompt-dependent offset and a monotone map leave within-prompt rankings as they were
+    r = np.exp(3 * q) + np.asarray(GROUPS) * 10.0
+    assert within_prompt_agreement(r, q, GROUPS, bootstrap=200) == within_prompt_agreement(q, q, GROUPS, bootstrap=200)
+
+
+def test_independent_reward_has_no_gain_and_constant_reward_is_skipped_from_ranking():
+    q = _referee()
+    noise = within_prompt_agreement(_referee(1), q, GROUPS, bootstrap=500)
+    assert noise["top1_gain"][1] < 0 < noise["top1_gain"][2]
+    assert abs(noise["top1_gain"][0]) < 0.5 * noise["oracle_gain"][0]
+    flat = within_prompt_agreement(np.ones(len(q)), q, GROUPS, bootstrap=200)
+    assert flat["top1_gain"][0] == pytest.approx(0.0, abs=1e-12)  # ties: the prompt's mean, no gain
+    assert flat["prompts_ranked"] == 0 and np.isnan(flat["spearman"][0])
+
+
+def test_nan_rows_are_left_out_and_shapes_are_checked():
+    q = _referee()
+    r = q.copy()
+    r[::4] = np.nan  # one sample of every prompt unscored
+    a = within_prompt_agreement(r, q, GROUPS, bootstrap=200)
+    assert a["prompts"] == 30 and a["spearman"][0] == pytest.approx(1.0)
+    r[:] = np.nan
+    assert within_prompt_agreement(r, q, GROUPS, bootstrap=200)["prompts"] == 0
+    with pytest.raises(ValueError, match="must all be"):
+        within_prompt_agreement(q[:-1], q, GROUPS)
+
+
+def test_cli_on_a_rollout(tmp_path):
+    """A tiny real rollout: the verifier as reward agrees perfectly with itself; a bad referee name lists columns."""
+    from rewardflow.agreement import main, make_parser
+    from rewardflow.rollout import main as rollout_main
+    from rewardflow.rollout import make_parser as rollout_parser
+
+    out = tmp_path / "r"
+    argv = ["--output_dir", str(out), "--max_prompts", "3", "--num_generations", "3", "--num_iterations", "1"]
+    argv += ["--num_steps", "2", "--batch_size", "9", "--rewards", "verifier", "--audio_format", "none"]
+    rollout_main(*rollout_parser().parse_args_and_config(args=argv))
+    (cfg,) = make_parser().parse_args_and_config(args=["--rollout", str(out), "--rewards", "verifier", "verifier:-1"])
+    result = main(cfg)
+    saved = json.loads((out / "agreement-verifier.json").read_text())
+    assert saved["rewards"] == result["rewards"] and saved["rows"] == 9
+    same, reverse = result["rewards"]["verifier"], result["rewards"]["verifier:-1"]
+    assert same["top1_gain"] == same["oracle_gain"] and same["top1_gain"][0] >= 0
+    assert reverse["top1_gain"][0] <= 0 and "| verifier:-1 |" in result["table"]
+    (bad,) = make_parser().parse_args_and_config(args=["--rollout", str(out), "--referee", "nope"])
+    with pytest.raises(ValueError, match="Available: verifier"):
+        main(bad)

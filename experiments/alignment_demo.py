@@ -1,5 +1,6 @@
-"""The embedded alignment run behind `make demo`: rollout -> reward-weighted fine-tuning with CLAP -> evaluation of
-the base and the tuned model on held-out SynthCaps prompts, printed as a table.
+"""The embedded alignment run behind `make demo`: rollout -> how well the reward agrees with the verifier on the
+rollout -> reward-weighted fine-tuning with CLAP -> evaluation of the base and the tuned model on held-out SynthCaps
+prompts, printed as a table.
 
     python experiments/alignment_demo.py                     # into outputs/demo/
     python experiments/alignment_demo.py --reward verifier   # any reward column of the rollout
@@ -33,7 +34,7 @@ class DemoArguments:
     tau: float = field(default=1.0, metadata={"help": "Temperature τ."})
     beta: float = field(default=1.0, metadata={"help": "Reference regulariser weight."})
     max_steps: int = field(default=200, metadata={"help": "Fine-tuning steps."})
-    eval_prompts: int = field(default=48, metadata={"help": "Held-out prompts evaluated."})
+    eval_prompts: int = field(default=96, metadata={"help": "Held-out prompts evaluated."})
     processes: int = field(default=0, metadata={"help": "Rollout processes (0: 2 on a CPU machine, else 1)."})
 
 
@@ -55,6 +56,11 @@ def main(a: DemoArguments) -> dict:
     seconds["rollout"] = _run(
         [*launch, "rewardflow/rollout.py", "--output_dir", str(out / "rollout"), "--max_prompts", str(a.max_prompts)]
         + ["--num_generations", str(a.num_generations)]
+    )
+    # Before fine-tuning: does the reward pick a prompt's better samples by the verifier's (independent) judgement?
+    seconds["agreement"] = _run(
+        [py, "rewardflow/agreement.py", "--rollout", str(out / "rollout"), "--referee", "verifier"]
+        + ["--rewards", a.reward]
     )
     tuned = out / "finetune" / "final"
     if (tuned / "metrics.json").is_file():

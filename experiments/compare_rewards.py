@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from experiments.results_io import publish  # noqa: E402
+from experiments.results_io import ensure_rollout, publish  # noqa: E402
 
 
 @dataclass
@@ -73,25 +73,20 @@ def main(a: CompareArguments) -> dict:
     from rewardflow.evaluate import EvaluateConfig, evaluate
     from rewardflow.finetune import finetune
     from rewardflow.finetune_config import RewardFlowConfig
-    from rewardflow.rollout import rollout
-    from rewardflow.rollout_config import RolloutConfig
 
     if a.small:
         a.taus, a.max_steps, a.eval_max_prompts = [1.0, 10.0], 150, 32
     out = Path(a.output_dir)
-    rollout_dir = a.rollout or str(out / "rollout")
-    if not a.rollout:
-        rollout(
-            RolloutConfig(
-                model=a.model,
-                max_prompts=a.rollout_prompts,
-                num_generations=a.num_generations,
-                num_steps=a.num_steps,
-                output_dir=rollout_dir,
-                clap_checkpoint=a.clap_checkpoint,
-                aesthetics_checkpoint=a.aesthetics_checkpoint,
-            )
-        )
+    rollout_dir = ensure_rollout(
+        a.rollout,
+        out,
+        model=a.model,
+        max_prompts=a.rollout_prompts,
+        num_generations=a.num_generations,
+        num_steps=a.num_steps,
+        clap_checkpoint=a.clap_checkpoint,
+        aesthetics_checkpoint=a.aesthetics_checkpoint,
+    )
     finals, refused = {}, {}
     for name, reward, tau in plan(a):
         folder = out / "runs" / name
@@ -132,9 +127,21 @@ def main(a: CompareArguments) -> dict:
         )
     )
     results = summarise(a, report, finals, refused)
+    results["agreement"] = rollout_agreement(rollout_dir, a.rewards)
     write_outputs(out, results, finals)
     publish(out, a.results_dir, ("table.md", "tau_ablation.md", "results.json", "tradeoff.png", "training_curves.png"))
     return results
+
+
+def rollout_agreement(rollout_dir: str, rewards: list[str]) -> dict:
+    """Per reward, how well it picks the verifier's better samples of each prompt in the rollout (see
+    rewardflow/agreement.py); empty when the table has no verifier column."""
+    from rewardflow.agreement import AgreementConfig, agreement
+    from rewardflow.rollout import load_rollout
+
+    if "reward/verifier" not in load_rollout(rollout_dir).column_names:
+        return {}
+    return agreement(AgreementConfig(rollout=rollout_dir, referee="verifier", rewards=rewards))["rewards"]
 
 
 def summarise(a: CompareArguments, report: dict, finals: dict, refused: dict | None = None) -> dict:
@@ -184,15 +191,16 @@ def write_outputs(out: Path, results: dict, finals: dict) -> None:
     atomic_write_text(out / "table.md", "\n".join(lines) + "\n")
 
     # τ ablation: paired gain over the base (95% CI) in the trained reward and the referees, per reward and τ
+    agree = results.get("agreement", {})
     abl = [
-        "| reward | τ | Δ clap | Δ aesthetics | Δ verifier | weights ESS | weights max/min |",
-        "|---|---|---|---|---|---|---|",
+        "| reward | τ | Δ clap | Δ aesthetics | Δ verifier | weights ESS | weights max/min | rollout top-1 gain (verifier) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in runs.values():
         if r["tau"] is None:
             continue
         if "train" not in r:
-            abl.append(f"| {r['reward']} | {r['tau']:g} | {r['clap']} | | | | |")
+            abl.append(f"| {r['reward']} | {r['tau']:g} | {r['clap']} | | | | | |")
             continue
         p = r["paired_vs_base"]
 
@@ -200,10 +208,17 @@ def write_outputs(out: Path, results: dict, finals: dict) -> None:
             return f"{p[k]['mean']:+.4f} [{p[k]['ci95'][0]:+.3f}, {p[k]['ci95'][1]:+.3f}]" if k in p else "n/a"
 
         t = r["train"]
+        g = agree.get(r["reward"], {}).get("top1_gain")
+        gain = f"{g[0]:+.3f} [{g[1]:+.3f}, {g[2]:+.3f}]" if g else "n/a"
         abl.append(
             f"| {r['reward']} | {r['tau']:g} | {d('clap')} | {d('aesthetics')} | {d('verifier')} | "
-            f"{t['weights_ess']:.3f} | {t['weights_max_min_ratio']:.3g} |"
+            f"{t['weights_ess']:.3f} | {t['weights_max_min_ratio']:.3g} | {gain} |"
         )
+    abl.append(
+        "\nrollout top-1 gain: on the rollout the runs trained on, the verifier accuracy of each prompt's best sample "
+        "by this reward minus the prompt's mean (95% CI over prompts; rewardflow/agreement.py). It bounds what "
+        "weighting by this reward can teach about the verifier's attributes."
+    )
     atomic_write_text(out / "tau_ablation.md", "\n".join(abl) + "\n")
     atomic_write_text(out / "results.json", json.dumps(results, indent=2))
 

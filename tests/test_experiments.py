@@ -48,6 +48,8 @@ def test_compare_rewards_tiny(tmp_path):
     assert (out / "tradeoff.png").stat().st_size > 0 and (out / "training_curves.png").stat().st_size > 0
     abl = (out / "tau_ablation.md").read_text()
     assert "| none (τ = 0: self-training control) | 0 |" in abl and "| verifier | 1 |" in abl
+    agree = results["agreement"]["verifier"]  # the verifier as reward picks exactly the verifier's best samples
+    assert agree["top1_gain"] == agree["oracle_gain"] and f"{agree['top1_gain'][0]:+.3f} [" in abl
     assert json.loads((out / "results.json").read_text())["runs"]["control-tau0"]["train"]["weights_ess"] == 1.0
 
 
@@ -76,3 +78,98 @@ def test_decoding_scaling_tiny(tmp_path):
     assert (tmp_path / "scaling.png").stat().st_size > 0 and "| CFM baseline, 2 steps | 2 |" in (
         tmp_path / "table.md"
     ).read_text()
+
+
+def test_clap_training_pieces():
+    """The bundled CLAP's trainer: hard negatives enter the loss, the reduced vocabulary covers every SynthCaps
+    caption (counterfactuals too), and the round-trip choice follows its probability."""
+    import numpy as np
+    import torch
+
+    from experiments.train_synthcaps_clap import (
+        AMODEL,
+        ClipDataset,
+        ContrastiveClap,
+        _rows,
+        counterfactual_captions,
+        model_config,
+        synthcaps_token_ids,
+    )
+    from reward_models.clap import build_clap, clap_transformer_tokens, token_map
+
+    ids = synthcaps_token_ids(300)
+    rows = _rows("heldout", 40) + _rows("validation", 40)
+    negatives = counterfactual_captions(rows)
+    assert negatives == counterfactual_captions(rows) and negatives != [r["caption"] for r in rows]
+    lookup = token_map(ids)
+    mapped = lookup[clap_transformer_tokens([r["caption"] for r in rows] + negatives, 32)]
+    assert not (mapped == 1).any()  # no unknown token
+
+    torch.manual_seed(0)
+    clap, _ = build_clap(model_config(len(ids) + 2), AMODEL + "-test", "transformer")
+    model = ContrastiveClap(clap).eval()
+    wav = torch.randn(4, 64000) * 0.1
+    tokens = mapped[:4]
+    with torch.no_grad():
+        plain = model(wav, tokens)["loss"]
+        hard = model(wav, tokens, mapped[len(rows) : len(rows) + 4])["loss"]
+    assert hard > plain  # more columns in the audio-to-text softmax can only raise its cross-entropy
+
+    clean = np.zeros((3, 8), np.float16)
+    rt = np.ones((2, 8), np.float16)
+    always = ClipDataset(clean, tokens[:3], None, rt, roundtrip_probability=1.0)
+    never = ClipDataset(clean, tokens[:3], None, rt, roundtrip_probability=0.0)
+    assert [float(always[i]["waveform"][0]) for i in range(3)] == [1.0, 1.0, 0.0]  # only the first 2 have one
+    assert all(float(never[i]["waveform"][0]) == 0.0 for i in range(3)) and "negative_tokens" not in never[0]
+
+
+def test_clap_measure_only_needs_a_trained_folder(tmp_path):
+    import pytest
+
+    from experiments.train_synthcaps_clap import main as clap_main
+    from experiments.train_synthcaps_clap import make_parser as clap_parser
+
+    args, data = clap_parser().parse_args_and_config(
+        args=["--output_dir", str(tmp_path), "--measure_only", "true", "--report_to", "none"]
+    )
+    with pytest.raises(FileNotFoundError, match="train it first"):
+        clap_main(args, data)
+
+
+def test_reward_vs_referee_tiny(tmp_path):
+    """One tiny rollout, the agreement table, a reward run and the referee run, both splits evaluated; rerun keeps
+    every finished piece."""
+    from experiments.reward_vs_referee import RefereeArguments
+    from experiments.reward_vs_referee import main as referee_main
+    from rewardflow.rollout import main as rollout_main
+    from rewardflow.rollout import make_parser
+
+    ro = tmp_path / "rollout"
+    argv = ["--output_dir", str(ro), "--max_prompts", "4", "--num_generations", "2", "--num_iterations", "2"]
+    argv += ["--num_steps", "2", "--batch_size", "8", "--rewards", "verifier", "aesthetics", "--audio_format", "none"]
+    rollout_main(*make_parser().parse_args_and_config(args=argv))
+    a = RefereeArguments(
+        output_dir=str(tmp_path / "out"),
+        rollout=str(ro),
+        rewards=["aesthetics", "verifier"],
+        runs=["aesthetics:standardized", "verifier:topk"],
+        top_k=0.5,
+        max_steps=2,
+        per_device_train_batch_size=4,
+        eval_max_prompts=3,
+        num_steps=2,
+        results_dir=str(tmp_path / "published"),
+    )
+    results = referee_main(a)
+    assert sorted(p.name for p in (tmp_path / "published").iterdir()) == ["results.json", "summary.md"]
+    assert results["agreement"]["verifier"]["top1_gain"] == results["agreement"]["verifier"]["oracle_gain"]
+    text = (tmp_path / "out" / "summary.md").read_text()
+    for split in ("heldout", "validation"):
+        assert f"## {split} prompts" in text
+        for run in ("aesthetics:standardized", "verifier:topk"):
+            d = results["runs"][run][split]["verifier"]
+            assert f"| {run} | " in text and f"{d['mean']:+.4f} [{d['ci95'][0]:+.3f}" in text
+    stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("evaluation-*.json")}
+    assert len(stamp) == 2
+    again = referee_main(a)  # nothing retrained or re-evaluated
+    assert {p: p.stat().st_mtime_ns for p in stamp} == stamp and again["runs"] == results["runs"]

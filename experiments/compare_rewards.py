@@ -139,9 +139,10 @@ def rollout_agreement(rollout_dir: str, rewards: list[str]) -> dict:
     from rewardflow.agreement import AgreementConfig, agreement
     from rewardflow.rollout import load_rollout
 
-    if "reward/verifier" not in load_rollout(rollout_dir).column_names:
+    ds = load_rollout(rollout_dir)
+    if "reward/verifier" not in ds.column_names:
         return {}
-    return agreement(AgreementConfig(rollout=rollout_dir, referee="verifier", rewards=rewards))["rewards"]
+    return agreement(AgreementConfig(rollout=rollout_dir, referee="verifier", rewards=rewards), ds)["rewards"]
 
 
 def summarise(a: CompareArguments, report: dict, finals: dict, refused: dict | None = None) -> dict:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from base_model.pipeline import atomic_write_text  # noqa: E402
 from experiments.results_io import ensure_rollout, publish  # noqa: E402
 
 
@@ -108,17 +109,16 @@ def main(a: RefereeArguments) -> dict:
     evaluations = {}
     for split in a.eval_splits:
         path = out / f"evaluation-{split}.json"
-        old = json.loads(path.read_text()) if path.is_file() else {}
-        if old.get("settings", {}).get("models") != models:
-            evaluate(
-                EvaluateConfig(
-                    models=models,
-                    prompts=f"synthcaps:{split}",
-                    max_prompts=a.eval_max_prompts,
-                    num_steps=a.num_steps,
-                    output_json=str(path),
-                )
-            )
+        cfg = EvaluateConfig(
+            models=models,
+            prompts=f"synthcaps:{split}",
+            max_prompts=a.eval_max_prompts,
+            num_steps=a.num_steps,
+            output_json=str(path),
+        )
+        old = json.loads(path.read_text()).get("settings", {}) if path.is_file() else {}
+        if old != json.loads(json.dumps(asdict(cfg))):  # kept only when made with exactly these settings
+            evaluate(cfg)
         evaluations[split] = json.loads(path.read_text())
     results = {"settings": vars(a), "agreement": agree["rewards"], "runs": {}}
     for run, final in finals.items():
@@ -129,8 +129,6 @@ def main(a: RefereeArguments) -> dict:
         }
     results["base"] = {split: ev["models"][a.model] for split, ev in evaluations.items()}
     results["metric_info"] = next(iter(evaluations.values()))["metric_info"] if evaluations else {}
-    from base_model.pipeline import atomic_write_text
-
     atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     atomic_write_text(out / "summary.md", summary(results, agree["table"]))
     print((out / "summary.md").read_text())

@@ -204,9 +204,9 @@ def _embed_text(reward: ClapReward, captions: list[str]) -> torch.Tensor:
     return torch.cat([reward.embed_text(captions[i : i + 32]) for i in range(0, len(captions), 32)])
 
 
-def retrieval(reward: ClapReward, wavs: np.ndarray, captions: list[str]) -> dict:
-    audio, text = _embed_audio(reward, wavs), _embed_text(reward, captions)
-    rank = (text @ audio.T).argsort(dim=1, descending=True)  # text -> audio
+def retrieval(audio: torch.Tensor, text: torch.Tensor) -> dict:
+    """Text-to-audio retrieval from unit-norm embeddings `(N, D)` of clips and their own captions."""
+    rank = (text @ audio.T).argsort(dim=1, descending=True)
     pos = (rank == torch.arange(len(text))[:, None]).float().argmax(1)
     return {
         "R@1": round(float((pos < 1).float().mean()), 4),
@@ -216,13 +216,10 @@ def retrieval(reward: ClapReward, wavs: np.ndarray, captions: list[str]) -> dict
     }
 
 
-def counterfactual_accuracy(reward: ClapReward, wavs: np.ndarray, captions: list[str], negatives: list[str]) -> float:
+def counterfactual_accuracy(audio: torch.Tensor, text: torch.Tensor, negatives: torch.Tensor) -> float:
     """Fraction of clips scored higher against their own caption than against its one-attribute counterfactual
-    (chance 0.5)."""
-    audio = _embed_audio(reward, wavs)
-    own = (audio * _embed_text(reward, captions)).sum(-1)
-    other = (audio * _embed_text(reward, negatives)).sum(-1)
-    return round(float((own > other).float().mean()), 4)
+    (chance 0.5), from unit-norm embeddings."""
+    return round(float(((audio * text).sum(-1) > (audio * negatives).sum(-1)).float().mean()), 4)
 
 
 def measure(final: Path, cache_dir: Path, eval_examples: int) -> dict:
@@ -232,13 +229,16 @@ def measure(final: Path, cache_dir: Path, eval_examples: int) -> dict:
     out = {}
     for split in ("heldout", "validation"):
         rows = _rows(split, eval_examples)
-        wavs, caps, negs = _render(rows), [r["caption"] for r in rows], counterfactual_captions(rows)
-        out[f"{split}_text_to_audio"] = retrieval(reward, wavs, caps)
-        out[f"{split}_counterfactual_accuracy"] = counterfactual_accuracy(reward, wavs, caps, negs)
+        wavs = _render(rows)
+        text = _embed_text(reward, [r["caption"] for r in rows])
+        negatives = _embed_text(reward, counterfactual_captions(rows))
+        audio = _embed_audio(reward, wavs)
+        out[f"{split}_text_to_audio"] = retrieval(audio, text)
+        out[f"{split}_counterfactual_accuracy"] = counterfactual_accuracy(audio, text, negatives)
         if split == "heldout":
-            rt = roundtrip(wavs, cache_dir / f"roundtrip-{split}-{eval_examples}.npy")
-            out[f"{split}_text_to_audio_roundtrip"] = retrieval(reward, rt, caps)
-            out[f"{split}_counterfactual_accuracy_roundtrip"] = counterfactual_accuracy(reward, rt, caps, negs)
+            rt = _embed_audio(reward, roundtrip(wavs, cache_dir / f"roundtrip-{split}-{eval_examples}.npy"))
+            out[f"{split}_text_to_audio_roundtrip"] = retrieval(rt, text)
+            out[f"{split}_counterfactual_accuracy_roundtrip"] = counterfactual_accuracy(rt, text, negatives)
     return out
 
 

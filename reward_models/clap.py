@@ -67,12 +67,12 @@ def clap_transformer_tokens(prompts: list[str], context_length: int) -> torch.Te
     return tokens
 
 
-def token_map(token_ids: list[int], vocab_size: int = 49408) -> torch.Tensor:
-    """Lookup `(vocab_size,)` from laion-clap BPE ids to a reduced vocabulary: padding 0 stays 0, unknown ids go to 1,
+def token_map(token_ids: list[int]) -> torch.Tensor:
+    """Lookup `(V,)` from laion-clap's V BPE ids to a reduced vocabulary: padding 0 stays 0, unknown ids go to 1,
     the kept `token_ids` (ascending) to 2, 3, ... Order is kept, so the end-of-text token (the highest id, where the
     'transformer' text branch reads its embedding) stays the highest."""
     ids = torch.as_tensor(sorted(set(token_ids)), dtype=torch.long)
-    lookup = torch.ones(vocab_size, dtype=torch.long)
+    lookup = torch.ones(len(clap_module().tokenizer._tokenizer.encoder), dtype=torch.long)
     lookup[0] = 0
     lookup[ids] = torch.arange(2, 2 + len(ids))
     return lookup

@@ -22,13 +22,12 @@ to `<rollout>/agreement-<referee>.json`.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import rankdata
+from scipy.stats import spearmanr
 
 if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -75,7 +74,7 @@ def within_prompt_agreement(
         top1.append(gq[best].mean() - gq.mean())
         oracle.append(gq.max() - gq.mean())
         if np.ptp(gr) > 0 and np.ptp(gq) > 0:
-            rho.append(np.corrcoef(rankdata(gr), rankdata(gq))[0, 1])
+            rho.append(float(spearmanr(gr, gq).statistic))
     return {
         "spearman": _interval(rho, bootstrap, seed),
         "top1_gain": _interval(top1, bootstrap, seed),
@@ -85,10 +84,12 @@ def within_prompt_agreement(
     }
 
 
-def agreement(cfg: AgreementConfig) -> dict:
+def agreement(cfg: AgreementConfig, ds=None) -> dict:
+    """The agreement table for `cfg.rollout`; `ds` is that rollout's table when the caller has it loaded already."""
+    from base_model.pipeline import atomic_write_text
     from rewardflow.rollout import load_rollout
 
-    ds = load_rollout(cfg.rollout)
+    ds = load_rollout(cfg.rollout) if ds is None else ds
     available = reward_columns(ds.column_names)
     if cfg.referee not in available:
         raise ValueError(
@@ -104,9 +105,7 @@ def agreement(cfg: AgreementConfig) -> dict:
         r, _ = resolve_reward(spec, table)
         result["rewards"][spec] = within_prompt_agreement(r, referee, groups, cfg.bootstrap, cfg.seed)
     path = Path(cfg.rollout) / f"agreement-{cfg.referee.replace('/', '_')}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(result, indent=2))
     result["table"] = format_table(result)
     print(result["table"])
     return result

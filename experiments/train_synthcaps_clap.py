@@ -7,11 +7,19 @@ text branch on the part of laion-clap's BPE vocabulary SynthCaps captions use), 
 A reward model must rank one prompt's clips, which differ in details, not tell a beep from a sweep. So besides the
 in-batch negatives of CLIP/CLAP each clip brings a hard-negative caption that differs from its own in one attribute
 (`counterfactual_attributes`, after NegCLIP), and part of the training audio has been through the bundled
-generator's decoder (VAE + vocoder) so that the model reads generated audio, not only clean renders.
+generator's decoder (VAE + vocoder) so that the model reads generated audio, not only clean renders. With
+`--audio_negatives true` each caption also brings a hard-negative *clip*: its render with one attribute changed, most
+often the loudness or the fade (`audio_counterfactual_attributes`), which is how one prompt's generated clips differ.
+The README's CLAP v3 experiment (not bundled) continued v2 that way:
+
+    python experiments/train_synthcaps_clap.py --output_dir outputs/clap3 --audio_negatives true \
+        --model_id synthcaps-clap-v3 --init_from reward_models/pretrained/synthcaps-clap --max_steps 400 \
+        --learning_rate 3e-4 --warmup_steps 20 --seed 42
 
 Writes `clap_config.json` + `model.safetensors` + a model card, the folder layout `ClapReward` loads, and reports
 on held-out SynthCaps clips: text-to-audio retrieval R@1 / R@10 and how often a clip's own caption beats its
-one-attribute counterfactual, on clean and on decoder round-tripped audio.
+one-attribute counterfactual, on clean and on decoder round-tripped audio, and how often a caption scores its own clip
+higher than the counterfactual clip.
 """
 
 from __future__ import annotations
@@ -26,12 +34,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainingArguments
 from trl import TrlParser
 
-from base_model.data.synthcaps import SPLITS, counterfactual_attributes, example, make_caption, render_audio
+from base_model.data.synthcaps import (
+    SPLITS,
+    audio_counterfactual_attributes,
+    counterfactual_attributes,
+    example,
+    make_caption,
+    render_audio,
+)
 from reward_models.clap import BUNDLED_CLAP, ClapReward, build_clap, clap_transformer_tokens, token_map
 
 AMODEL = "SynthCapsCLAP-Cnn6-16k"
@@ -83,6 +98,14 @@ class ClapDataArguments:
         default=0.5, metadata={"help": "Chance that a clip with a round-tripped version is seen through it."}
     )
     hard_negatives: bool = field(default=True, metadata={"help": "Add one counterfactual caption per clip."})
+    audio_negatives: bool = field(
+        default=False,
+        metadata={"help": "Add one counterfactual clip per caption (text-to-audio side; clean renders only)."},
+    )
+    init_from: str = field(
+        default="", metadata={"help": "Start from this CLAP folder (same text vocabulary) instead of from scratch."}
+    )
+    model_id: str = field(default="synthcaps-clap-v2", metadata={"help": "Name recorded in clap_config.json."})
     eval_examples: int = field(default=200, metadata={"help": "Held-out (and validation) clips for the metrics."})
     measure_only: bool = field(
         default=False,
@@ -95,19 +118,32 @@ class ContrastiveClap(torch.nn.Module):
     """Symmetric InfoNCE between unit-norm audio and text embeddings, temperature `logit_scale_a` (CLIP/CLAP).
 
     With `negative_tokens`, the audio-to-text side also scores each clip against the batch's counterfactual
-    captions (B more columns), so the only way to win is to read the attribute that differs.
+    captions (B more columns), so the only way to win is to read the attribute that differs. With
+    `negative_waveform`, the text-to-audio side likewise scores each caption against the batch's counterfactual clips
+    (B more columns; those whose `negative_valid` is False are left out): it learns to rank one caption's clips.
     """
 
     def __init__(self, clap):
         super().__init__()
         self.clap = clap
 
-    def forward(self, waveform, tokens, negative_tokens=None):
-        audio = F.normalize(self.clap.audio_projection(self.clap.audio_branch(waveform)["embedding"]), dim=-1)
+    def _audio(self, waveform):
+        return F.normalize(self.clap.audio_projection(self.clap.audio_branch(waveform)["embedding"]), dim=-1)
+
+    def forward(self, waveform, tokens, negative_tokens=None, negative_waveform=None, negative_valid=None):
+        B = len(waveform)
+        if negative_waveform is not None:  # one pass through the audio branch (its batch norm sees both)
+            both = self._audio(torch.cat([waveform, negative_waveform]))
+            audio, negative_audio = both[:B], both[B:]
+        else:
+            audio = self._audio(waveform)
         text = F.normalize(self.clap.encode_text(tokens, device=waveform.device), dim=-1)
         scale = self.clap.logit_scale_a.exp().clamp(max=100)
-        target = torch.arange(len(audio))
+        target = torch.arange(B)
         logits_t2a = scale * text @ audio.T
+        if negative_waveform is not None:
+            extra = (scale * text @ negative_audio.T).masked_fill(~negative_valid[None, :], float("-inf"))
+            logits_t2a = torch.cat([logits_t2a, extra], dim=1)
         columns = text
         if negative_tokens is not None:
             negatives = F.normalize(self.clap.encode_text(negative_tokens, device=waveform.device), dim=-1)
@@ -119,8 +155,11 @@ class ContrastiveClap(torch.nn.Module):
 class ClipDataset(torch.utils.data.Dataset):
     """Clean renders, their round-tripped versions (the first `len(roundtrip)` clips) and tokenised captions."""
 
-    def __init__(self, wavs, tokens, negative_tokens=None, roundtrip=None, roundtrip_probability=0.0):
+    def __init__(
+        self, wavs, tokens, negative_tokens=None, roundtrip=None, roundtrip_probability=0.0, negative_wavs=None
+    ):
         self.wavs, self.tokens, self.negative_tokens = wavs, tokens, negative_tokens
+        self.negative_wavs = negative_wavs
         self.roundtrip = roundtrip if roundtrip is not None else np.zeros((0, wavs.shape[1]), np.float16)
         self.p = roundtrip_probability
 
@@ -134,6 +173,10 @@ class ClipDataset(torch.utils.data.Dataset):
         row = {"waveform": torch.from_numpy(wav.astype(np.float32)), "tokens": self.tokens[i]}
         if self.negative_tokens is not None:
             row["negative_tokens"] = self.negative_tokens[i]
+        if self.negative_wavs is not None:
+            # A clean counterfactual beside a round-tripped clip would teach "decoder artefacts = right": left out.
+            row["negative_waveform"] = torch.from_numpy(self.negative_wavs[i].astype(np.float32))
+            row["negative_valid"] = torch.tensor(not use_rt)
         return row
 
 
@@ -152,6 +195,15 @@ def counterfactual_captions(rows: list[dict]) -> list[str]:
         rng = np.random.default_rng([SPLITS[r["id"].split("-")[1]], int(r["id"].rsplit("-", 1)[1]), 7])
         out.append(make_caption(counterfactual_attributes(r["attributes"], rng), rng))
     return out
+
+
+def counterfactual_clips(rows: list[dict]) -> np.ndarray:
+    """One hard-negative clip per row: its render with one attribute changed, deterministic in the row's id."""
+    out = []
+    for r in rows:
+        rng = np.random.default_rng([SPLITS[r["id"].split("-")[1]], int(r["id"].rsplit("-", 1)[1]), 11])
+        out.append(render_audio(audio_counterfactual_attributes(r["attributes"], rng), r["seed"]))
+    return np.stack(out).astype(np.float16)
 
 
 def synthcaps_token_ids(n: int = 3000) -> list[int]:
@@ -218,7 +270,8 @@ def retrieval(audio: torch.Tensor, text: torch.Tensor) -> dict:
 
 def counterfactual_accuracy(audio: torch.Tensor, text: torch.Tensor, negatives: torch.Tensor) -> float:
     """Fraction of clips scored higher against their own caption than against its one-attribute counterfactual
-    (chance 0.5), from unit-norm embeddings."""
+    (chance 0.5), from unit-norm embeddings. With the roles swapped, `(text, audio, negative clips)`: how often a
+    caption scores its own clip higher than the counterfactual clip."""
     return round(float(((audio * text).sum(-1) > (audio * negatives).sum(-1)).float().mean()), 4)
 
 
@@ -235,6 +288,9 @@ def measure(final: Path, cache_dir: Path, eval_examples: int) -> dict:
         audio = _embed_audio(reward, wavs)
         out[f"{split}_text_to_audio"] = retrieval(audio, text)
         out[f"{split}_counterfactual_accuracy"] = counterfactual_accuracy(audio, text, negatives)
+        negative_audio = _embed_audio(reward, counterfactual_clips(rows))
+        # the same comparison from the caption's side: its own clip against the counterfactual clip
+        out[f"{split}_audio_counterfactual_accuracy"] = counterfactual_accuracy(text, audio, negative_audio)
         if split == "heldout":
             rt = _embed_audio(reward, roundtrip(wavs, cache_dir / f"roundtrip-{split}-{eval_examples}.npy"))
             out[f"{split}_text_to_audio_roundtrip"] = retrieval(rt, text)
@@ -245,7 +301,7 @@ def measure(final: Path, cache_dir: Path, eval_examples: int) -> dict:
 def model_card(metrics: dict, command: str) -> str:
     rt, p = metrics["roundtrip_examples"], metrics["roundtrip_probability"]
     return (
-        "# SynthCaps CLAP v2 (bundled)\n\nA small CLAP built with laion-clap's model code: PANN Cnn6 audio branch at "
+        f"# SynthCaps CLAP `{metrics.get('model_id', 'synthcaps-clap-v2')}` (bundled)\n\nA small CLAP built with laion-clap's model code: PANN Cnn6 audio branch at "
         "16 kHz (64 mel bins, 40 ms hop, 4 s window, SpecAugment off) and a 2-layer 128-wide 'transformer' text "
         f"branch on the {metrics['vocabulary']} BPE tokens of laion-clap's vocabulary that SynthCaps captions use "
         "(others map to one unknown token; context 32), stored in float16. Trained contrastively on the first "
@@ -261,10 +317,18 @@ def model_card(metrics: dict, command: str) -> str:
             if metrics["hard_negatives"]
             else ""
         )
+        + (
+            "with one counterfactual clip per caption (the same render with one attribute changed, two thirds of them "
+            "the loudness or the fade) as a hard negative on the text-to-audio side for clean clips, "
+            if metrics.get("audio_negatives")
+            else ""
+        )
+        + (f"starting from `{metrics['init_from']}`, " if metrics.get("init_from") else "")
         + f"by\n\n```\n{command}\n```\n\non {os.cpu_count()} CPU cores, torch {torch.__version__}.\n\n## Metrics\n\n"
         "On 200 clips each of the held-out compositions and of the validation split (the training distribution). "
         "`counterfactual_accuracy`: how often a clip scores higher with its own caption than with the same caption "
-        "changed in one attribute (chance 0.5); `_roundtrip`: the clips decoded by the generator's VAE + vocoder "
+        "changed in one attribute (chance 0.5); `audio_counterfactual_accuracy`: how often a caption scores its own "
+        "clip higher than the counterfactual clip (chance 0.5); `_roundtrip`: the clips decoded by the generator's VAE + vocoder "
         f"first.\n\n```json\n{json.dumps(metrics, indent=2)}\n```\n\nToy model for offline development; not a "
         "model of real-world audio.\n"
     )
@@ -275,6 +339,8 @@ def main(args: ClapTrainingConfig, data: ClapDataArguments) -> dict:
     command = (
         f"python experiments/train_synthcaps_clap.py --max_steps {args.max_steps} --train_examples "
         f"{data.train_examples} --roundtrip_examples {data.roundtrip_examples} --seed {args.seed}"
+        f" --learning_rate {args.learning_rate} --audio_negatives {data.audio_negatives}"
+        + (f" --init_from {data.init_from}" if data.init_from else "")
     )
     if data.measure_only:
         if not (final / "metrics.json").is_file():
@@ -298,7 +364,7 @@ def main(args: ClapTrainingConfig, data: ClapDataArguments) -> dict:
 
 
 TRAIN_KEYS = ("train_seconds", "steps", "parameters", "vocabulary", "train_examples", "roundtrip_examples",
-              "roundtrip_probability", "hard_negatives")  # fmt: skip
+              "roundtrip_probability", "hard_negatives", "audio_negatives", "init_from", "model_id")  # fmt: skip
 
 
 def train(args: ClapTrainingConfig, data: ClapDataArguments, final: Path) -> dict:
@@ -307,6 +373,16 @@ def train(args: ClapTrainingConfig, data: ClapDataArguments, final: Path) -> dic
     lookup = token_map(token_ids)
     cfg = model_config(len(token_ids) + 2)
     clap, _ = build_clap(cfg, AMODEL, "transformer")
+    if data.init_from:
+        start = json.loads((Path(data.init_from) / "clap_config.json").read_text())
+        if start.get("token_ids") != token_ids or start.get("model_cfg") != cfg:
+            raise ValueError(
+                f"--init_from {data.init_from} has another text vocabulary or model shape than this script builds; "
+                "train from scratch (no --init_from)."
+            )
+        clap.load_state_dict(
+            {k: v.float() for k, v in load_file(str(Path(data.init_from) / "model.safetensors")).items()}
+        )
     # SpecAugment (PANN's default) can blank 2 x 64 of the 100 frames: most of a SynthCaps sequence. The corpus is
     # procedural, so fresh clips do augmentation's job.
     clap.audio_branch.spec_augmenter = torch.nn.Identity()
@@ -321,7 +397,8 @@ def train(args: ClapTrainingConfig, data: ClapDataArguments, final: Path) -> dic
         rt = roundtrip(
             wavs[: data.roundtrip_examples], Path(args.output_dir) / f"roundtrip-{data.roundtrip_examples}.npy"
         )
-    dataset = ClipDataset(wavs, tokens, negative_tokens, rt, data.roundtrip_probability)
+    negative_wavs = counterfactual_clips(rows) if data.audio_negatives else None
+    dataset = ClipDataset(wavs, tokens, negative_tokens, rt, data.roundtrip_probability, negative_wavs)
     trainer = Trainer(
         model=ContrastiveClap(clap),
         args=args,
@@ -340,7 +417,7 @@ def train(args: ClapTrainingConfig, data: ClapDataArguments, final: Path) -> dic
         },
         str(final / "model.safetensors"),
     )
-    meta = {"amodel": AMODEL, "tmodel": "transformer", "model_cfg": cfg, "model_id": "synthcaps-clap-v2"}
+    meta = {"amodel": AMODEL, "tmodel": "transformer", "model_cfg": cfg, "model_id": data.model_id}
     (final / "clap_config.json").write_text(json.dumps({**meta, "token_ids": token_ids}, indent=2))
     return {
         "train_seconds": round(seconds, 1),
@@ -351,6 +428,9 @@ def train(args: ClapTrainingConfig, data: ClapDataArguments, final: Path) -> dic
         "roundtrip_examples": data.roundtrip_examples,
         "roundtrip_probability": data.roundtrip_probability,
         "hard_negatives": data.hard_negatives,
+        "audio_negatives": data.audio_negatives,
+        "init_from": data.init_from,
+        "model_id": data.model_id,
     }
 
 

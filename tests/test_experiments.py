@@ -90,8 +90,10 @@ def test_clap_training_pieces():
         AMODEL,
         ClipDataset,
         ContrastiveClap,
+        _render,
         _rows,
         counterfactual_captions,
+        counterfactual_clips,
         model_config,
         synthcaps_token_ids,
     )
@@ -114,6 +116,13 @@ def test_clap_training_pieces():
         plain = model(wav, tokens)["loss"]
         hard = model(wav, tokens, mapped[len(rows) : len(rows) + 4])["loss"]
     assert hard > plain  # more columns in the audio-to-text softmax can only raise its cross-entropy
+    other = torch.randn(4, 64000) * 0.1
+    with torch.no_grad():
+        clips = model(wav, tokens, negative_waveform=other, negative_valid=torch.ones(4, dtype=torch.bool))["loss"]
+        masked = model(wav, tokens, negative_waveform=other, negative_valid=torch.zeros(4, dtype=torch.bool))["loss"]
+    assert clips > plain  # the same for the text-to-audio side's counterfactual clips
+    # left-out negatives change nothing (batch norm is in eval mode here, so the extra clips do not either)
+    torch.testing.assert_close(masked, plain)
 
     clean = np.zeros((3, 8), np.float16)
     rt = np.ones((2, 8), np.float16)
@@ -121,6 +130,42 @@ def test_clap_training_pieces():
     never = ClipDataset(clean, tokens[:3], None, rt, roundtrip_probability=0.0)
     assert [float(always[i]["waveform"][0]) for i in range(3)] == [1.0, 1.0, 0.0]  # only the first 2 have one
     assert all(float(never[i]["waveform"][0]) == 0.0 for i in range(3)) and "negative_tokens" not in never[0]
+    # a counterfactual clip stands beside clean clips only
+    with_clips = ClipDataset(clean, tokens[:3], None, rt, roundtrip_probability=1.0, negative_wavs=clean + 2)
+    assert [bool(with_clips[i]["negative_valid"]) for i in range(3)] == [False, False, True]
+    assert float(with_clips[2]["negative_waveform"][0]) == 2.0
+    first = counterfactual_clips(rows[:3])
+    np.testing.assert_array_equal(first, counterfactual_clips(rows[:3]))  # deterministic in the row ids
+    assert first.shape == (3, 64000) and not np.array_equal(first, _render(rows[:3]))
+
+
+def test_clap_training_with_negative_clips_and_init_from(tmp_path):
+    """A tiny run with counterfactual clips, continued by a second run from its folder (the CLAP v3 recipe); a
+    folder with another vocabulary is refused."""
+    import json
+
+    import pytest
+
+    from experiments.train_synthcaps_clap import main as clap_main
+    from experiments.train_synthcaps_clap import make_parser as clap_parser
+
+    def run(out, *extra):
+        common = ["--train_examples", "8", "--roundtrip_examples", "0", "--eval_examples", "8", "--max_steps", "2"]
+        common += ["--per_device_train_batch_size", "4", "--report_to", "none", "--audio_negatives", "true"]
+        return clap_main(*clap_parser().parse_args_and_config(args=["--output_dir", str(out), *common, *extra]))
+
+    first = run(tmp_path / "a")
+    assert first["audio_negatives"] and 0 <= first["heldout_audio_counterfactual_accuracy"] <= 1
+    second = run(tmp_path / "b", "--init_from", str(tmp_path / "a" / "final"), "--model_id", "synthcaps-clap-v3")
+    assert second["init_from"] == str(tmp_path / "a" / "final")
+    config = json.loads((tmp_path / "b" / "final" / "clap_config.json").read_text())
+    assert config["model_id"] == "synthcaps-clap-v3"
+    assert "counterfactual clip" in (tmp_path / "b" / "final" / "README.md").read_text()
+
+    bad = tmp_path / "a" / "final" / "clap_config.json"
+    bad.write_text(json.dumps({**json.loads(bad.read_text()), "token_ids": [1, 2, 3]}))
+    with pytest.raises(ValueError, match="another text vocabulary"):
+        run(tmp_path / "c", "--init_from", str(tmp_path / "a" / "final"))
 
 
 def test_clap_measure_only_needs_a_trained_folder(tmp_path):

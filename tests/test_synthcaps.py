@@ -12,6 +12,7 @@ from base_model.data.captions import load_caption_audio
 from base_model.data.synthcaps import (
     SynthCapsConfig,
     active_rms_db,
+    audio_counterfactual_attributes,
     counterfactual_attributes,
     example,
     is_heldout,
@@ -115,6 +116,29 @@ def test_counterfactuals_change_one_visible_attribute():
                 assert len({ev["type"] for ev in after}) == len(after)  # never two events of one type
             changed[diff[0]] += 1
     assert min(changed.values()) > 20, changed  # every kind of edit happens
+
+
+def test_audio_counterfactuals_change_one_attribute_and_favour_the_envelope():
+    kinds = {"loudness": 0, "fade": 0, "other": 0}
+    for i in range(300):
+        a = example(i, "train")["attributes"]
+        c = audio_counterfactual_attributes(a, np.random.default_rng(i))
+        assert c == audio_counterfactual_attributes(a, np.random.default_rng(i)) and c != a
+        assert a == example(i, "train")["attributes"]  # the input is not modified
+        diff = [k for k in ("structure", "events", "fade", "loudness", "degradation") if a[k] != c[k]]
+        assert len(diff) == 1 and diff != ["degradation"], (a, c)
+        kinds[diff[0] if diff[0] == "loudness" else ("fade" if diff == ["fade"] else "other")] += 1
+    # loudness 1/3, fade 1/3 + a share of the caption-visible edits, the rest 1/3 less that share
+    assert 70 < kinds["loudness"] < 130 and kinds["fade"] > kinds["loudness"] and kinds["other"] > 50, kinds
+    # the verifier tells the counterfactual clip from the real one
+    right, wrong = [], []
+    for i in range(40):
+        e = example(i, "train")
+        a = e["attributes"]
+        c = audio_counterfactual_attributes(a, np.random.default_rng(i))
+        right.append(np.mean(list(verify_clip(render_audio(a, e["seed"]), a).values())))
+        wrong.append(np.mean(list(verify_clip(render_audio(c, e["seed"]), a).values())))
+    assert np.mean(right) > np.mean(wrong) + 0.1, (np.mean(right), np.mean(wrong))
 
 
 def test_verifier_rejects_counterfactual_attributes():

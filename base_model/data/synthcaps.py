@@ -134,6 +134,22 @@ def counterfactual_attributes(attrs: dict, rng: np.random.Generator) -> dict:
     return new
 
 
+def audio_counterfactual_attributes(attrs: dict, rng: np.random.Generator, envelope_share: float = 2 / 3) -> dict:
+    """A copy of `attrs` to render a hard-negative *clip* for the caption of `attrs` (the caption is kept).
+
+    With probability `envelope_share` the change is the loudness or the fade (half each), the attributes in which a
+    generator's samples for one prompt differ most; otherwise it is one of `counterfactual_attributes`' edits.
+    Unlike a caption edit, a loudness or fade edit is a fair negative even when the caption leaves them out: a
+    caption that does not mention them is, 88 % of the time, a clip at normal loudness without a fade.
+    """
+    if rng.random() >= envelope_share:
+        return counterfactual_attributes(attrs, rng)
+    new = json.loads(json.dumps(attrs))
+    key, values = ("loudness", list(LOUDNESS_DB)) if rng.random() < 0.5 else ("fade", ["none", "in", "out"])
+    new[key] = str(rng.choice([v for v in values if v != new[key]]))
+    return new
+
+
 # ------------------------------------------------------------------------------------------------- captions
 _EVENT_PHRASES = {
     "tone": ["a {pitch} tone", "a steady {pitch} pitched tone", "a {pitch} hum", "a continuous {pitch} note"],

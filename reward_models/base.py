@@ -19,11 +19,20 @@ import torch
 logger = logging.getLogger(__name__)
 
 
+# Files in a checkpoint folder that describe it rather than define it: editing a model card must not change its hash.
+DOCUMENTATION_FILES = ("README.md", "metrics.json")
+
+
 def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file (first 16 hex digits), or of every file in a folder in name order."""
+    """sha256 of a file (first 16 hex digits), or of every file in a folder in name order except its model card and
+    metrics (`DOCUMENTATION_FILES`), so the hash names the weights and configuration."""
     path = Path(path)
     h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = (
+        sorted(p for p in path.rglob("*") if p.is_file() and p.name not in DOCUMENTATION_FILES)
+        if path.is_dir()
+        else [path]
+    )
     for f in files:
         with open(f, "rb") as fh:
             while block := fh.read(chunk):

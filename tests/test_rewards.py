@@ -123,6 +123,24 @@ def test_clap_folder_scores_equal_direct_model(clap_folder, clap):
     assert clap.model_id == "test-clap" and len(clap.checkpoint_hash) == 16
 
 
+def test_checkpoint_hash_names_the_weights_not_the_card(tmp_path):
+    """A folder's hash ignores its model card and metrics, and follows its weights and configuration."""
+    from reward_models.base import file_hash
+
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "config.json").write_text("{}")
+    before = file_hash(tmp_path)
+    (tmp_path / "README.md").write_text("# card")
+    (tmp_path / "metrics.json").write_text("{}")
+    assert file_hash(tmp_path) == before
+    (tmp_path / "config.json").write_text('{"a": 1}')
+    assert file_hash(tmp_path) != before
+    after = file_hash(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"weightz")
+    assert file_hash(tmp_path) not in (before, after)
+    assert file_hash(tmp_path / "README.md") != file_hash(tmp_path / "metrics.json")  # a file itself is hashed
+
+
 def test_reduced_vocabulary_folder_maps_tokens_in_order(tmp_path):
     """A folder trained on a reduced vocabulary (`token_ids` in clap_config.json) scores as the model does on the
     mapped tokens; unknown words go to one token; the end-of-text token stays the highest id."""

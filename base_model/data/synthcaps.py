@@ -140,7 +140,8 @@ def audio_counterfactual_attributes(attrs: dict, rng: np.random.Generator, envel
     With probability `envelope_share` the change is the loudness or the fade (half each), the attributes in which a
     generator's samples for one prompt differ most; otherwise it is one of `counterfactual_attributes`' edits.
     Unlike a caption edit, a loudness or fade edit is a fair negative even when the caption leaves them out: a
-    caption that does not mention them is, 88 % of the time, a clip at normal loudness without a fade.
+    caption without a loudness word belongs to a clip at normal loudness 88 % of the time, and one without a fade
+    word to a clip without a fade 88 % of the time.
     """
     if rng.random() >= envelope_share:
         return counterfactual_attributes(attrs, rng)

@@ -120,7 +120,7 @@ class ContrastiveClap(torch.nn.Module):
     With `negative_tokens`, the audio-to-text side also scores each clip against the batch's counterfactual
     captions (B more columns), so the only way to win is to read the attribute that differs. With
     `negative_waveform`, the text-to-audio side likewise scores each caption against the batch's counterfactual clips
-    (B more columns; those whose `negative_valid` is False are left out): it learns to rank one caption's clips.
+    (B more columns; those whose `negative_valid` is False, when given, are left out): it learns to rank one caption's clips.
     """
 
     def __init__(self, clap):
@@ -142,7 +142,9 @@ class ContrastiveClap(torch.nn.Module):
         target = torch.arange(B)
         logits_t2a = scale * text @ audio.T
         if negative_waveform is not None:
-            extra = (scale * text @ negative_audio.T).masked_fill(~negative_valid[None, :], float("-inf"))
+            extra = scale * text @ negative_audio.T
+            if negative_valid is not None:
+                extra = extra.masked_fill(~negative_valid[None, :], float("-inf"))
             logits_t2a = torch.cat([logits_t2a, extra], dim=1)
         columns = text
         if negative_tokens is not None:
@@ -188,11 +190,16 @@ def _render(rows: list[dict]) -> np.ndarray:
     return np.stack([render_audio(r["attributes"], r["seed"]) for r in rows]).astype(np.float16)
 
 
+def _row_rng(row: dict, stream: int) -> np.random.Generator:
+    """A generator fixed by the row's id (`synthcaps-<split>-<index>`) and a stream number."""
+    return np.random.default_rng([SPLITS[row["id"].split("-")[1]], int(row["id"].rsplit("-", 1)[1]), stream])
+
+
 def counterfactual_captions(rows: list[dict]) -> list[str]:
     """One hard-negative caption per row, deterministic in the row's id."""
     out = []
     for r in rows:
-        rng = np.random.default_rng([SPLITS[r["id"].split("-")[1]], int(r["id"].rsplit("-", 1)[1]), 7])
+        rng = _row_rng(r, 7)
         out.append(make_caption(counterfactual_attributes(r["attributes"], rng), rng))
     return out
 
@@ -201,7 +208,7 @@ def counterfactual_clips(rows: list[dict]) -> np.ndarray:
     """One hard-negative clip per row: its render with one attribute changed, deterministic in the row's id."""
     out = []
     for r in rows:
-        rng = np.random.default_rng([SPLITS[r["id"].split("-")[1]], int(r["id"].rsplit("-", 1)[1]), 11])
+        rng = _row_rng(r, 11)
         out.append(render_audio(audio_counterfactual_attributes(r["attributes"], rng), r["seed"]))
     return np.stack(out).astype(np.float16)
 

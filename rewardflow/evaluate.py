@@ -52,7 +52,14 @@ class EvaluateConfig:
     audio_column: str = field(
         default="", metadata={"help": "Reference audio column of a caption table (for FAD / Fréchet distances)."}
     )
-    max_prompts: int = field(default=48, metadata={"help": "Use the first N prompts."})
+    max_prompts: int = field(default=48, metadata={"help": "Use N prompts (the first N after --first_prompt)."})
+    first_prompt: int = field(
+        default=0,
+        metadata={
+            "help": "Skip the first K prompts: a fresh test set for a recipe whose settings were picked on the "
+            "first K."
+        },
+    )
     num_samples: int = field(default=1, metadata={"help": "Clips per prompt (seeds shared across models)."})
     seed: int = field(default=1000, metadata={"help": "Clip seeds derive from it and the prompt ids."})
     kl_classifier: str = field(
@@ -90,6 +97,8 @@ class EvaluateConfig:
     def __post_init__(self):
         if self.num_samples < 1 or self.best_of < 1:
             raise ValueError("--num_samples and --best_of must be >= 1.")
+        if self.first_prompt < 0:
+            raise ValueError(f"--first_prompt must be >= 0, not {self.first_prompt}.")
         if not self.models:
             raise ValueError("--models needs at least one pipeline.")
         if self.save_audio and not self.output_dir:
@@ -107,14 +116,17 @@ def load_eval_prompts(cfg: EvaluateConfig) -> tuple[list[dict], dict[str, np.nda
             prompts=cfg.prompts,
             caption_column=cfg.caption_column,
             id_column=cfg.id_column,
-            max_prompts=cfg.max_prompts,
+            max_prompts=cfg.max_prompts + cfg.first_prompt if cfg.max_prompts else 0,
         )
     )
+    if cfg.first_prompt >= len(rows):
+        raise ValueError(f"--first_prompt {cfg.first_prompt} skips all {len(rows)} prompts of {cfg.prompts}.")
+    rows = rows[cfg.first_prompt :]
     if cfg.prompts.startswith("synthcaps:"):
         from base_model.data.synthcaps import example, render_audio
 
         split = cfg.prompts.split(":", 1)[1]
-        ex = {e["id"]: e for e in (example(i, split) for i in range(len(rows)))}
+        ex = {e["id"]: e for e in (example(i, split) for i in range(cfg.first_prompt, cfg.first_prompt + len(rows)))}
         return (
             rows,
             {r["prompt_id"]: render_audio(ex[r["prompt_id"]]["attributes"], ex[r["prompt_id"]]["seed"]) for r in rows},
@@ -125,7 +137,11 @@ def load_eval_prompts(cfg: EvaluateConfig) -> tuple[list[dict], dict[str, np.nda
     from base_model.data.captions import load_caption_audio
 
     corpus = load_caption_audio(
-        cfg.prompts, cfg.audio_column, cfg.caption_column, cfg.id_column or None, max_examples=len(rows)
+        cfg.prompts,
+        cfg.audio_column,
+        cfg.caption_column,
+        cfg.id_column or None,
+        max_examples=cfg.first_prompt + len(rows),
     )
     if corpus.unreadable:
         raise RuntimeError(

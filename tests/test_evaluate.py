@@ -136,3 +136,26 @@ def test_file_order_changes_no_metric_and_missing_references_say_why(tmp_path, r
     mc = c["models"]["synthcaps"]
     assert mc["fad_clap"].startswith("n/a: no reference audio") and mc["verifier"].startswith("n/a: ")
     assert "| n/a |" in c["table"].replace("n/a | n/a", "n/a |") or "n/a" in c["table"]
+
+
+def test_first_prompt_skips_prompts_and_their_reference_clips(tmp_path, renders):
+    from base_model.data.synthcaps import example
+    from rewardflow.evaluate import EvaluateConfig, load_eval_prompts
+
+    full, ref_full, _ = load_eval_prompts(EvaluateConfig(max_prompts=5))
+    tail, ref_tail, _ = load_eval_prompts(EvaluateConfig(max_prompts=3, first_prompt=2))
+    assert tail == full[2:] and sorted(ref_tail) == sorted(r["prompt_id"] for r in tail)
+    for r in tail:
+        np.testing.assert_array_equal(ref_tail[r["prompt_id"]], ref_full[r["prompt_id"]])
+
+    rows = [(f"clip{i}", example(i)["caption"], renders[i].numpy()) for i in range(5)]
+    table = str(_caption_table(tmp_path, rows))
+    common = {"prompts": table, "id_column": "clip_id", "audio_column": "audio"}
+    full, ref_full, _ = load_eval_prompts(EvaluateConfig(max_prompts=5, **common))
+    tail, ref_tail, _ = load_eval_prompts(EvaluateConfig(max_prompts=2, first_prompt=3, **common))
+    assert [r["prompt_id"] for r in tail] == ["clip3", "clip4"] and tail == full[3:]
+    np.testing.assert_array_equal(ref_tail["clip3"], ref_full["clip3"])
+    with pytest.raises(ValueError, match="skips all 5 prompts"):
+        load_eval_prompts(EvaluateConfig(max_prompts=0, first_prompt=5, **common))
+    with pytest.raises(ValueError, match="--first_prompt must be >= 0"):
+        EvaluateConfig(first_prompt=-1)

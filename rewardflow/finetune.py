@@ -170,6 +170,12 @@ def lora_config(model_args):
     )
 
 
+def _baseline_note(objective: dict) -> str:
+    if objective["weighting"] != "advantage":
+        return ""
+    return f", loss weight w − {objective.get('advantage_baseline', 1.0)} (baseline)"
+
+
 def model_card(run: dict, metrics: dict) -> str:
     o = run["objective"]
     return f"""---
@@ -185,7 +191,7 @@ Fine-tuned with `rewardflow/finetune.py` (reward-weighted flow matching against 
 | base model | `{run["model"]}` |
 | rollout table | `{run["rollout"]}` ({metrics["rows"]} rows used, {metrics["dropped_nan_rows"]} dropped for NaN rewards) |
 | reward | `{o["reward"]}` |
-| weighting | `{o["weighting"]}`, τ = {o["tau"]} |
+| weighting | `{o["weighting"]}`, τ = {o["tau"]}{_baseline_note(o)} |
 | regulariser | β = {o["beta"]} · ‖v_θ − v_ref‖², reference = {run["reference"]} |
 | LoRA | {run["use_peft"]} |
 | steps | {metrics["steps"]} at batch {run["batch_size"]}, lr {run["learning_rate"]}, seed {run["seed"]} |

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-WEIGHTINGS = ("exp", "self_normalized", "standardized", "clipped", "topk")
+WEIGHTINGS = ("exp", "self_normalized", "standardized", "advantage", "clipped", "topk")
 
 
 @dataclass
@@ -23,6 +23,11 @@ class RewardFlowConfig(TrainingArguments):
       finite, mean 1.
     - `standardized`: `w ∝ exp(tau · (r − mean_p) / (std_p + 1e-4))` with the mean and std over the prompt's own
       samples (GRPO's group scaling), mean 1.
+    - `advantage`: `standardized` normalised to mean 1 within each prompt, and the loss weights `w_b − 1` instead of
+      `w_b`. A clip as good as its prompt's average then pulls the model to the reference, not to itself: training
+      on the model's own samples no longer moves it by itself, only the reward does (better clips pull, worse ones
+      push). `advantage_baseline` b < 1 weighs `w_b − b`, keeping a share `1 − b` of that self-training. Needs
+      `beta >= b`, so that each sample's `(w_b − b)·‖v − u‖² + beta·‖v − v_ref‖²` keeps a minimum.
     - `clipped`: `w ∝ exp(clip(tau · (r − mean r), −log c, log c))` with `c = weight_clip`, mean 1.
     - `topk`: weight 1 on the best `ceil(top_k · n_p)` of each prompt's `n_p` samples, the rest dropped (expert
       iteration / RAFT).
@@ -49,6 +54,13 @@ class RewardFlowConfig(TrainingArguments):
     weighting: str = field(default="exp", metadata={"help": f"Reward weighting: {', '.join(WEIGHTINGS)}."})
     weight_clip: float = field(default=10.0, metadata={"help": "`clipped`: weights stay within [1/c, c]."})
     top_k: float = field(default=0.5, metadata={"help": "`topk`: fraction of each prompt's samples kept."})
+    advantage_baseline: float = field(
+        default=1.0,
+        metadata={
+            "help": "`advantage`: the loss weighs w - b; b = 1 trains on reward differences only, b = 0 is "
+            "`standardized` within each prompt. Needs --beta >= b."
+        },
+    )
     max_nan_fraction: float = field(
         default=0.1, metadata={"help": "Rows with a NaN reward are dropped; abort above this fraction."}
     )
@@ -90,6 +102,14 @@ class RewardFlowConfig(TrainingArguments):
             raise ValueError(f"--tau must be a finite number >= 0, got {self.tau}.")
         if not math.isfinite(self.beta) or self.beta < 0:
             raise ValueError(f"--beta must be a finite number >= 0, got {self.beta}.")
+        if not 0 <= self.advantage_baseline <= 1:
+            raise ValueError(f"--advantage_baseline must be in [0, 1], got {self.advantage_baseline}.")
+        if self.weighting == "advantage" and self.beta < self.advantage_baseline:
+            raise ValueError(
+                f"--weighting advantage needs --beta >= --advantage_baseline ({self.advantage_baseline}), got "
+                f"{self.beta}: a clip's loss weight w - b goes down to -b, and below that the regulariser no longer "
+                "bounds the loss. Raise --beta or lower --advantage_baseline."
+            )
         if self.weight_clip < 1:
             raise ValueError(f"--weight_clip must be >= 1 (weights stay within [1/c, c]), got {self.weight_clip}.")
         if not 0 < self.top_k <= 1:
@@ -103,5 +123,5 @@ class RewardFlowConfig(TrainingArguments):
 
     def objective_settings(self) -> dict:
         """What defines the objective: resuming with other values warns with the difference."""
-        keys = ("reward", "tau", "beta", "weighting", "weight_clip", "top_k")
+        keys = ("reward", "tau", "beta", "weighting", "weight_clip", "top_k", "advantage_baseline")
         return {k: getattr(self, k) for k in keys}

@@ -125,7 +125,9 @@ class RewardFlowTrainer(Trainer):
         drawn = base.draw_flow_inputs(inputs["latents"], drop_text=True)
         out = model(**inputs, **drawn)
         flow = out.loss  # (B,)
-        loss = (weights * flow).mean()
+        # `advantage` (RewardFlowConfig): the prompt's average clip (weight 1) is the baseline, subtracted in share b
+        loss_weights = weights - self.args.advantage_baseline if self.args.weighting == "advantage" else weights
+        loss = (loss_weights * flow).mean()
         reg = torch.zeros_like(flow)
         if self.args.beta > 0:
             with torch.no_grad():
@@ -142,7 +144,7 @@ class RewardFlowTrainer(Trainer):
             # A zero loss with a finite graph: every trainable parameter gets a zero gradient (DDP still syncs).
             loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
         else:
-            self._log_batch(flow, reg, weights, rewards)
+            self._log_batch(flow, reg, weights, loss_weights, rewards)
         return (loss, out) if return_outputs else loss
 
     def create_optimizer(self):
@@ -207,8 +209,8 @@ class RewardFlowTrainer(Trainer):
                 return peft_model(**inputs, **drawn).v_t
         return self.ref_model(**inputs, **drawn).v_t
 
-    def _log_batch(self, flow, reg, weights, rewards) -> None:
-        stats = torch.stack([flow.detach(), reg.detach(), (weights * flow).detach(), weights, rewards], dim=1)
+    def _log_batch(self, flow, reg, weights, loss_weights, rewards) -> None:
+        stats = torch.stack([flow.detach(), reg.detach(), (loss_weights * flow).detach(), weights, rewards], dim=1)
         stats = self.accelerator.gather_for_metrics(stats).float().cpu().numpy()  # (global B, 5)
         flow_, reg_, wflow, w, r = stats.T
         self._metrics["loss/flow"].append(float(wflow.mean()))

@@ -97,6 +97,14 @@ def reward_weights(
             a[idx] = (g - g.mean()) / (std + 1e-4)  # equal rewards -> 0, never a division by zero
         w = np.exp(tau * a)
         return w * (len(w) / w.sum())
+    if weighting == "advantage":
+        w = np.ones_like(r)
+        for idx in _group_indices(groups):
+            g = r[idx]
+            std = g.std() if len(g) > 1 else 0.0
+            e = np.exp(tau * (g - g.mean()) / (std + 1e-4))
+            w[idx] = e / e.mean()  # mean 1 within each prompt: the trainer subtracts this baseline in the loss
+        return w
     if weighting == "clipped":
         c = math.log(weight_clip)
         w = np.exp(np.clip(tau * (r - r.mean()), -c, c))

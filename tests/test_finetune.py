@@ -43,7 +43,7 @@ def test_exp_overflow_is_a_clear_error_and_safe_modes_stay_finite():
     np.testing.assert_allclose(w / w[0], np.exp(3.0 * (r - r[0])))
 
 
-@pytest.mark.parametrize("mode", ["exp", "self_normalized", "standardized", "clipped", "topk"])
+@pytest.mark.parametrize("mode", ["exp", "self_normalized", "standardized", "advantage", "clipped", "topk"])
 def test_equal_rewards_give_uniform_weights(mode):
     w = reward_weights(np.full(6, 0.37), [0, 0, 0, 1, 1, 1], tau=5.0, weighting=mode, top_k=1.0)
     assert np.isfinite(w).all() and np.ptp(w) == 0 and w[0] > 0
@@ -56,6 +56,17 @@ def test_standardized_is_per_prompt_and_clipped_is_bounded():
     assert w[0] == pytest.approx(w[2]) and w[1] == pytest.approx(w[3]) and w[1] > w[0]
     w = reward_weights(np.linspace(-100, 100, 9), [0] * 9, tau=1.0, weighting="clipped", weight_clip=4.0)
     assert w.max() / w.min() == pytest.approx(16.0)
+
+
+def test_advantage_weights_are_standardized_with_mean_one_per_prompt():
+    r = np.array([0.0, 1.0, 3.0, 10.0, 30.0, 0.2])
+    groups = ["a", "a", "a", "b", "b", "c"]
+    w = reward_weights(r, groups, tau=1.5, weighting="advantage")
+    assert w[:3].mean() == pytest.approx(1.0) and w[3:5].mean() == pytest.approx(1.0) and w[5] == 1.0
+    assert w[0] < w[1] < w[2] and w[3] < w[4]
+    s = reward_weights(r, groups, tau=1.5, weighting="standardized")  # the same weights, scaled per prompt
+    np.testing.assert_allclose(w[:3] / s[:3], w[0] / s[0])
+    np.testing.assert_allclose(w[3:5] / s[3:5], w[3] / s[3])
 
 
 def test_topk_keeps_the_best_of_each_prompt():
@@ -159,6 +170,29 @@ def test_every_parameter_changes_and_parts_are_logged(rollout_dir, tmp_path):
     assert set(load_file(str(ckpt / "model.safetensors"))) == set(trained)
     card = (tmp_path / "ft" / "final" / "README.md").read_text()
     assert "verifier" in card and "τ = 1.0" in card and str(rollout_dir) in card
+
+
+def test_advantage_trains_on_reward_differences_only(rollout_dir, tmp_path):
+    # Equal rewards: every clip is its prompt's average, the loss weight w - 1 is 0 and the policy is the reference,
+    # so no parameter moves, bit for bit; plain reward weighting would train on the same clips.
+    flat = edit_table(rollout_dir, tmp_path / "flat", lambda t: set_column(t, "reward/verifier", [0.5] * t.num_rows))
+    snap = Snapshots()
+    run(flat, tmp_path / "adv", "--weighting", "advantage", "--tau", "1.0", callbacks=[snap])
+    assert all(torch.equal(v, snap.after[-1][k]) for k, v in snap.before.items())
+    for name, extra in (("std", ["--weighting", "standardized"]), ("half", ["--advantage_baseline", "0.5"])):
+        snap = Snapshots()  # plain weighting, or keeping half of the self-training: the same clips train
+        run(flat, tmp_path / name, "--weighting", "advantage", "--tau", "1.0", *extra, callbacks=[snap])
+        assert not any(torch.equal(v, snap.after[-1][k]) for k, v in snap.before.items()), name
+    # different rewards within each prompt: every parameter moves
+    rng = np.random.default_rng(0)
+    varied = edit_table(
+        rollout_dir, tmp_path / "varied", lambda t: set_column(t, "reward/verifier", rng.random(t.num_rows))
+    )
+    snap = Snapshots()
+    metrics = run(varied, tmp_path / "adv2", "--weighting", "advantage", "--tau", "1.0", callbacks=[snap])
+    assert metrics["rows"] == 8
+    assert not any(torch.equal(v, snap.after[-1][k]) for k, v in snap.before.items())
+    assert metrics["last_log"]["weights/max_min_ratio"] > 1  # logged on the positive weights w, not on w - 1
 
 
 def test_lora_keeps_base_weights_and_changes_every_adapter(rollout_dir, tmp_path):
@@ -282,7 +316,11 @@ def test_bad_inputs_fail_before_training(rollout_dir, tmp_path):
         run(rollout_dir, tmp_path / "v", "--weighting", "softmax")
     with pytest.raises(ValueError, match="self_normalized"):
         run(rollout_dir, tmp_path / "u", "--weighting", "exp", "--tau", "1e9")
-    assert not any((tmp_path / d).exists() for d in ("x", "y", "z", "u"))  # nothing trained, nothing written
+    with pytest.raises(ValueError, match=r"--weighting advantage needs --beta >= --advantage_baseline \(1.0\)"):
+        run(rollout_dir, tmp_path / "s", "--weighting", "advantage", "--beta", "0.5")
+    with pytest.raises(ValueError, match=r"--advantage_baseline must be in \[0, 1\]"):
+        run(rollout_dir, tmp_path / "s", "--weighting", "advantage", "--advantage_baseline", "2")
+    assert not any((tmp_path / d).exists() for d in ("x", "y", "z", "u", "s"))  # nothing trained, nothing written
 
 
 def test_rounds_roll_out_with_the_newest_policy_and_resume(rollout_dir, tmp_path):

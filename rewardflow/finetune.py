@@ -173,7 +173,7 @@ def lora_config(model_args):
 def _baseline_note(objective: dict) -> str:
     if objective["weighting"] != "advantage":
         return ""
-    return f", loss weight w − {objective.get('advantage_baseline', 1.0)} (baseline)"
+    return f", loss weight w − {objective['advantage_baseline']} (baseline)"
 
 
 def model_card(run: dict, metrics: dict) -> str:

@@ -54,6 +54,15 @@ def _group_indices(groups: list) -> list[np.ndarray]:
     return [np.asarray(v) for v in index.values()]
 
 
+def _standardize_per_group(r: np.ndarray, groups: list) -> np.ndarray:
+    """`(r − mean_p) / (std_p + 1e-4)` over each prompt's own samples: equal rewards give 0, never a division by 0."""
+    z = np.zeros_like(r)
+    for idx in _group_indices(groups):
+        g = r[idx]
+        z[idx] = (g - g.mean()) / ((g.std() if len(g) > 1 else 0.0) + 1e-4)
+    return z
+
+
 def reward_weights(
     rewards: np.ndarray,
     groups: list,
@@ -90,20 +99,12 @@ def reward_weights(
         w = np.exp(logw)
         return w * (len(w) / w.sum())
     if weighting == "standardized":
-        a = np.zeros_like(r)
-        for idx in _group_indices(groups):
-            g = r[idx]
-            std = g.std() if len(g) > 1 else 0.0
-            a[idx] = (g - g.mean()) / (std + 1e-4)  # equal rewards -> 0, never a division by zero
-        w = np.exp(tau * a)
+        w = np.exp(tau * _standardize_per_group(r, groups))
         return w * (len(w) / w.sum())
     if weighting == "advantage":
-        w = np.ones_like(r)
+        w = np.exp(tau * _standardize_per_group(r, groups))
         for idx in _group_indices(groups):
-            g = r[idx]
-            std = g.std() if len(g) > 1 else 0.0
-            e = np.exp(tau * (g - g.mean()) / (std + 1e-4))
-            w[idx] = e / e.mean()  # mean 1 within each prompt: the trainer subtracts this baseline in the loss
+            w[idx] /= w[idx].mean()  # mean 1 within each prompt: the trainer subtracts this baseline in the loss
         return w
     if weighting == "clipped":
         c = math.log(weight_clip)

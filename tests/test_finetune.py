@@ -179,9 +179,9 @@ def test_advantage_trains_on_reward_differences_only(rollout_dir, tmp_path):
     snap = Snapshots()
     run(flat, tmp_path / "adv", "--weighting", "advantage", "--tau", "1.0", callbacks=[snap])
     assert all(torch.equal(v, snap.after[-1][k]) for k, v in snap.before.items())
-    for name, extra in (("std", ["--weighting", "standardized"]), ("half", ["--advantage_baseline", "0.5"])):
+    for name, extra in (("std", ["standardized"]), ("half", ["advantage", "--advantage_baseline", "0.5"])):
         snap = Snapshots()  # plain weighting, or keeping half of the self-training: the same clips train
-        run(flat, tmp_path / name, "--weighting", "advantage", "--tau", "1.0", *extra, callbacks=[snap])
+        run(flat, tmp_path / name, "--tau", "1.0", "--weighting", *extra, callbacks=[snap])
         assert not any(torch.equal(v, snap.after[-1][k]) for k, v in snap.before.items()), name
     # different rewards within each prompt: every parameter moves
     rng = np.random.default_rng(0)

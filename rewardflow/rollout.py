@@ -7,7 +7,8 @@
 Layout of `<output_dir>`:
     run.json          the generation settings, model id + hash, reward ids + hashes, package versions
     data/shard-*.parquet   rows, written atomically (temporary name, then rename), one per batch of items
-    audio/<prompt_id>-<sample_index>.flac
+    audio/<prompt_id>-<sample_index>.flac   a clip above full scale is stored at peak 1; its row's `audio_gain`
+                      (stored = scored x gain) lets `--rescore` hear it at the level it was scored
     manifest.json     written last, by the main process, once every shard is complete
 
 Rows are keyed by `(prompt_id, sample_index)`. The global item list is cut into fixed chunks of `batch_size` items;
@@ -101,13 +102,14 @@ def _shard_path(out: Path, k: int) -> Path:
 
 
 def _valid_shard(path: Path, expected_keys: list[tuple[str, int]]) -> bool:
-    """A shard counts as done only if it reads back whole with exactly the expected keys."""
+    """A shard counts as done only if it reads back whole with exactly the expected keys and today's columns (a
+    shard from before `audio_gain` is made again, so that one table never mixes the two layouts)."""
     if not path.is_file():
         return False
     try:
         import pyarrow.parquet as pq
 
-        t = pq.read_table(path, columns=["prompt_id", "sample_index"])
+        t = pq.read_table(path, columns=["prompt_id", "sample_index", "audio_gain"])
         keys = list(zip(t.column("prompt_id").to_pylist(), t.column("sample_index").to_pylist()))
         return keys == expected_keys
     except Exception:  # noqa: BLE001 - a torn or foreign file is simply regenerated
@@ -124,15 +126,26 @@ def _write_shard(path: Path, rows: dict) -> None:
     os.replace(tmp, path)
 
 
-def _write_audio(path: Path, wav: np.ndarray, sample_rate: int) -> None:
+def _write_audio(path: Path, wav: np.ndarray, sample_rate: int) -> float:
+    """Writes a clip atomically; one whose peak is above full scale is scaled down to peak 1 first (FLAC holds
+    integer samples and would clip it). Returns the gain applied (stored = scored × gain), 1.0 for most clips, which
+    the table keeps as `audio_gain` so that rescoring hears what the rollout scored."""
     import soundfile as sf
 
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     peak = float(np.abs(wav).max()) if wav.size else 0.0
-    sf.write(
-        str(tmp), (wav / peak if peak > 1 else wav).astype(np.float32), sample_rate, format=path.suffix[1:].upper()
-    )
+    gain = 1.0 / peak if peak > 1 else 1.0
+    sf.write(str(tmp), (wav * gain).astype(np.float32), sample_rate, format=path.suffix[1:].upper())
     os.replace(tmp, path)
+    return gain
+
+
+def read_audio(path: Path, gain: float | None = None) -> tuple[np.ndarray, int]:
+    """A stored clip at the level the rollout scored it: the file's samples divided by the row's `audio_gain`."""
+    import soundfile as sf
+
+    wav, sr = sf.read(str(path), dtype="float32")
+    return (wav / gain if gain else wav), sr
 
 
 def _atomic_json(path: Path, obj) -> None:
@@ -303,13 +316,14 @@ def _generate_chunk(cfg, pipe, rewards, prompts, items, out: Path, timings: dict
     scores = score_batch(rewards, wavs, pipe.sample_rate, texts, attrs)
     timings["score"] += time.perf_counter() - t
     t = time.perf_counter()
-    paths = []
+    paths, gains = [], []
     for (i, s), wav in zip(items, wavs):
         if cfg.audio_format == "none":
             paths.append("")
+            gains.append(1.0)
             continue
         rel = f"audio/{prompts[i]['prompt_id']}-{s}.{cfg.audio_format}"
-        _write_audio(out / rel, wav.numpy(), pipe.sample_rate)
+        gains.append(_write_audio(out / rel, wav.numpy(), pipe.sample_rate))
         paths.append(rel)
     timings["write"] += time.perf_counter() - t
     lat = gen.latents.to(torch.float16).cpu().numpy()
@@ -321,6 +335,7 @@ def _generate_chunk(cfg, pipe, rewards, prompts, items, out: Path, timings: dict
         "latent": [x.tobytes() for x in lat],
         "latent_shape": [list(x.shape) for x in lat],
         "audio_path": paths,
+        "audio_gain": gains,
         "attributes": attrs,
         **{k: v.tolist() for k, v in scores.items()},
     }
@@ -395,7 +410,6 @@ def rescore(cfg: RolloutConfig) -> dict:
     by row and scored NaN."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    import soundfile as sf
 
     out = Path(cfg.output_dir)
     if not (out / "manifest.json").is_file():
@@ -404,13 +418,23 @@ def rescore(cfg: RolloutConfig) -> dict:
     meta = json.loads((out / "run.json").read_text())
     sr = meta["sample_rate"]
     report = {"unreadable": []}
+    warned = False
     for shard in sorted((out / "data").glob("shard-*.parquet")):
         table = pq.read_table(shard)
         rows = table.to_pylist()
+        if "audio_gain" not in table.column_names and not warned:
+            logger.warning(
+                "%s predates the audio_gain column: clips whose peak was above 1 were stored scaled down to peak 1, "
+                "so they are rescored quieter than the rollout scored them (level-sensitive rewards such as the "
+                "verifier's loudness and fade, and aesthetics, change). Roll out again into a new folder for a table "
+                "that rescores exactly.",
+                out,
+            )
+            warned = True
         wavs, ok = [], []
         for r in rows:
             try:
-                wav, file_sr = sf.read(str(out / r["audio_path"]), dtype="float32")
+                wav, file_sr = read_audio(out / r["audio_path"], r.get("audio_gain"))
                 if file_sr != sr:
                     raise ValueError(f"sample rate {file_sr} != {sr}")
                 wavs.append(torch.from_numpy(wav))

@@ -186,3 +186,35 @@ def test_rescore_adds_columns_and_reports_unreadable_audio(tmp_path):
     energy = after["reward/energy"]
     assert math.isnan(energy[1]) and all(math.isfinite(e) for i, e in enumerate(energy) if i != 1)
     assert after["reward/verifier"] == before["reward/verifier"]
+
+
+def test_rescore_hears_clips_above_full_scale_at_the_scored_level(tmp_path, monkeypatch, caplog):
+    """Clips louder than full scale are stored at peak 1 and the row keeps the gain: rescoring a level-sensitive
+    reward gives back what the rollout scored. A table without the column is rescored with a warning."""
+    import pyarrow.parquet as pq
+
+    from base_model.vocoders import GriffinLimVocoder
+
+    plain = GriffinLimVocoder.__call__
+
+    def loud(self, mel):  # every clip peaks at 4x full scale
+        wav = plain(self, mel)
+        return 4.0 * wav / wav.abs().amax(1, keepdim=True).clamp_min(1e-6)
+
+    monkeypatch.setattr(GriffinLimVocoder, "__call__", loud)
+    out = tmp_path / "ro"
+    run(out, "--max_prompts", "2", "--rewards", "userrewards:energy")
+    before = load_rollout(out)
+    gains = np.asarray(before["audio_gain"])
+    assert (gains < 1).all()  # every clip was above full scale, so every one was scaled down when stored
+    rescore_args = ["--output_dir", str(out), *FAST, "--max_prompts", "2", "--rescore", "true"]
+    main(*make_parser().parse_args_and_config(args=[*rescore_args, "--rewards", "userrewards:energy"]))
+    np.testing.assert_allclose(load_rollout(out)["reward/energy"], before["reward/energy"], rtol=1e-3)
+
+    for shard in (out / "data").glob("shard-*.parquet"):  # the layout of tables written before the column
+        pq.write_table(pq.read_table(shard).drop_columns(["audio_gain"]), shard)
+    with caplog.at_level("WARNING", logger="rewardflow.rollout"):
+        main(*make_parser().parse_args_and_config(args=[*rescore_args, "--rewards", "userrewards:energy"]))
+    assert "predates the audio_gain column" in caplog.text
+    quieter = np.asarray(load_rollout(out)["reward/energy"])
+    np.testing.assert_allclose(quieter, np.asarray(before["reward/energy"]) * gains**2, rtol=1e-3)

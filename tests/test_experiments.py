@@ -160,12 +160,32 @@ def test_clap_training_with_negative_clips_and_init_from(tmp_path):
     assert second["init_from"] == str(tmp_path / "a" / "final")
     config = json.loads((tmp_path / "b" / "final" / "clap_config.json").read_text())
     assert config["model_id"] == "synthcaps-clap-v3"
-    assert "counterfactual clip" in (tmp_path / "b" / "final" / "README.md").read_text()
+    card = (tmp_path / "b" / "final" / "README.md").read_text()
+    assert "counterfactual clip" in card and "CPU cores" in card
+    # the recorded command rebuilds the run: non-default batch size and name are in it
+    assert "--per_device_train_batch_size 4" in card and "--model_id synthcaps-clap-v3" in card
 
     bad = tmp_path / "a" / "final" / "clap_config.json"
     bad.write_text(json.dumps({**json.loads(bad.read_text()), "token_ids": [1, 2, 3]}))
     with pytest.raises(ValueError, match="another text vocabulary"):
         run(tmp_path / "c", "--init_from", str(tmp_path / "a" / "final"))
+
+
+def test_clap_data_workers_give_the_same_clips(tmp_path):
+    """`--workers N` renders and round-trips in N processes; the clips are the ones one process makes."""
+    import numpy as np
+
+    from experiments.train_synthcaps_clap import _map, _render, _render_one, _rows, roundtrip
+
+    rows = _rows("train", 6)
+    jobs = [(r["attributes"], r["seed"]) for r in rows]
+    np.testing.assert_array_equal(np.stack(_map(_render_one, jobs, workers=2, chunksize=2)), _render(rows))
+    wavs = _render(rows[:4])
+    one = roundtrip(wavs, tmp_path / "one.npy", batch_size=2)
+    two = roundtrip(wavs, tmp_path / "two.npy", batch_size=2, workers=2)
+    np.testing.assert_array_equal(one, two)
+    assert one.shape == wavs.shape and not np.array_equal(one, wavs)
+    np.testing.assert_array_equal(np.load(tmp_path / "two.npy"), two)  # cached
 
 
 def test_clap_measure_only_needs_a_trained_folder(tmp_path):

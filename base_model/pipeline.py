@@ -111,9 +111,7 @@ class MaskAudioFlowPipeline:
 
     def num_frames(self, seconds: float | None = None) -> int:
         """Latent frames for a clip of `seconds` (default: the pipeline's clip length)."""
-        samples = int(round((seconds or self.clip_seconds) * self.mel_config.sample_rate))
-        mel_frames = self.mel_config.num_frames(samples) // self.vae.downsample_factor * self.vae.downsample_factor
-        return mel_frames // self.vae.downsample_factor
+        return latent_frames(self.mel_config, self.vae, seconds or self.clip_seconds)
 
     # ------------------------------------------------------------------------------------------ generate
     @torch.inference_mode()
@@ -183,11 +181,9 @@ class MaskAudioFlowPipeline:
         (`"griffin_lim"` or a BigVGAN folder)."""
         path = resolve_pipeline_path(name_or_path)
         meta = json.loads((path / "pipeline.json").read_text())
-        mel_config = MelConfig(**meta.get("mel", {}))
+        mel_config, vae, voc = load_decoder(path, device=device, vocoder=vocoder)
         model = MaskAudioFlow.from_pretrained(path / "flow").eval().to(device)
-        vae = MelVAE.from_pretrained(path / "vae").eval().to(device)
         text_encoder = load_text_encoder(meta["text_encoder"], device=device)
-        voc = load_vocoder(vocoder or meta.get("vocoder", {"type": "griffin_lim"}), mel_config, device=device)
         pipe = cls(model, vae, text_encoder, voc, mel_config, meta.get("clip_seconds", 4.0))
         pipe.name_or_path = str(name_or_path)
         return pipe
@@ -204,6 +200,27 @@ class MaskAudioFlowPipeline:
             "clip_seconds": self.clip_seconds,
         }
         atomic_write_text(folder / "pipeline.json", json.dumps(meta, indent=2))
+
+
+def latent_frames(mel_config: MelConfig, vae: MelVAE, seconds: float) -> int:
+    """Latent frames for a clip of `seconds`: its mel frames cut to a multiple of the VAE's downsampling, divided."""
+    samples = int(round(seconds * mel_config.sample_rate))
+    return mel_config.num_frames(samples) // vae.downsample_factor
+
+
+def load_decoder(
+    name_or_path: str | os.PathLike = "synthcaps",
+    device: str | torch.device = "cpu",
+    vocoder: str | dict | None = None,
+) -> tuple[MelConfig, MelVAE, Vocoder]:
+    """A pipeline folder's decoder side (mel settings, VAE, vocoder) without its flow model or text encoder, e.g. to
+    put audio through the generator's VAE + vocoder."""
+    path = resolve_pipeline_path(name_or_path)
+    meta = json.loads((path / "pipeline.json").read_text())
+    mel_config = MelConfig(**meta.get("mel", {}))
+    vae = MelVAE.from_pretrained(path / "vae").eval().to(device)
+    voc = load_vocoder(vocoder or meta.get("vocoder", {"type": "griffin_lim"}), mel_config, device=device)
+    return mel_config, vae, voc
 
 
 def atomic_write_text(path: Path, text: str) -> None:

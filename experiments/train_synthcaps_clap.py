@@ -34,6 +34,7 @@ higher than the counterfactual clip.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -253,22 +254,18 @@ _DECODER = None
 
 
 def _decoder():
-    """The bundled generator's decoder side (mel front end, VAE, vocoder, latent frames per clip), loaded once per
+    """The bundled generator's decoder side (mel front end, VAE, vocoder, mel frames per clip), loaded once per
     process and without its text encoder."""
     global _DECODER
     if _DECODER is None:
-        from base_model.mel import MelConfig, MelSpectrogram
-        from base_model.pipeline import resolve_pipeline_path
-        from base_model.vae import MelVAE
-        from base_model.vocoders import load_vocoder
+        from base_model.mel import MelSpectrogram
+        from base_model.pipeline import latent_frames, load_decoder, resolve_pipeline_path
 
-        path = resolve_pipeline_path("synthcaps")
-        meta = json.loads((path / "pipeline.json").read_text())
-        mel_config = MelConfig(**meta.get("mel", {}))
-        vae = MelVAE.from_pretrained(path / "vae").eval()
-        vocoder = load_vocoder(meta.get("vocoder", {"type": "griffin_lim"}), mel_config)
-        samples = int(round(meta.get("clip_seconds", 4.0) * mel_config.sample_rate))
-        frames = mel_config.num_frames(samples) // vae.downsample_factor * vae.downsample_factor
+        mel_config, vae, vocoder = load_decoder("synthcaps")
+        seconds = json.loads((resolve_pipeline_path("synthcaps") / "pipeline.json").read_text()).get(
+            "clip_seconds", 4.0
+        )
+        frames = latent_frames(mel_config, vae, seconds) * vae.downsample_factor
         _DECODER = (MelSpectrogram(mel_config), vae, vocoder, frames)
     return _DECODER
 
@@ -404,6 +401,12 @@ def model_card(metrics: dict, command: str) -> str:
     )
 
 
+def _changed_flags(config, *names: str) -> str:
+    """` --name value` for each of `names` whose value differs from the dataclass default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    return "".join(f" --{n} {getattr(config, n)}" for n in names if getattr(config, n) != defaults[n])
+
+
 def main(args: ClapTrainingConfig, data: ClapDataArguments) -> dict:
     final = Path(args.output_dir) / "final"
     command = (
@@ -412,14 +415,8 @@ def main(args: ClapTrainingConfig, data: ClapDataArguments) -> dict:
         f" --learning_rate {args.learning_rate} --audio_negatives {data.audio_negatives}"
         + (f" --init_from {data.init_from}" if data.init_from else "")
         # left out where they are the defaults, so that the bundled v2's card keeps its recorded command
-        + (
-            f" --per_device_train_batch_size {args.per_device_train_batch_size}"
-            if args.per_device_train_batch_size != 32
-            else ""
-        )
-        + (f" --warmup_steps {args.warmup_steps}" if args.warmup_steps != 50 else "")
-        + (f" --roundtrip_probability {data.roundtrip_probability}" if data.roundtrip_probability != 0.5 else "")
-        + (f" --model_id {data.model_id}" if data.model_id != "synthcaps-clap-v2" else "")
+        + _changed_flags(args, "per_device_train_batch_size", "warmup_steps")
+        + _changed_flags(data, "roundtrip_probability", "model_id")
     )
     if data.measure_only:
         if not (final / "metrics.json").is_file():

@@ -152,7 +152,15 @@ class SynthCapsClassifier(PreTrainedModel):
 
 
 class _Resampling:
+    """Shared input handling; subclasses define `probs_and_embed` (one forward pass gives both)."""
+
     sample_rate: int
+
+    def probs(self, waveforms: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        return self.probs_and_embed(waveforms, sample_rate)[0]
+
+    def embed(self, waveforms: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        return self.probs_and_embed(waveforms, sample_rate)[1]
 
     def _prepare(self, waveforms: torch.Tensor, sample_rate: int) -> torch.Tensor:
         wav = torch.as_tensor(waveforms, dtype=torch.float32)
@@ -181,16 +189,11 @@ class SynthCapsAttributeClassifier(_Resampling):
         self.checkpoint_hash = file_hash(path / "model.safetensors")
 
     @torch.inference_mode()
-    def _features(self, waveforms, sample_rate):
+    def probs_and_embed(self, waveforms: torch.Tensor, sample_rate: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(probs (B, K), embed (B, D))` from one forward pass, on the CPU."""
         mel = self.mel(self._prepare(waveforms, sample_rate).to(self.device))
         emb = self.model.embed_mel(mel)
-        return torch.sigmoid(self.model.head(emb)), emb
-
-    def probs(self, waveforms: torch.Tensor, sample_rate: int) -> torch.Tensor:
-        return self._features(waveforms, sample_rate)[0].cpu()
-
-    def embed(self, waveforms: torch.Tensor, sample_rate: int) -> torch.Tensor:
-        return self._features(waveforms, sample_rate)[1].cpu()
+        return torch.sigmoid(self.model.head(emb)).cpu(), emb.cpu()
 
 
 class PannsClassifier(_Resampling):
@@ -241,14 +244,10 @@ class PannsClassifier(_Resampling):
         self.checkpoint_hash = file_hash(path)
 
     @torch.inference_mode()
-    def _out(self, waveforms, sample_rate) -> dict:
-        return self.model({"waveform": self._prepare(waveforms, sample_rate).to(self.device)}, device=self.device)
-
-    def probs(self, waveforms: torch.Tensor, sample_rate: int) -> torch.Tensor:
-        return self._out(waveforms, sample_rate)["clipwise_output"].float().cpu()
-
-    def embed(self, waveforms: torch.Tensor, sample_rate: int) -> torch.Tensor:
-        return self._out(waveforms, sample_rate)["embedding"].float().cpu()
+    def probs_and_embed(self, waveforms: torch.Tensor, sample_rate: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(probs (B, 527), embed (B, 2048))` from one forward pass, on the CPU."""
+        out = self.model({"waveform": self._prepare(waveforms, sample_rate).to(self.device)}, device=self.device)
+        return out["clipwise_output"].float().cpu(), out["embedding"].float().cpu()
 
 
 def load_classifier(spec: str = "synthcaps", device: str | torch.device = "cpu"):

@@ -205,10 +205,9 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         ref_wav = torch.from_numpy(np.stack([reference[r["prompt_id"]] for r in rows]))
         ref_emb, ref_mel = embedder.embed(ref_wav, 16000), mel_statistics(mel_fn(ref_wav))
     if classifier is not None:
-        cls_key = f"{classifier.model_id}:{classifier.checkpoint_hash}"
-        cls_embedder = EmbeddingCache(classifier.embed, cls_key, cache_dir)
-        ref_probs = dict(zip((r["prompt_id"] for r in rows), classifier.probs(ref_wav, 16000).numpy()))
-        ref_cls_emb = cls_embedder.embed(ref_wav, 16000)
+        # one classifier pass per set of clips gives both the label probabilities (KL) and the embeddings (FD)
+        ref_p, ref_cls_emb = classifier.probs_and_embed(ref_wav, 16000)
+        ref_probs = dict(zip((r["prompt_id"] for r in rows), ref_p.numpy()))
         kl_info = (
             f"mean over clips of KL(P_ref || P_gen) between {classifier.model_id} label distributions (checkpoint "
             f"{classifier.checkpoint_hash[:12]}; per-label probabilities normalised to sum to 1) of each generated clip "
@@ -266,7 +265,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         seconds = time.perf_counter() - start
         gen = torch.stack([waves[k] for k in keys])
         if classifier is not None:
-            kl = kl_divergence(np.stack([ref_probs[p] for p, _ in keys]), classifier.probs(gen, 16000).numpy())
+            gen_p, gen_cls_emb = classifier.probs_and_embed(gen, 16000)
+            kl = kl_divergence(np.stack([ref_probs[p] for p, _ in keys]), gen_p.numpy())
             for key, value in zip(keys, kl):
                 scores[key]["kl"] = float(value)
         per_clip[name] = scores
@@ -280,7 +280,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         else:
             summary["fad_clap"] = summary["mel_frechet"] = no_ref_reason
         if classifier is not None:
-            summary["fd_classifier"] = frechet_distance(cls_embedder.embed(gen, 16000), ref_cls_emb)
+            summary["fd_classifier"] = frechet_distance(gen_cls_emb.numpy(), ref_cls_emb.numpy())
         else:
             summary["kl"] = summary["fd_classifier"] = no_kl_reason
         summary["seconds_per_clip"] = round(seconds / len(keys), 3)

@@ -72,13 +72,22 @@ def test_cache_is_keyed_by_content_not_name(clap, renders, tmp_path):
     assert other_model.computed == 4
 
 
-def test_model_against_its_copy_and_best_of(tmp_path):
+def test_model_against_its_copy_and_best_of(tmp_path, monkeypatch):
     from base_model.pipeline import resolve_pipeline_path
+    from reward_models.classifiers import SynthCapsAttributeClassifier
 
+    passes = []  # KL and the classifier's Fréchet distance share one classifier pass per set of clips
+    one_pass = SynthCapsAttributeClassifier.probs_and_embed
+    monkeypatch.setattr(
+        SynthCapsAttributeClassifier,
+        "probs_and_embed",
+        lambda self, w, sr: passes.append(len(w)) or one_pass(self, w, sr),
+    )
     copy = tmp_path / "copy"
     shutil.copytree(resolve_pipeline_path("synthcaps"), copy)  # same weights, generated in a second pass
     out = tmp_path / "eval"
     report = evaluate("--models", "synthcaps", str(copy), "--max_prompts", "4", "--output_dir", str(out))
+    assert passes == [4, 4, 4]  # the references, then each model's clips
     assert json.loads((out / "report.json").read_text())["table"] == report["table"]
     assert (out / "report.md").read_text().strip() == report["table"]
     m, c = report["models"]["synthcaps"], report["models"][str(copy)]

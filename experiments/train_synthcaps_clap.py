@@ -407,17 +407,24 @@ def _changed_flags(config, *names: str) -> str:
     return "".join(f" --{n} {getattr(config, n)}" for n in names if getattr(config, n) != defaults[n])
 
 
-def main(args: ClapTrainingConfig, data: ClapDataArguments) -> dict:
-    final = Path(args.output_dir) / "final"
-    command = (
+def recorded_command(args: ClapTrainingConfig, data: ClapDataArguments) -> str:
+    """The command the model card records: every flag that decides the weights. `--dataloader_num_workers` is one,
+    because which clips are drawn round-tripped follows each loader worker's random stream; `--workers` is not
+    (the same clips in any number of processes)."""
+    return (
         f"python experiments/train_synthcaps_clap.py --max_steps {args.max_steps} --train_examples "
         f"{data.train_examples} --roundtrip_examples {data.roundtrip_examples} --seed {args.seed}"
         f" --learning_rate {args.learning_rate} --audio_negatives {data.audio_negatives}"
         + (f" --init_from {data.init_from}" if data.init_from else "")
         # left out where they are the defaults, so that the bundled v2's card keeps its recorded command
-        + _changed_flags(args, "per_device_train_batch_size", "warmup_steps")
+        + _changed_flags(args, "per_device_train_batch_size", "warmup_steps", "dataloader_num_workers")
         + _changed_flags(data, "roundtrip_probability", "model_id")
     )
+
+
+def main(args: ClapTrainingConfig, data: ClapDataArguments) -> dict:
+    final = Path(args.output_dir) / "final"
+    command = recorded_command(args, data)
     if data.measure_only:
         if not (final / "metrics.json").is_file():
             raise FileNotFoundError(

@@ -164,6 +164,16 @@ def test_clap_training_with_negative_clips_and_init_from(tmp_path):
     assert "counterfactual clip" in card and "CPU cores" in card
     # the recorded command rebuilds the run: non-default batch size and name are in it
     assert "--per_device_train_batch_size 4" in card and "--model_id synthcaps-clap-v3" in card
+    # the loader's worker count decides which clips are drawn round-tripped, so a card records it when changed
+    from experiments.train_synthcaps_clap import recorded_command
+
+    args, data = clap_parser().parse_args_and_config(
+        args=["--output_dir", str(tmp_path / "d"), "--dataloader_num_workers", "6"]
+    )
+    assert "--dataloader_num_workers 6" in recorded_command(args, data)
+    assert "dataloader_num_workers" not in recorded_command(
+        *clap_parser().parse_args_and_config(args=["--output_dir", "x"])
+    )
 
     bad = tmp_path / "a" / "final" / "clap_config.json"
     bad.write_text(json.dumps({**json.loads(bad.read_text()), "token_ids": [1, 2, 3]}))

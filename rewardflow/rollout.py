@@ -224,6 +224,12 @@ def _settings_diff(old: dict, new: dict) -> str:
     return "\n".join(f"  {k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k))
 
 
+def _grows(old: dict, new: dict) -> bool:
+    """Whether `new` asks for the same rollout as `old` over more prompts, both counts given (0, "all", is not)."""
+    same = {k: v for k, v in old.items() if k != "max_prompts"} == {k: v for k, v in new.items() if k != "max_prompts"}
+    return same and 0 < old.get("max_prompts", 0) < new.get("max_prompts", 0)
+
+
 def rollout(cfg: RolloutConfig) -> dict:
     """Generates and scores the rollout; returns the summary (also written to `summary.json`)."""
     from tqdm.auto import tqdm
@@ -240,12 +246,18 @@ def rollout(cfg: RolloutConfig) -> dict:
     run_file = out / "run.json"
     if run_file.is_file():
         old = json.loads(run_file.read_text())["settings"]
-        if old != cfg.generation_settings():
+        if old != cfg.generation_settings() and _grows(old, cfg.generation_settings()):
+            # More prompts, nothing else changed: every clip's seed derives from its ids, so the shards already made
+            # are the new run's first shards (a last, shorter one is made again whole) and only the rest is generated.
+            logger.info("growing %s from %d to %d prompts; its complete shards are kept", out, old["max_prompts"],
+                        cfg.max_prompts)  # fmt: skip
+        elif old != cfg.generation_settings():
             if not cfg.overwrite:
                 raise RuntimeError(
                     f"{out} holds a rollout made with other settings:\n"
                     f"{_settings_diff(old, cfg.generation_settings())}\n"
-                    "Use another --output_dir, or --overwrite to replace it."
+                    "Use another --output_dir, or --overwrite to replace it (only a larger --max_prompts grows a "
+                    "rollout in place)."
                 )
             if state.is_main_process:
                 import shutil

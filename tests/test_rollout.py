@@ -159,6 +159,22 @@ def test_other_settings_refused_with_a_diff_unless_overwrite(tmp_path):
     assert json.loads((tmp_path / "run.json").read_text())["settings"]["cfg_scale"] == 2.0
 
 
+def test_more_prompts_grow_a_rollout_in_place(tmp_path):
+    """A larger --max_prompts keeps the shards already made and adds the rest; the table equals a fresh run's."""
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    run(ref, "--max_prompts", "5", "--rewards", "verifier")
+    run(out, "--max_prompts", "3", "--rewards", "verifier")  # 6 items: one full shard of 4 and a shorter one
+    first = (out / "data" / "shard-00000.parquet").stat().st_mtime_ns
+    grown = run(out, "--max_prompts", "5", "--rewards", "verifier")
+    assert grown["clips_generated_by_main_process"] == 6  # the short shard again (2 + 2) and the new one (2)
+    assert (out / "data" / "shard-00000.parquet").stat().st_mtime_ns == first
+    a, b = load_rollout(ref), load_rollout(out)
+    assert len(b) == 10 and a["prompt_id"] == b["prompt_id"] and a["latent"] == b["latent"]
+    assert json.loads((out / "run.json").read_text())["settings"]["max_prompts"] == 5
+    with pytest.raises(RuntimeError, match=r"max_prompts: 5 -> 4"):  # fewer prompts would leave shards behind
+        run(out, "--max_prompts", "4", "--rewards", "verifier")
+
+
 def test_rescore_adds_columns_and_reports_unreadable_audio(tmp_path):
     run(tmp_path, "--max_prompts", "2", "--rewards", "verifier")
     before = load_rollout(tmp_path)

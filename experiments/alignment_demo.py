@@ -29,9 +29,15 @@ class DemoArguments:
     output_dir: str = field(default="outputs/demo", metadata={"help": "Where the rollout, model and report go."})
     max_prompts: int = field(default=64, metadata={"help": "SynthCaps train prompts rolled out."})
     num_generations: int = field(default=4, metadata={"help": "Clips per prompt."})
+    cfg_scale: float = field(
+        default=2.0, metadata={"help": "Guidance of the rollout (the evaluation uses the pipeline's default, 3)."}
+    )
     reward: str = field(default="clap", metadata={"help": "Reward to fine-tune on."})
-    weighting: str = field(default="standardized", metadata={"help": "Reward weighting (see finetune.py)."})
-    tau: float = field(default=1.0, metadata={"help": "Temperature τ."})
+    weighting: str = field(
+        default="topk", metadata={"help": "Reward weighting (see finetune.py); the default keeps the best clip of 4."}
+    )
+    top_k: float = field(default=0.25, metadata={"help": "Share of each prompt's clips kept by `topk`."})
+    tau: float = field(default=1.0, metadata={"help": "Temperature τ (the exp-based weightings)."})
     beta: float = field(default=1.0, metadata={"help": "Reference regulariser weight."})
     max_steps: int = field(default=200, metadata={"help": "Fine-tuning steps."})
     eval_prompts: int = field(default=96, metadata={"help": "Held-out prompts evaluated."})
@@ -55,7 +61,7 @@ def main(a: DemoArguments) -> dict:
     seconds = {}
     seconds["rollout"] = _run(
         [*launch, "rewardflow/rollout.py", "--output_dir", str(out / "rollout"), "--max_prompts", str(a.max_prompts)]
-        + ["--num_generations", str(a.num_generations)]
+        + ["--num_generations", str(a.num_generations), "--cfg_scale", str(a.cfg_scale)]
     )
     # Before fine-tuning: does the reward pick a prompt's better samples by the verifier's (independent) judgement?
     seconds["agreement"] = _run(
@@ -69,7 +75,8 @@ def main(a: DemoArguments) -> dict:
     else:
         seconds["finetune"] = _run(
             [py, "rewardflow/finetune.py", "--rollout", str(out / "rollout"), "--output_dir", str(out / "finetune")]
-            + ["--reward", a.reward, "--weighting", a.weighting, "--tau", str(a.tau), "--beta", str(a.beta)]
+            + ["--reward", a.reward, "--weighting", a.weighting, "--top_k", str(a.top_k), "--tau", str(a.tau)]
+            + ["--beta", str(a.beta)]
             + ["--max_steps", str(a.max_steps), "--save_steps", "50", "--resume_from_checkpoint", "latest"]
         )
     report_file = out / "evaluation.json"

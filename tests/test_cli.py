@@ -20,6 +20,7 @@ SCRIPTS = [
     "experiments/alignment_demo.py",
     "experiments/compare_rewards.py",
     "experiments/decoding_scaling.py",
+    "experiments/clap_level_probe.py",
 ]
 
 

@@ -248,3 +248,28 @@ def test_reward_vs_referee_tiny(tmp_path):
     assert len(stamp) == 2
     again = referee_main(a)  # nothing retrained or re-evaluated
     assert {p: p.stat().st_mtime_ns for p in stamp} == stamp and again["runs"] == results["runs"]
+
+
+def test_clap_level_probe_renders_three_levels_and_scores_the_captioned_one(tmp_path):
+    """The probe's renders differ only in level (-30 / -20 / -11 dBFS), its summary counts the captioned level, and a
+    tiny run writes results.json."""
+    import json
+
+    import numpy as np
+
+    from base_model.data.synthcaps import active_rms_db
+    from experiments.clap_level_probe import ProbeArguments, main, probe_rows, renders, summarise
+
+    a = ProbeArguments(output_dir=str(tmp_path), num_named=2, num_unnamed=1, results_dir="")
+    rows = probe_rows(a)
+    assert [r["named"] for r in rows] == [True, True, False] and rows[2]["attributes"]["loudness"] == "normal"
+    assert all(any(w in r["caption"].lower().split() for w in ("loud", "quiet", "soft")) for r in rows[:2])
+    wavs = renders(rows[:1])
+    assert np.allclose([active_rms_db(w) for w in wavs[0]], [-30, -20, -11], atol=1.5)
+    # a row is right when its captioned level scores highest; the margin is over the best other level
+    fake = [{"attributes": {"loudness": "loud"}, "named": True}, {"attributes": {"loudness": "quiet"}, "named": True}]
+    s = summarise(np.array([[0.1, 0.2, 0.5], [0.3, 0.4, 0.1]]), fake)
+    assert s["named_level_accuracy"] == 0.5 and s["named_margin_mean"] == round(((0.5 - 0.2) + (0.3 - 0.4)) / 2, 4)
+    result = main(a)
+    assert json.loads((tmp_path / "results.json").read_text())["clean"] == result["clean"]
+    assert result["clean"]["named_count"] == 2 and 0 <= result["clean"]["unnamed_level_accuracy"] <= 1

@@ -18,7 +18,6 @@ highest), the mean margin of the captioned level over the best other one, and th
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,8 +28,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `experiments.*` when run as a script
 
-LEVELS = ("quiet", "normal", "loud")
-LOUDNESS_WORDS = ("loud", "quiet", "soft")
+from base_model.data.synthcaps import _LOUD_PHRASES, LOUDNESS_DB  # noqa: E402
+
+LEVELS = tuple(LOUDNESS_DB)  # quiet, normal, loud
+LOUDNESS_WORDS = tuple(w for words in _LOUD_PHRASES.values() for w in words)  # the words captions use for them
 
 
 @dataclass
@@ -125,12 +126,12 @@ def main(a: ProbeArguments) -> dict:
         flat = roundtrip(wavs.reshape(-1, wavs.shape[-1]), Path(a.output_dir) / "roundtrip.npy", workers=a.workers)
         rt = flat.reshape(wavs.shape).astype(np.float32)
         result["roundtrip"] = summarise(level_scores(clap, tqdm(rt, desc="round trip"), rows), rows)
+    from base_model.pipeline import atomic_write_text
+    from experiments.results_io import publish
+
     out = Path(a.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".results.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out / "results.json")
-    from experiments.results_io import publish
+    atomic_write_text(out / "results.json", json.dumps(result, indent=2))
 
     publish(out, a.results_dir, ("results.json",))
     print(json.dumps({k: v for k, v in result.items() if k != "settings"}, indent=2))

@@ -245,17 +245,17 @@ def rollout(cfg: RolloutConfig) -> dict:
     chunks = chunk_items(prompts, cfg.num_generations, cfg.batch_size)
     run_file = out / "run.json"
     if run_file.is_file():
-        old = json.loads(run_file.read_text())["settings"]
-        if old != cfg.generation_settings() and _grows(old, cfg.generation_settings()):
+        old, new = json.loads(run_file.read_text())["settings"], cfg.generation_settings()
+        if _grows(old, new):
             # More prompts, nothing else changed: every clip's seed derives from its ids, so the shards already made
             # are the new run's first shards (a last, shorter one is made again whole) and only the rest is generated.
             logger.info("growing %s from %d to %d prompts; its complete shards are kept", out, old["max_prompts"],
                         cfg.max_prompts)  # fmt: skip
-        elif old != cfg.generation_settings():
+        elif old != new:
             if not cfg.overwrite:
                 raise RuntimeError(
                     f"{out} holds a rollout made with other settings:\n"
-                    f"{_settings_diff(old, cfg.generation_settings())}\n"
+                    f"{_settings_diff(old, new)}\n"
                     "Use another --output_dir, or --overwrite to replace it (only a larger --max_prompts grows a "
                     "rollout in place)."
                 )

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-slow demo bench experiments lint format clean
+.PHONY: setup test test-slow demo bench experiments render lint format clean
 
 setup: $(STAMP)
 
@@ -26,18 +26,21 @@ test-slow: setup
 demo: setup
 	HF_HUB_OFFLINE=1 $(PY) experiments/alignment_demo.py --output_dir outputs/demo
 
-# The four benchmarks (FLOPs, sampler, fine-tuning step, rollout); writes experiments/benchmarks/results/latest.json.
+# The benchmarks (FLOPs, sampler, fine-tuning step, rollout, vocoder, generation); writes
+# experiments/benchmarks/results/latest.json.
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) experiments/benchmarks/run_all.py
 
-# Regenerates the committed experiment results (experiments/results/) on the embedded default, CPU-sized.
+# Regenerates the committed experiment results (experiments/results/) on the embedded default, then the tables.
 experiments: setup
-	HF_HUB_OFFLINE=1 $(PY) experiments/compare_rewards.py --small true
-	HF_HUB_OFFLINE=1 $(PY) experiments/decoding_scaling.py --small true
-	HF_HUB_OFFLINE=1 $(PY) rewardflow/evaluate.py --models synthcaps outputs/compare_rewards/runs/clap-tau10/final \
-		--max_prompts 6 --rewards clap aesthetics verifier --cache_dir none --save_audio true \
-		--output_dir experiments/results/listening
-	HF_HUB_OFFLINE=1 $(PY) experiments/report.py --eval_dir experiments/results/listening
+	HF_HUB_OFFLINE=1 $(PY) experiments/decoding_scaling.py
+	HF_HUB_OFFLINE=1 $(PY) experiments/masking_ablation.py
+	HF_HUB_OFFLINE=1 $(PY) experiments/alignment_study.py
+	$(PY) experiments/render_results.py
+
+# Re-renders every table of figures in README.md and experiments/README.md from the committed JSON.
+render: setup
+	$(PY) experiments/render_results.py
 
 lint: setup
 	$(PY) -m ruff check .

@@ -13,9 +13,11 @@ from pathlib import Path
 import torch
 from trl import TrlParser
 
+from base_model.sampling import SamplingConfig
+
 
 @dataclass
-class GenerateArguments:
+class GenerateArguments(SamplingConfig):
     model: str = field(
         default="synthcaps",
         metadata={
@@ -35,10 +37,6 @@ class GenerateArguments:
         default=0, metadata={"help": "Use the first N held-out SynthCaps captions instead of --prompts."}
     )
     output_dir: str = field(default="outputs/generate", metadata={"help": "Where WAVs, PNG and summary go."})
-    num_iterations: int = field(default=8, metadata={"help": "Decoding iterations (masked model)."})
-    num_steps: int = field(default=25, metadata={"help": "ODE steps per iteration (step size 1/num_steps)."})
-    method: str = field(default="euler", metadata={"help": "torchdiffeq method."})
-    cfg_scale: float = field(default=3.0, metadata={"help": "Classifier-free guidance scale."})
     seconds: float | None = field(default=None, metadata={"help": "Clip length (default: the pipeline's)."})
     seed: int = field(default=0, metadata={"help": "Clip i uses seed + i."})
     device: str = field(default="cpu", metadata={"help": "torch device."})
@@ -57,7 +55,7 @@ def random_tiny_pipeline(seed: int = 0):
 
 def main(args: GenerateArguments) -> dict:
     from base_model import MaskAudioFlowPipeline
-    from base_model.pipeline import save_wav
+    from base_model.files import save_wav
     from base_model.plotting import save_spectrograms
 
     if args.heldout_prompts > 0:
@@ -73,15 +71,7 @@ def main(args: GenerateArguments) -> dict:
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    out = pipe(
-        args.prompts,
-        num_iterations=args.num_iterations,
-        num_steps=args.num_steps,
-        method=args.method,
-        cfg_scale=args.cfg_scale,
-        seconds=args.seconds,
-        seed=args.seed,
-    )
+    out = pipe(args.prompts, **args.sampler_kwargs(), seconds=args.seconds, seed=args.seed)
     elapsed = time.perf_counter() - start
     files = []
     for i, (prompt, wav) in enumerate(zip(args.prompts, out.waveforms)):
@@ -96,7 +86,7 @@ def main(args: GenerateArguments) -> dict:
         "spectrograms": str(png),
         "seconds_per_clip": out.waveforms.shape[1] / out.sample_rate,
         "generation_seconds": round(elapsed, 3),
-        "sampler": {k: getattr(args, k) for k in ("num_iterations", "num_steps", "method", "cfg_scale")},
+        "sampler": args.sampler_kwargs(),
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"Wrote {len(files)} clips, {png} and summary.json to {out_dir} in {elapsed:.1f} s:")

@@ -206,16 +206,23 @@ class FlowHead(nn.Module):
             self.rope = RotaryEmbedding(width // config.num_heads, config.rope_theta)
         self.final_layer = FinalLayer(width, config.latent_channels)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor | None = None, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """
         Args:
             x_t (`torch.Tensor` of shape `(..., C)`): points on the path; `(B, T, C)` for the transformer head.
-            t (`torch.Tensor`): flow times broadcastable to `x_t.shape[:-1]`, e.g. `(B,)`, `(B, T)` or `(N,)`.
-            z (`torch.Tensor` of shape `(..., D)`): backbone features of the same frames.
+            t (`torch.Tensor`): flow times broadcastable to `x_t.shape[:-1]` from the left, e.g. `()`, `(B,)`,
+                `(B, T)` or `(N,)`. Each distinct entry is embedded once: a scalar `t` (one ODE step) costs one
+                time embedding, not one per frame.
+            z (`torch.Tensor` of shape `(..., D)`): backbone features of the same frames, or
+            cond (`torch.Tensor` of shape `(..., W)`): `condition(z)`, computed once when `z` is fixed over many
+                ODE steps (masked decoding).
         """
         lead = x_t.shape[:-1]
-        t = t.reshape(*t.shape, *([1] * (len(lead) - t.dim()))).expand(lead)
-        c = self.time_embed(t) + self.cond_embed(z)  # (..., W)
+        t_emb = self.time_embed(t)  # (*t.shape, W)
+        t_emb = t_emb.reshape(*t.shape, *([1] * (len(lead) - t.dim())), t_emb.shape[-1])
+        c = t_emb + (self.condition(z) if cond is None else cond)  # (..., W)
         x = self.input_proj(x_t)  # (..., W)
         if self.head_type == "mlp":
             for block in self.blocks:
@@ -225,6 +232,10 @@ class FlowHead(nn.Module):
             for block in self.blocks:
                 x = block(x, c, rope)
         return self.final_layer(x, c)  # (..., C)
+
+    def condition(self, z: torch.Tensor) -> torch.Tensor:
+        """The head's projection of backbone features `(..., D) -> (..., W)`."""
+        return self.cond_embed(z)
 
 
 @dataclass
@@ -293,6 +304,10 @@ class MaskAudioFlow(MaskAudioFlowPreTrainedModel):
     torch.Size([2])
     """
 
+    # LoRA targets when `--lora_target_modules` is not given: the backbone's attention and MLP projections and the
+    # head's MLPs (PEFT reads a string as a regular expression over module names).
+    lora_target_modules = r".*blocks\.\d+\.(self_attn\.(q|kv|out)|cross_attn\.(q|kv|out)|mlp\.(0|2))"
+
     def __init__(self, config: MaskAudioFlowConfig):
         super().__init__(config)
         D = config.hidden_size
@@ -345,6 +360,26 @@ class MaskAudioFlow(MaskAudioFlowPreTrainedModel):
         """The unconditional context `(B, 1, D)` and mask `(B, 1)` used by classifier-free guidance."""
         ctx = self.text_proj(self.null_text_embedding)[None].expand(batch_size, -1, -1)
         return ctx, torch.ones(batch_size, 1, dtype=torch.bool, device=ctx.device)
+
+    def guidance_context(self, context: torch.Tensor, context_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`[cond; null]` contexts `(2B, L, D)` and masks `(2B, L)` for one batched CFG forward, the null prompt
+        padded to `L` (its padding is masked out, so it equals [`null_context`] in attention)."""
+        B, L = context.shape[:2]
+        null_ctx, null_mask = self.null_context(B)
+        null_ctx = F.pad(null_ctx, (0, 0, 0, L - 1))
+        null_mask = F.pad(null_mask, (0, L - 1), value=False)
+        return torch.cat([context, null_ctx]), torch.cat([context_mask, null_mask])
+
+    def velocity(
+        self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor | None = None, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The flow head `w_f(x_t, t, z) -> v_t`; pass `cond=model.head_condition(z)` instead of `z` when `z` stays
+        fixed over many calls (see [`FlowHead.forward`] for the shapes it accepts)."""
+        return self.head(x_t, t, z, cond)
+
+    def head_condition(self, z: torch.Tensor) -> torch.Tensor:
+        """The flow head's projection of backbone features, reusable across the ODE steps of one iteration."""
+        return self.head.condition(z)
 
     # ------------------------------------------------------------------------------------------- backbone
     def backbone(
@@ -461,10 +496,10 @@ class MaskAudioFlow(MaskAudioFlowPreTrainedModel):
             # for the transformer head; the per-token head never mixes frames).
             x_t = torch.where(mask_m[..., None], x_t, x_1m)
             t_tok = torch.where(mask_m, t[:, None], torch.ones_like(t[:, None]))  # (M*B, T)
-            v_t = self.head(x_t, t_tok, z.repeat(M, 1, 1))
+            v_t = self.velocity(x_t, t_tok, z.repeat(M, 1, 1))
         else:
             ctx_m, ctx_mask_m = context.repeat(M, 1, 1), context_mask.repeat(M, 1)
             z = self.backbone(x_t, ctx_m, ctx_mask_m, t=t)
-            v_t = self.head(x_t, t, z)
+            v_t = self.velocity(x_t, t, z)
         loss = masked_flow_loss(v_t, u_t, mask_m).view(M, B).mean(0)  # (B,)
         return MaskAudioFlowOutput(loss=loss, v_t=v_t, u_t=u_t, x_t=x_t, t=t, infill_mask=infill_mask, z=z)

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers.utils import ModelOutput
 
+from .files import atomic_write_text
 from .mel import MelConfig
 from .modeling_maskaudioflow import MaskAudioFlow
-from .sampling import sample
+from .sampling import SamplingConfig, sample
 from .text_encoders import TextEncoder, load_text_encoder
 from .vae import MelVAE
 from .vocoders import Vocoder, load_vocoder
@@ -29,16 +28,49 @@ BUNDLED_PIPELINES = {"synthcaps": PRETRAINED_DIR / "synthcaps", "synthcaps-cfm":
 
 
 def resolve_pipeline_path(name_or_path: str | os.PathLike) -> Path:
-    """`"synthcaps"` (bundled) or a folder with `pipeline.json`."""
+    """`"synthcaps"` (bundled) or a folder with `pipeline.json`, checked to be a complete, readable pipeline folder
+    (its `flow/` a MaskAudioFlow and `vae/` a mel VAE, each with a readable `model.safetensors`) before anything
+    loads, so a wrong or damaged folder fails at once with what to do."""
     path = BUNDLED_PIPELINES.get(str(name_or_path), Path(name_or_path))
     if not (path / "pipeline.json").is_file():
-        hint = (
-            "the bundled checkpoint is missing from this checkout; rebuild it with `python experiments/build_synthcaps.py --install`"
-            if str(name_or_path) in BUNDLED_PIPELINES
-            else f"pass a folder written by MaskAudioFlowPipeline.save_pretrained, or one of {sorted(BUNDLED_PIPELINES)}"
-        )
+        if str(name_or_path) in BUNDLED_PIPELINES:
+            hint = "the bundled checkpoint is missing from this checkout; rebuild it with `python bundled/build_synthcaps.py`"
+        elif path.is_file():
+            hint = "that is a file; pass the pipeline's folder"
+        else:
+            hint = f"pass a folder written by MaskAudioFlowPipeline.save_pretrained, or one of {sorted(BUNDLED_PIPELINES)}"
         raise FileNotFoundError(f"No pipeline.json in {path}: {hint}.")
+    for sub, kind in (("flow", "maskaudioflow"), ("vae", "mel_vae")):
+        check_checkpoint(path / sub, kind)
     return path
+
+
+def check_checkpoint(folder: Path, model_type: str) -> None:
+    """Raises a clear error when `folder` is not a `save_pretrained` folder of `model_type` with readable weights."""
+    from safetensors import safe_open
+
+    config = folder / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(
+            f"{folder} has no config.json: a pipeline folder needs flow/ and vae/ as written by save_pretrained."
+        )
+    try:
+        kind = json.loads(config.read_text()).get("model_type")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config} is not valid JSON ({e}); the checkpoint is damaged: save or copy it again.") from e
+    if kind != model_type:
+        raise ValueError(
+            f"{folder} holds a {kind!r} model where a {model_type!r} is expected: is this the right folder?"
+        )
+    weights = folder / "model.safetensors"
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            f.keys()
+    except Exception as e:  # noqa: BLE001 - any failure to read the header means the file is unusable
+        raise ValueError(
+            f"{weights} is missing or not a readable safetensors file ({type(e).__name__}: {e}); the checkpoint is "
+            "incomplete or damaged: save or copy it again."
+        ) from e
 
 
 @dataclass
@@ -118,10 +150,10 @@ class MaskAudioFlowPipeline:
     def __call__(
         self,
         prompts: list[str] | str,
-        num_iterations: int = 8,
-        num_steps: int = 25,
-        method: str = "euler",
-        cfg_scale: float = 3.0,
+        num_iterations: int = SamplingConfig.num_iterations,
+        num_steps: int = SamplingConfig.num_steps,
+        method: str = SamplingConfig.method,
+        cfg_scale: float = SamplingConfig.cfg_scale,
         seconds: float | None = None,
         seed: int | list[int] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -161,8 +193,8 @@ class MaskAudioFlowPipeline:
             generator=generator,
             return_intermediates=return_intermediates,
         )
-        mel = self.vae.decode(out.latents) if decode else None
-        waveforms = self.vocoder(mel) if decode and vocode else None
+        mel = self.decode_latents(out.latents) if decode else None
+        waveforms = self.vocode(mel) if decode and vocode else None
         return AudioPipelineOutput(
             latents=out.latents,
             mel=mel,
@@ -171,6 +203,14 @@ class MaskAudioFlowPipeline:
             intermediates=out.intermediates,
             infill_masks=out.infill_masks,
         )
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents `(B, T, C)` -> log-mel `(B, n_mels, F)` through the VAE."""
+        return self.vae.decode(latents)
+
+    def vocode(self, mel: torch.Tensor) -> torch.Tensor:
+        """Log-mel -> waveforms `(B, N)` through the vocoder."""
+        return self.vocoder(mel)
 
     # ----------------------------------------------------------------------------------------- save/load
     @classmethod
@@ -221,24 +261,3 @@ def load_decoder(
     vae = MelVAE.from_pretrained(path / "vae").eval().to(device)
     voc = load_vocoder(vocoder or meta.get("vocoder", {"type": "griffin_lim"}), mel_config, device=device)
     return mel_config, vae, voc
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Writes to a temporary name in the same folder, then renames: readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes the file private; a saved model is meant to be shared
-    os.replace(tmp, path)
-
-
-def save_wav(path: str | os.PathLike, waveform: torch.Tensor | np.ndarray, sample_rate: int) -> None:
-    """Writes a mono clip with soundfile (peak-normalised to avoid clipping when above 1)."""
-    import soundfile as sf
-
-    wav = waveform.detach().cpu().numpy() if isinstance(waveform, torch.Tensor) else np.asarray(waveform)
-    peak = float(np.abs(wav).max()) if wav.size else 0.0
-    if peak > 1.0:
-        wav = wav / peak
-    sf.write(str(path), wav.astype(np.float32), sample_rate)

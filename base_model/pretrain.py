@@ -89,7 +89,21 @@ def build_config(m: FlowModelArguments, text_hidden_size: int, latent_channels: 
     )
 
 
-def main(args: PretrainConfig, model_args: FlowModelArguments, data: CorpusArguments) -> dict:
+def latent_cache(data: CorpusArguments, vae_path: str, mels) -> Path:
+    """Where the training latents are cached: named by the corpus slice, its mels' shape and the VAE's weights."""
+    import hashlib
+
+    from base_model.files import file_hash
+    from base_model.training import DEFAULT_CACHE
+
+    key = json.dumps([data.dataset, data.num_train_examples, data.clip_seconds, data.corpus_seed, list(mels.shape)])
+    name = hashlib.sha1(key.encode()).hexdigest()[:12] + "-" + file_hash(vae_path)
+    return (Path(data.cache_dir) if data.cache_dir else DEFAULT_CACHE) / f"latents-{name}.npz"
+
+
+def main(args: PretrainConfig, model_args: FlowModelArguments, data: CorpusArguments, measure=None) -> dict:
+    """Pretrains and saves `<output_dir>/final`; `measure(step, model)`, when given, is called at every checkpoint
+    with the EMA weights (see `MeasureOnSaveCallback`)."""
     from base_model import GriffinLimVocoder, MaskAudioFlow, MaskAudioFlowPipeline, MelVAE
     from base_model.text_encoders import load_text_encoder
     from base_model.training import (
@@ -97,6 +111,8 @@ def main(args: PretrainConfig, model_args: FlowModelArguments, data: CorpusArgum
         EMACallback,
         LatentTextDataset,
         MeanLossTrainer,
+        MeasureOnSaveCallback,
+        SittingsCallback,
         collate_latent_text,
         encode_latents,
         encode_texts,
@@ -112,7 +128,7 @@ def main(args: PretrainConfig, model_args: FlowModelArguments, data: CorpusArgum
     vae = MelVAE.from_pretrained(model_args.vae).eval()
     text_encoder = load_text_encoder(model_args.text_encoder)
     mels, captions, _ = corpus_mels(data, "train", data.num_train_examples, vae.downsample_factor)
-    latents = encode_latents(vae, mels)  # (N, T, C), computed once per run
+    latents = encode_latents(vae, mels, cache=latent_cache(data, model_args.vae, mels))  # (N, T, C), once per VAE
     text = encode_texts(text_encoder, captions)
     config = build_config(model_args, text_encoder.hidden_size, vae.latent_channels)
     model = MaskAudioFlow(config)
@@ -126,7 +142,7 @@ def main(args: PretrainConfig, model_args: FlowModelArguments, data: CorpusArgum
     if resume == "latest":
         resume = latest_complete_checkpoint(args.output_dir)
     ema = EMACallback(model_args.ema_decay, resume_from=resume)
-    callbacks = [ema]
+    callbacks = [ema, SittingsCallback(args.output_dir)] + ([MeasureOnSaveCallback(measure, ema)] if measure else [])
     if model_args.sample_every > 0:
         callbacks.append(AudioSampleCallback(build_pipeline, model_args.sample_prompts, model_args.sample_every))
     trainer = MeanLossTrainer(
@@ -148,7 +164,7 @@ def main(args: PretrainConfig, model_args: FlowModelArguments, data: CorpusArgum
     pipe.save_pretrained(final)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     metrics = {
-        "train_seconds": round(train_seconds, 1),
+        "train_seconds": round(train_seconds, 1),  # this sitting; sittings.json holds every sitting
         "steps": trainer.state.global_step,
         "seconds_per_step": round(train_seconds / max(trainer.state.global_step, 1), 4),
         "first_logged_loss": losses[0] if losses else None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torchdiffeq import odeint
@@ -22,6 +22,45 @@ from .flow import num_spans, spans_to_frames
 
 # torchdiffeq's fixed-grid solvers step on the grid we give them; the rest are adaptive (atol/rtol).
 FIXED_GRID_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams")
+ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+
+
+@dataclass
+class SamplingConfig:
+    """The sampler settings, with their defaults in one place: the pipeline, `generate.py`, rollout and evaluation
+    configs all read (or inherit) these fields, so a default is written once.
+
+    >>> SamplingConfig().cfg_scale
+    3.0
+    """
+
+    num_iterations: int = field(default=8, metadata={"help": "Decoding iterations s (paper Algorithm 1)."})
+    num_steps: int = field(default=25, metadata={"help": "ODE steps per iteration (fixed grid, step 1/num_steps)."})
+    method: str = field(default="euler", metadata={"help": "torchdiffeq method (euler, midpoint, rk4, dopri5, ...)."})
+    cfg_scale: float = field(
+        default=3.0, metadata={"help": "Classifier-free guidance scale: v_u + s (v_c - v_u); 1 disables guidance."}
+    )
+
+    def __post_init__(self):
+        check_sampling(self.num_iterations, self.num_steps, self.method, self.cfg_scale)
+
+    def sampler_kwargs(self) -> dict:
+        return {k: getattr(self, k) for k in ("num_iterations", "num_steps", "method", "cfg_scale")}
+
+
+def check_sampling(num_iterations: int, num_steps: int, method: str, cfg_scale: float) -> None:
+    """Refuses sampler settings that cannot run, naming the flag and the fix."""
+    if not isinstance(num_iterations, int) or num_iterations < 1:
+        raise ValueError(f"--num_iterations must be an integer >= 1 (paper: 8), got {num_iterations!r}.")
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"--num_steps must be an integer >= 1 (paper: 25), got {num_steps!r}.")
+    if method not in FIXED_GRID_METHODS + ADAPTIVE_METHODS:
+        raise ValueError(
+            f"--method {method!r} is not a torchdiffeq solver; use one of {', '.join(FIXED_GRID_METHODS + ADAPTIVE_METHODS)}."
+        )
+    if not isinstance(cfg_scale, (int, float)) or not math.isfinite(cfg_scale) or cfg_scale < 0:
+        raise ValueError(f"--cfg_scale must be a finite number >= 0 (1 disables guidance), got {cfg_scale!r}.")
+
 
 GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
 
@@ -29,8 +68,8 @@ GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
 def solve_ode(
     velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     x_0: torch.Tensor,
-    method: str = "euler",
-    num_steps: int = 25,
+    method: str = SamplingConfig.method,
+    num_steps: int = SamplingConfig.num_steps,
     atol: float = 1e-5,
     rtol: float = 1e-5,
     return_intermediates: bool = False,
@@ -81,8 +120,9 @@ def decoding_schedule(num_spans: int, num_iterations: int) -> list[int]:
     return schedule
 
 
-def _per_sample_draws(batch_size, num_frames, channels, n_spans, generator: GeneratorArg, device, dtype):
-    """Noise `x_0` `(B, T, C)` and span reveal priorities `(B, N)`, drawn per sample when given a list."""
+def draw_noise_and_order(batch_size, num_frames, channels, n_spans, generator: GeneratorArg, device, dtype):
+    """Noise `x_0` `(B, T, C)` and span reveal priorities `(B, N)`, drawn per sample when given a list of
+    generators (so a clip's draws do not depend on its batch)."""
     if isinstance(generator, Sequence):
         if len(generator) != batch_size:
             raise ValueError(f"got {len(generator)} generators for a batch of {batch_size}; pass one per sample.")
@@ -113,18 +153,51 @@ class SamplerOutput(ModelOutput):
     head_rows: int | None = None
 
 
-def _with_null_context(model, context: torch.Tensor, context_mask: torch.Tensor):
-    """Appends the unconditional half: `[cond; null]` contexts `(2B, L, D)`, the null prompt padded to `L`."""
-    B, Lc = context.shape[:2]
-    null_ctx, null_mask = model.null_context(B)
-    null_ctx = torch.nn.functional.pad(null_ctx, (0, 0, 0, Lc - 1))
-    null_mask = torch.nn.functional.pad(null_mask, (0, Lc - 1), value=False)
-    return torch.cat([context, null_ctx]), torch.cat([context_mask, null_mask])
-
-
-def _cfg_combine(v: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+def classifier_free_guidance(v: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+    """`v_uncond + cfg_scale * (v_cond - v_uncond)` from the `[cond; uncond]` halves of one batched forward
+    (`(2B, ...)` -> `(B, ...)`), DiT's `forward_with_cfg`. Every sampler guides through this one function."""
     v_cond, v_uncond = v.chunk(2)
     return v_uncond + cfg_scale * (v_cond - v_uncond)
+
+
+def _prepare_context(model, text_hidden_states, text_padding_mask, cfg_scale: float, dtype):
+    """Projected text context, with the null half appended when guiding; returns `(context, mask, rep)`."""
+    context, context_mask = model.encode_context(text_hidden_states.to(dtype), text_padding_mask)
+    if cfg_scale == 1.0:
+        return context, context_mask, 1
+    context, context_mask = model.guidance_context(context, context_mask)
+    return context, context_mask, 2
+
+
+def _reveal_rows(model, x, x_0, z, reveal, ode: dict, cfg_scale: float, rep: int) -> int:
+    """Per-token head: integrates only the rows revealed this iteration (MAR `sample_tokens`), writes them into
+    the canvas `x` in place and returns how many rows were integrated."""
+    rows = reveal.nonzero(as_tuple=True)
+    cond = model.head_condition(torch.cat([z_half[rows] for z_half in z.chunk(rep)]))  # (rep*n, W), once per iteration
+
+    def velocity(t, x_rows):
+        v = model.velocity(x_rows.repeat(rep, 1), t, cond=cond)  # t: one scalar for every row
+        return classifier_free_guidance(v, cfg_scale) if rep == 2 else v
+
+    x[rows] = solve_ode(velocity, x_0[rows], **ode)
+    return rows[0].numel()
+
+
+def _reveal_sequence(model, x, x_0, z, infill, reveal, ode: dict, cfg_scale: float, rep: int) -> torch.Tensor:
+    """Sequence head: all currently masked frames evolve together while known frames sit at their values with
+    `t = 1`; the revealed ones are kept. Returns the new canvas."""
+    infill_r, known_r = infill.repeat(rep, 1), x.repeat(rep, 1, 1)
+    cond = model.head_condition(z)  # (rep*B, T, W), once per iteration
+
+    def velocity(t, x_cur):
+        x_in = torch.where(infill_r[..., None], x_cur.repeat(rep, 1, 1), known_r)
+        t_tok = torch.where(infill_r, t, torch.ones_like(t))
+        v = model.velocity(x_in, t_tok, cond=cond)
+        v = classifier_free_guidance(v, cfg_scale) if rep == 2 else v
+        return v * infill[..., None]  # zero velocity on known frames
+
+    x_new = solve_ode(velocity, torch.where(infill[..., None], x_0, x), **ode)
+    return torch.where(reveal[..., None], x_new, x)
 
 
 @torch.inference_mode()
@@ -133,10 +206,10 @@ def sample_masked(
     text_hidden_states: torch.Tensor,
     text_padding_mask: torch.Tensor | None,
     num_frames: int,
-    num_iterations: int = 8,
-    num_steps: int = 25,
-    method: str = "euler",
-    cfg_scale: float = 3.0,
+    num_iterations: int = SamplingConfig.num_iterations,
+    num_steps: int = SamplingConfig.num_steps,
+    method: str = SamplingConfig.method,
+    cfg_scale: float = SamplingConfig.cfg_scale,
     atol: float = 1e-5,
     rtol: float = 1e-5,
     generator: GeneratorArg = None,
@@ -163,77 +236,48 @@ def sample_masked(
             `"masked"` integrates all currently masked frames and keeps the revealed ones. The transformer head
             always uses `"masked"` since its frames interact.
 
-    Example:
-
-    >>> import torch
     >>> from base_model import MaskAudioFlow, MaskAudioFlowConfig
-    >>> from base_model.sampling import sample_masked
     >>> model = MaskAudioFlow(MaskAudioFlowConfig.from_preset("tiny", text_hidden_size=32)).eval()
-    >>> out = sample_masked(model, torch.randn(2, 5, 32), None, num_frames=16, num_steps=4)
-    >>> out.latents.shape
+    >>> sample_masked(model, torch.randn(2, 5, 32), None, num_frames=16, num_steps=4).latents.shape
     torch.Size([2, 16, 20])
     """
     cfg = model.config
-    if cfg.flow_type != "masked":
-        raise ValueError("sample_masked needs a masked model; use sample_cfm for flow_type='cfm'.")
-    if head_on not in ("revealed", "masked"):
-        raise ValueError(f"head_on must be 'revealed' or 'masked', got {head_on!r}.")
-    if cfg.head_type == "transformer":
-        head_on = "masked"
+    if cfg.flow_type != "masked" or head_on not in ("revealed", "masked"):
+        raise ValueError(f"sample_masked needs flow_type 'masked' (use sample_cfm for 'cfm') and head_on 'revealed' "
+                         f"or 'masked'; got {cfg.flow_type!r} and {head_on!r}.")  # fmt: skip
+    check_sampling(num_iterations, num_steps, method, cfg_scale)
+    per_token = head_on == "revealed" and cfg.head_type == "mlp"  # the transformer head's frames interact
     B, device = text_hidden_states.shape[0], text_hidden_states.device
     dtype = next(model.parameters()).dtype
     C, T, L = cfg.latent_channels, num_frames, cfg.span_length
     N = num_spans(T, L)
-    x_0, prio = _per_sample_draws(B, T, C, N, generator, device, dtype)
+    x_0, prio = draw_noise_and_order(B, T, C, N, generator, device, dtype)
     rank = prio.argsort(dim=1).argsort(dim=1)  # (B, N): reveal position of each span
-
-    context, context_mask = model.encode_context(text_hidden_states.to(dtype), text_padding_mask)
-    use_cfg = cfg_scale != 1.0
-    if use_cfg:
-        context, context_mask = _with_null_context(model, context, context_mask)
-    rep = 2 if use_cfg else 1
+    context, context_mask, rep = _prepare_context(model, text_hidden_states, text_padding_mask, cfg_scale, dtype)
+    ode = dict(method=method, num_steps=num_steps, atol=atol, rtol=rtol)
 
     x = torch.zeros(B, T, C, device=device, dtype=dtype)
     masked_spans, head_rows = N, 0
     canvases, masks = [], []
     for masked_next in decoding_schedule(N, num_iterations):
         infill = spans_to_frames(rank >= N - masked_spans, L, T)  # (B, T) masked now
-        reveal = infill & ~spans_to_frames(rank >= N - masked_next, L, T)  # (B, T) revealed this iteration
+        still_masked = spans_to_frames(rank >= N - masked_next, L, T)  # (B, T) masked after this iteration
+        reveal = infill & ~still_masked  # (B, T) revealed this iteration
         z = model.backbone(x.repeat(rep, 1, 1), context, context_mask, infill_mask=infill.repeat(rep, 1))
-        if head_on == "revealed":
-            # Per-token head: only the rows written this iteration are integrated (MAR `sample_tokens`).
-            rows = reveal.nonzero(as_tuple=True)
-            z_rows = torch.cat([z_half[rows] for z_half in z.chunk(rep)])  # (rep*n, D)
-
-            def velocity(t, x_rows, z_rows=z_rows):
-                v = model.head(x_rows.repeat(rep, 1), t.expand(rep * x_rows.shape[0]), z_rows)
-                return _cfg_combine(v, cfg_scale) if use_cfg else v
-
-            x[rows] = solve_ode(velocity, x_0[rows], method, num_steps, atol, rtol)
-            head_rows += rows[0].numel()
+        if per_token:
+            head_rows += _reveal_rows(model, x, x_0, z, reveal, ode, cfg_scale, rep)
         else:
-            # All currently masked frames evolve together; known frames sit at their values with t = 1.
-            infill_r, known_r = infill.repeat(rep, 1), x.repeat(rep, 1, 1)
-
-            def velocity(t, x_cur, z=z, infill_r=infill_r, known_r=known_r, infill=infill):
-                x_in = torch.where(infill_r[..., None], x_cur.repeat(rep, 1, 1), known_r)
-                t_tok = torch.where(infill_r, t, torch.ones_like(t))
-                v = model.head(x_in, t_tok, z)
-                v = _cfg_combine(v, cfg_scale) if use_cfg else v
-                return v * infill[..., None]  # zero velocity on known frames
-
-            x_new = solve_ode(velocity, torch.where(infill[..., None], x_0, x), method, num_steps, atol, rtol)
-            x = torch.where(reveal[..., None], x_new, x)
-            head_rows += int(infill.sum()) // B
+            x = _reveal_sequence(model, x, x_0, z, infill, reveal, ode, cfg_scale, rep)
+            head_rows += int(infill.sum())
         masked_spans = masked_next
         if return_intermediates:
             canvases.append(x.clone())
-            masks.append(spans_to_frames(rank >= N - masked_next, L, T))
+            masks.append(still_masked)
     return SamplerOutput(
         latents=x,
         intermediates=torch.stack(canvases) if return_intermediates else None,
         infill_masks=torch.stack(masks) if return_intermediates else None,
-        head_rows=head_rows // B if head_on == "revealed" else head_rows,
+        head_rows=head_rows // B,
     )
 
 
@@ -243,9 +287,9 @@ def sample_cfm(
     text_hidden_states: torch.Tensor,
     text_padding_mask: torch.Tensor | None,
     num_frames: int,
-    num_steps: int = 25,
-    method: str = "euler",
-    cfg_scale: float = 3.0,
+    num_steps: int = SamplingConfig.num_steps,
+    method: str = SamplingConfig.method,
+    cfg_scale: float = SamplingConfig.cfg_scale,
     atol: float = 1e-5,
     rtol: float = 1e-5,
     generator: GeneratorArg = None,
@@ -259,19 +303,16 @@ def sample_cfm(
     cfg = model.config
     if cfg.flow_type != "cfm":
         raise ValueError("sample_cfm needs flow_type='cfm'; use sample_masked for MaskAudioFlow.")
+    check_sampling(1, num_steps, method, cfg_scale)
     B, device = text_hidden_states.shape[0], text_hidden_states.device
     dtype = next(model.parameters()).dtype
-    x_0, _ = _per_sample_draws(B, num_frames, cfg.latent_channels, 1, generator, device, dtype)
-    context, context_mask = model.encode_context(text_hidden_states.to(dtype), text_padding_mask)
-    use_cfg = cfg_scale != 1.0
-    if use_cfg:
-        context, context_mask = _with_null_context(model, context, context_mask)
-    rep = 2 if use_cfg else 1
+    x_0, _ = draw_noise_and_order(B, num_frames, cfg.latent_channels, 1, generator, device, dtype)
+    context, context_mask, rep = _prepare_context(model, text_hidden_states, text_padding_mask, cfg_scale, dtype)
 
     def velocity(t, x):
         x_in, t_in = x.repeat(rep, 1, 1), t.expand(rep * B)
-        v = model.head(x_in, t_in, model.backbone(x_in, context, context_mask, t=t_in))
-        return _cfg_combine(v, cfg_scale) if use_cfg else v
+        v = model.velocity(x_in, t, model.backbone(x_in, context, context_mask, t=t_in))
+        return classifier_free_guidance(v, cfg_scale) if rep == 2 else v
 
     traj = solve_ode(velocity, x_0, method, num_steps, atol, rtol, return_intermediates=return_intermediates)
     latents = traj[-1] if return_intermediates else traj

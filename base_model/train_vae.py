@@ -44,6 +44,17 @@ class VAEModelArguments:
     spectral_convergence_weight: float = field(
         default=0.0, metadata={"help": "Weight of the spectral-convergence term (linear mel magnitudes)."}
     )
+    codec_clips: int = field(
+        default=0,
+        metadata={
+            "help": "Extra caption-less clips (tones, sweeps, noise, clicks over wide continuous ranges) the VAE also "
+            "trains on, so that it carries signals the SynthCaps train split never combines. VAE only."
+        },
+    )
+    mse_weight: float = field(default=0.0, metadata={"help": "Weight of a squared-error term on log-mels."})
+    architecture: str = field(default="conv1d", metadata={"help": "'conv1d' (mel bins as channels) or 'conv2d'."})
+    freq_downsample: int = field(default=4, metadata={"help": "conv2d: frequency downsampling (power of two)."})
+    crop_frames: int = field(default=0, metadata={"help": "Train on random crops of N mel frames (0: whole clips)."})
     normalize_input: bool = field(
         default=True,
         metadata={"help": "Standardise log-mels with the training set's mean/std (stored in the config)."},
@@ -94,11 +105,19 @@ def corpus_mels(data: CorpusArguments, split: str, n: int, frames_multiple: int)
 
 
 def main(args: VAETrainingConfig, model_args: VAEModelArguments, data: CorpusArguments) -> dict:
-    from base_model.training import MeanLossTrainer, MelDataset, encode_latents
+    from base_model.training import MeanLossTrainer, MelDataset, SittingsCallback, encode_latents
     from base_model.vae import MelVAE, MelVAEConfig
 
     torch.manual_seed(args.seed)
     train_mels, _, _ = corpus_mels(data, "train", data.num_train_examples, model_args.downsample_factor)
+    if model_args.codec_clips:
+        from base_model.training import DEFAULT_CACHE, codec_mels
+
+        cache = Path(data.cache_dir) if data.cache_dir else DEFAULT_CACHE
+        extra = codec_mels(
+            model_args.codec_clips, data.clip_seconds, cache_dir=cache, frames_multiple=model_args.downsample_factor
+        )
+        train_mels = np.concatenate([train_mels, extra[..., : train_mels.shape[-1]]])
     eval_split = "validation" if data.dataset == "synthcaps" else "train"
     eval_mels, _, _ = corpus_mels(data, eval_split, data.num_eval_examples, model_args.downsample_factor)
     config = MelVAEConfig(
@@ -108,6 +127,9 @@ def main(args: VAETrainingConfig, model_args: VAEModelArguments, data: CorpusArg
         num_res_blocks=model_args.num_res_blocks,
         kl_weight=model_args.kl_weight,
         spectral_convergence_weight=model_args.spectral_convergence_weight,
+        mse_weight=model_args.mse_weight,
+        architecture=model_args.architecture,
+        freq_downsample=model_args.freq_downsample,
     )
     if model_args.normalize_input:
         sample = train_mels[:512].astype(np.float32)
@@ -116,8 +138,9 @@ def main(args: VAETrainingConfig, model_args: VAEModelArguments, data: CorpusArg
     trainer = MeanLossTrainer(
         model=model,
         args=args,
-        train_dataset=MelDataset(train_mels),
+        train_dataset=MelDataset(train_mels, model_args.crop_frames, model_args.downsample_factor),
         data_collator=lambda rows: {"mel": torch.stack([r["mel"] for r in rows])},
+        callbacks=[SittingsCallback(args.output_dir)],
     )
     start = time.perf_counter()
     resume = args.resume_from_checkpoint

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback
 
-from .data.synthcaps import SynthCapsConfig, corpus_fingerprint, example, render_audio
+from .data.synthcaps import SynthCapsConfig, corpus_fingerprint, example, render_audio, render_codec_clip
 from .mel import MelConfig, MelSpectrogram
 
 DEFAULT_CACHE = Path(os.environ.get("REWARDFLOW_CACHE", Path.home() / ".cache" / "rewardflow"))
@@ -39,6 +39,23 @@ def _atomic_save_npz(path: Path, **arrays) -> None:
     os.replace(tmp, path)
 
 
+def cached_mels(path: Path, num_examples: int, render, mel_config: MelConfig, frames_multiple: int) -> np.ndarray:
+    """Log-mels `(N, n_mels, F)` (float16) of clips `render(i)` for `i < num_examples`, computed once and read back
+    from `path` afterwards; `F` is cut to a multiple of `frames_multiple` (the VAE's downsampling factor)."""
+    if path.is_file():
+        mels = np.load(path)["mels"]
+    else:
+        front = MelSpectrogram(mel_config)
+        out = []
+        for i in range(0, num_examples, 64):
+            wav = np.stack([render(j) for j in range(i, min(i + 64, num_examples))])
+            out.append(front(torch.from_numpy(wav)).numpy().astype(np.float16))
+        mels = np.concatenate(out)
+        _atomic_save_npz(path, mels=mels)
+    F = mels.shape[-1] // frames_multiple * frames_multiple
+    return mels[..., :F]
+
+
 def synthcaps_mels(
     split: str,
     num_examples: int,
@@ -47,10 +64,7 @@ def synthcaps_mels(
     cache_dir: Path = DEFAULT_CACHE,
     frames_multiple: int = 1,
 ) -> tuple[np.ndarray, list[dict]]:
-    """Log-mels `(N, n_mels, F)` (float16) of the first `num_examples` SynthCaps clips, cached on disk, and rows.
-
-    `F` is cut to a multiple of `frames_multiple` (the VAE's downsampling factor).
-    """
+    """Log-mels of the first `num_examples` SynthCaps clips of a split (see [`cached_mels`]), and their rows."""
     config, mel_config = config or SynthCapsConfig(), mel_config or MelConfig()
     rows = [example(i, split, config) for i in range(num_examples)]
     key = (
@@ -58,29 +72,45 @@ def synthcaps_mels(
         + hashlib.sha1(json.dumps(mel_config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
     )
     path = Path(cache_dir) / f"synthcaps-mels-{key}.npz"
-    if path.is_file():
-        mels = np.load(path)["mels"]
-    else:
-        front = MelSpectrogram(mel_config)
-        out = []
-        for i in range(0, num_examples, 64):
-            wav = np.stack([render_audio(r["attributes"], r["seed"], config.seconds) for r in rows[i : i + 64]])
-            out.append(front(torch.from_numpy(wav)).numpy().astype(np.float16))
-        mels = np.concatenate(out)
-        _atomic_save_npz(path, mels=mels)
-    F = mels.shape[-1] // frames_multiple * frames_multiple
-    return mels[..., :F], rows
+
+    def render(i):
+        return render_audio(rows[i]["attributes"], rows[i]["seed"], config.seconds)
+
+    return cached_mels(path, num_examples, render, mel_config, frames_multiple), rows
+
+
+def codec_mels(
+    num_examples: int,
+    seconds: float,
+    mel_config: MelConfig | None = None,
+    cache_dir: Path = DEFAULT_CACHE,
+    frames_multiple: int = 1,
+) -> np.ndarray:
+    """Log-mels of the first `num_examples` caption-less codec clips ([`render_codec_clip`], see [`cached_mels`]):
+    extra training audio for the VAE only."""
+    mel_config = mel_config or MelConfig()
+    settings = {"codec": num_examples, "seconds": seconds, "v": 1, **mel_config.to_dict()}
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    path = Path(cache_dir) / f"codec-mels-{key}.npz"
+    return cached_mels(path, num_examples, lambda i: render_codec_clip(i, seconds), mel_config, frames_multiple)
 
 
 class MelDataset(torch.utils.data.Dataset):
-    def __init__(self, mels: np.ndarray):
-        self.mels = mels
+    """Log-mel rows; with `crop_frames`, a random crop of that many frames (a multiple of `frames_multiple`) per
+    access, so a convolutional VAE trains on more, shorter windows per second of compute."""
+
+    def __init__(self, mels: np.ndarray, crop_frames: int = 0, frames_multiple: int = 1):
+        self.mels, self.crop, self.multiple = mels, crop_frames, frames_multiple
 
     def __len__(self):
         return len(self.mels)
 
     def __getitem__(self, i):
-        return {"mel": torch.from_numpy(self.mels[i].astype(np.float32))}
+        mel = self.mels[i]
+        if self.crop and self.crop < mel.shape[-1]:
+            start = int(torch.randint(0, (mel.shape[-1] - self.crop) // self.multiple + 1, ())) * self.multiple
+            mel = mel[..., start : start + self.crop]
+        return {"mel": torch.from_numpy(mel.astype(np.float32))}
 
 
 class LatentTextDataset(torch.utils.data.Dataset):
@@ -123,13 +153,22 @@ def encode_texts(text_encoder, captions: list[str]) -> list[torch.Tensor]:
 
 
 @torch.inference_mode()
-def encode_latents(vae, mels: np.ndarray, batch_size: int = 64) -> torch.Tensor:
+def encode_latents(vae, mels: np.ndarray, batch_size: int = 64, cache: Path | None = None) -> torch.Tensor:
+    """VAE latents `(N, T, C)` of log-mels `(N, n_mels, F)`; with `cache` (a `.npz` path, e.g. named by the mels'
+    and the VAE's hashes), computed once and read back on later runs; rounded to float16 either way."""
+    if cache is not None and Path(cache).is_file():
+        return torch.from_numpy(np.load(cache)["latents"].astype(np.float32))
     vae.eval()
-    out = [
-        vae.encode(torch.from_numpy(mels[i : i + batch_size].astype(np.float32)))
-        for i in range(0, len(mels), batch_size)
-    ]
-    return torch.cat(out)
+    out = torch.cat(
+        [
+            vae.encode(torch.from_numpy(mels[i : i + batch_size].astype(np.float32)))
+            for i in range(0, len(mels), batch_size)
+        ]
+    )
+    out = out.half().float()  # what the cache holds: a cached run and a fresh one train on the same numbers
+    if cache is not None:
+        _atomic_save_npz(Path(cache), latents=out.numpy().astype(np.float16))
+    return out
 
 
 def latest_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
@@ -195,7 +234,7 @@ class AudioSampleCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.every <= 0 or state.global_step % self.every or not state.is_world_process_zero:
             return
-        from .pipeline import save_wav
+        from .files import save_wav
         from .plotting import save_spectrograms
 
         was_training = model.training
@@ -208,3 +247,58 @@ class AudioSampleCallback(TrainerCallback):
             save_wav(folder / f"{i:02d}.wav", wav, out.sample_rate)
         save_spectrograms(folder / "spectrograms.png", list(out.mel), self.prompts)
         model.train(was_training)
+
+
+class MeasureOnSaveCallback(TrainerCallback):
+    """At every checkpoint, calls `measure(step, model)` with a copy of the model holding the EMA weights (what would
+    ship if training stopped there), so a long build is measured on the way. The measuring function comes from the
+    caller (e.g. the build script scores clips with the SynthCaps verifier), so this layer imports no reward model."""
+
+    def __init__(self, measure, ema: EMACallback):
+        self.measure, self.ema = measure, ema
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        import copy
+
+        snapshot = copy.deepcopy(model)
+        self.ema.copy_to(snapshot)
+        self.measure(state.global_step, snapshot.eval())
+
+
+class SittingsCallback(TrainerCallback):
+    """Keeps `<output_dir>/sittings.json`: one record per sitting of a resumable run (steps from/to, seconds, machine),
+    updated at every checkpoint, so a build that ran over several sittings can say what it cost in all."""
+
+    def __init__(self, output_dir: str | os.PathLike):
+        self.path = Path(output_dir) / "sittings.json"
+        self.record: dict | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import platform
+        import time
+
+        self._start = time.perf_counter()
+        self.record = {"from_step": state.global_step, "to_step": state.global_step, "seconds": 0.0,
+                       "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+                       "cpu_count": os.cpu_count(), "torch": torch.__version__}  # fmt: skip
+
+    def _write(self, state) -> None:
+        import time
+
+        if not state.is_world_process_zero or self.record is None:
+            return
+        from .files import atomic_write_json
+
+        self.record.update(to_step=state.global_step, seconds=round(time.perf_counter() - self._start, 1))
+        sittings = json.loads(self.path.read_text()) if self.path.is_file() else []
+        sittings = [s for s in sittings if s.get("from_step") != self.record["from_step"]] + [self.record]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.path, sittings)
+
+    def on_save(self, args, state, control, **kwargs):
+        self._write(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._write(state)

@@ -38,6 +38,15 @@ class MelVAEConfig(PretrainedConfig):
         mel_mean / mel_std (`float`, default 0 / 1): the encoder sees `(mel - mel_mean) / mel_std` and the decoder's
             output is mapped back; set from the training data before training (log-mels sit around -5 with silence
             at -11.5, and an unnormalised input slows training badly). The defaults leave older checkpoints as they were.
+        architecture (`str`, defaults to `"conv1d"`): `"conv1d"` convolves over time with the mel bins as channels
+            (Make-An-Audio 2's `autoencoder1d`); `"conv2d"` convolves over (frequency, time) like an image VAE
+            (AudioLDM), so a pattern at one frequency is the same pattern at another, and flattens its latent grid
+            of `latent_channels / (n_mels / freq_downsample)` planes x `n_mels / freq_downsample` rows into the
+            `C` channels of `(B, T, C)`: the flow model sees the same shape either way.
+        freq_downsample (`int`, defaults to 4): `"conv2d"` only: frequency downsampling, a power of two.
+        mse_weight (`float`, defaults to 0): weight of a squared-error term on log-mels beside the L1. L1 lets a
+            thin tonal line (1-2 of 80 bins) come back several nats too quiet at little cost; the square makes such
+            large errors dominate.
     """
 
     model_type = "mel_vae"
@@ -55,10 +64,27 @@ class MelVAEConfig(PretrainedConfig):
         mel_mean: float = 0.0,
         mel_std: float = 1.0,
         spectral_convergence_weight: float = 0.0,
+        mse_weight: float = 0.0,
+        architecture: str = "conv1d",
+        freq_downsample: int = 4,
         **kwargs,
     ):
         if downsample_factor < 1 or downsample_factor & (downsample_factor - 1):
             raise ValueError(f"downsample_factor must be a power of two, got {downsample_factor}.")
+        if architecture not in ("conv1d", "conv2d"):
+            raise ValueError(f"architecture must be 'conv1d' or 'conv2d', got {architecture!r}.")
+        if architecture == "conv2d":
+            rows = n_mels // freq_downsample if freq_downsample else 0
+            if (
+                not rows
+                or n_mels % freq_downsample
+                or freq_downsample & (freq_downsample - 1)
+                or latent_channels % rows
+            ):
+                raise ValueError(
+                    f"conv2d VAE: freq_downsample ({freq_downsample}) must be a power of two dividing n_mels ({n_mels}), "
+                    f"and latent_channels ({latent_channels}) a multiple of n_mels / freq_downsample ({rows or '?'})."
+                )
         self.n_mels = n_mels
         self.latent_channels = latent_channels
         self.hidden_channels = hidden_channels
@@ -70,6 +96,9 @@ class MelVAEConfig(PretrainedConfig):
         self.mel_mean = mel_mean
         self.mel_std = mel_std
         self.spectral_convergence_weight = spectral_convergence_weight
+        self.mse_weight = mse_weight
+        self.architecture = architecture
+        self.freq_downsample = freq_downsample
         super().__init__(**kwargs)
 
 
@@ -87,6 +116,78 @@ class ResBlock1d(nn.Module):
 
     def forward(self, x):
         return x + self.block(x)
+
+
+class ResBlock2d(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.GroupNorm(8, channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.GroupNorm(8, channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x):
+        return x + self.block(x)
+
+
+def _down_steps(config) -> list[tuple[int, int]]:
+    """Per level of the conv2d VAE, the (frequency, time) stride: both halve until time reaches its factor, then
+    frequency alone (and the reverse order in the decoder)."""
+    n_f, n_t = int(math.log2(config.freq_downsample)), int(math.log2(config.downsample_factor))
+    return [(2 if i < n_f else 1, 2 if i < n_t else 1) for i in range(max(n_f, n_t))]
+
+
+class MelEncoder2d(nn.Module):
+    """Log-mel `(B, n_mels, F)` -> posterior parameters `(B, 2C, F / downsample_factor)` by 2-D convolutions over
+    (frequency, time); the latent grid `(2 * planes, rows, T)` is flattened into channels."""
+
+    def __init__(self, config):
+        super().__init__()
+        H = config.hidden_channels
+        layers, ch = [nn.Conv2d(1, H, 3, padding=1)], H
+        for sf, st in _down_steps(config):
+            layers += [ResBlock2d(ch) for _ in range(config.num_res_blocks)]
+            out = min(ch * 2, 2 * H)
+            layers += [nn.Conv2d(ch, out, (2 * sf, 2 * st) if st > 1 else (2 * sf, 3), stride=(sf, st), padding=1)]
+            ch = out
+        layers += [ResBlock2d(ch) for _ in range(config.num_res_blocks)]
+        planes = config.latent_channels // (config.n_mels // config.freq_downsample)
+        layers += [nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(ch, 2 * planes, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        z = self.net(mel[:, None])  # (B, 2 * planes, rows, T)
+        return z.flatten(1, 2)  # (B, 2C, T): the first C channels are the mean planes
+
+
+class MelDecoder2d(nn.Module):
+    """Latents `(B, C, T)` -> log-mel `(B, n_mels, T * downsample_factor)`, the mirror of [`MelEncoder2d`]."""
+
+    def __init__(self, config):
+        super().__init__()
+        H = config.hidden_channels
+        self.rows = config.n_mels // config.freq_downsample
+        planes = config.latent_channels // self.rows
+        steps = _down_steps(config)
+        ch = min(H * 2 ** len(steps), 2 * H)
+        layers = [nn.Conv2d(planes, ch, 3, padding=1)]
+        layers += [ResBlock2d(ch) for _ in range(config.num_res_blocks)]
+        for i, (sf, st) in enumerate(reversed(steps)):
+            out = H if i == len(steps) - 1 else min(ch, 2 * H)
+            kernel = (2 * sf, 2 * st) if st > 1 else (2 * sf, 3)
+            layers += [nn.ConvTranspose2d(ch, out, kernel, stride=(sf, st), padding=1)]
+            ch = out
+            layers += [ResBlock2d(ch) for _ in range(config.num_res_blocks)]
+        layers += [nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(ch, 1, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        B, C, T = z.shape
+        return self.net(z.view(B, C // self.rows, self.rows, T))[:, 0]  # (B, n_mels, F)
 
 
 @dataclass
@@ -114,6 +215,10 @@ class MelVAE(PreTrainedModel):
 
     def __init__(self, config: MelVAEConfig):
         super().__init__(config)
+        if config.architecture == "conv2d":
+            self.encoder, self.decoder = MelEncoder2d(config), MelDecoder2d(config)
+            self.post_init()
+            return
         H, n_down = config.hidden_channels, int(math.log2(config.downsample_factor))
         enc = [nn.Conv1d(config.n_mels, H, 5, padding=2)]
         ch = H
@@ -179,6 +284,8 @@ class MelVAE(PreTrainedModel):
         recon_loss = (recon - mel).abs().mean(dim=(1, 2))
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean(dim=(1, 2))
         loss = recon_loss + self.config.kl_weight * kl
+        if self.config.mse_weight:
+            loss = loss + self.config.mse_weight * (recon - mel).pow(2).mean(dim=(1, 2))
         if self.config.spectral_convergence_weight:
             target, pred = mel.exp(), recon.clamp(max=mel.detach().amax() + 1.0).exp()
             sc = (pred - target).flatten(1).norm(dim=1) / target.flatten(1).norm(dim=1).clamp_min(1e-5)

@@ -1,6 +1,7 @@
 """The embedded alignment run behind `make demo`: rollout -> how well the reward agrees with the verifier on the
-rollout -> reward-weighted fine-tuning with CLAP -> evaluation of the base and the tuned model on held-out SynthCaps
-prompts, printed as a table.
+rollout -> reward-weighted fine-tuning -> evaluation of the base and the tuned model on fresh held-out SynthCaps
+prompts (never trained on, never used to choose the recipe), printed as a table with paired 95 % intervals, and WAVs
++ spectrograms of both models (`<output_dir>/listen/report.html`).
 
     python experiments/alignment_demo.py                     # into outputs/demo/
     python experiments/alignment_demo.py --reward verifier   # any reward column of the rollout
@@ -41,6 +42,13 @@ class DemoArguments:
     beta: float = field(default=1.0, metadata={"help": "Reference regulariser weight."})
     max_steps: int = field(default=200, metadata={"help": "Fine-tuning steps."})
     eval_prompts: int = field(default=96, metadata={"help": "Held-out prompts evaluated."})
+    first_prompt: int = field(
+        default=384, metadata={"help": "First held-out prompt evaluated: after the prompts the recipe was chosen on."}
+    )
+    listen_prompts: int = field(default=6, metadata={"help": "Prompts whose clips are kept as WAVs + spectrograms."})
+    results_dir: str = field(
+        default="", metadata={"help": "Also copy results.json here (the committed record: experiments/results/demo)."}
+    )
     processes: int = field(default=0, metadata={"help": "Rollout processes (0: 2 on a CPU machine, else 1)."})
 
 
@@ -82,18 +90,29 @@ def main(a: DemoArguments) -> dict:
     report_file = out / "evaluation.json"
     seconds["evaluate"] = _run(
         [py, "rewardflow/evaluate.py", "--models", "synthcaps", str(tuned), "--max_prompts", str(a.eval_prompts)]
-        + ["--output_json", str(report_file)]
+        + ["--first_prompt", str(a.first_prompt), "--output_json", str(report_file)]
     )
-    seconds["samples"] = _run(
-        [py, "base_model/generate.py", "--model", str(tuned), "--heldout_prompts", "4"]
-        + ["--output_dir", str(out / "tuned_samples")]
+    seconds["listen"] = _run(
+        [py, "rewardflow/evaluate.py", "--models", "synthcaps", str(tuned), "--max_prompts", str(a.listen_prompts)]
+        + ["--first_prompt", str(a.first_prompt), "--rewards", "clap", "verifier", "--save_audio", "true"]
+        + ["--output_dir", str(out / "listen")]
     )
+    _run([py, "experiments/report.py", "--eval_dir", str(out / "listen")])
     report = json.loads(report_file.read_text())
-    print(f"\n== alignment demo: base vs {a.reward}-tuned on {a.eval_prompts} held-out SynthCaps prompts ==")
+    agreement = json.loads((out / "rollout" / "agreement-verifier.json").read_text())
+    result = {"settings": vars(a), "seconds": seconds, "agreement": agreement["rewards"], "models": report["models"],
+              "paired": report["paired_vs_first"][str(tuned)], "metric_info": report["metric_info"],
+              "train": json.loads((tuned / "metrics.json").read_text())}  # fmt: skip
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    if a.results_dir:
+        dest = ROOT / a.results_dir
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / "results.json").write_text(json.dumps(result, indent=2))
+    print(f"\n== alignment demo: base vs {a.reward}-tuned on {a.eval_prompts} fresh held-out SynthCaps prompts ==")
     print(report["table"])
     print("\nseconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
-    print(f"report: {report_file}; tuned model: {tuned}; WAVs + spectrograms: {out / 'tuned_samples'}")
-    return report
+    print(f"report: {report_file}; tuned model: {tuned}; listen: {out / 'listen' / 'report.html'}")
+    return result
 
 
 def make_parser():

@@ -121,12 +121,12 @@ def main(a: ProbeArguments) -> dict:
     result["chance"] = round(1 / len(LEVELS), 4)
     result["clean"] = summarise(level_scores(clap, tqdm(wavs, desc="clean"), rows), rows)
     if a.roundtrip:
-        from experiments.train_synthcaps_clap import roundtrip
+        from bundled.train_synthcaps_clap import roundtrip
 
         flat = roundtrip(wavs.reshape(-1, wavs.shape[-1]), Path(a.output_dir) / "roundtrip.npy", workers=a.workers)
         rt = flat.reshape(wavs.shape).astype(np.float32)
         result["roundtrip"] = summarise(level_scores(clap, tqdm(rt, desc="round trip"), rows), rows)
-    from base_model.pipeline import atomic_write_text
+    from base_model.files import atomic_write_text
     from experiments.results_io import publish
 
     out = Path(a.output_dir)

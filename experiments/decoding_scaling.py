@@ -33,7 +33,7 @@ class ScalingArguments:
     rerank_reward: str = field(default="clap", metadata={"help": "Reward that picks the best of N."})
     prompts: str = field(default="synthcaps:heldout", metadata={"help": "Evaluation prompts."})
     audio_column: str = field(default="", metadata={"help": "Reference audio column of a caption table."})
-    max_prompts: int = field(default=48, metadata={"help": "Prompts evaluated."})
+    max_prompts: int = field(default=64, metadata={"help": "Prompts evaluated."})
     num_steps: int = field(default=25, metadata={"help": "ODE steps per iteration (and for CFM)."})
     clap_checkpoint: str = field(default="", metadata={"help": "CLAP checkpoint."})
     aesthetics_checkpoint: str = field(default="", metadata={"help": "Aesthetics checkpoint."})
@@ -48,7 +48,7 @@ METRICS = ("clap", "aesthetics", "verifier", "kl", "fad_clap", "mel_frechet", "s
 
 
 def main(a: ScalingArguments) -> dict:
-    from base_model.pipeline import atomic_write_text
+    from base_model.files import atomic_write_text
     from rewardflow.evaluate import EvaluateConfig, evaluate
 
     if a.small:
@@ -68,7 +68,7 @@ def main(a: ScalingArguments) -> dict:
             **kw,
         )
         rep = evaluate(cfg)
-        return {**rep["models"][model], "selection": rep["selection"]}
+        return {**rep["models"][model], "selection": rep["selection"], "per_prompt": rep["per_prompt"][model]}
 
     rows = {}
     for k in a.iterations:
@@ -88,6 +88,7 @@ def main(a: ScalingArguments) -> dict:
             "backbone_passes": a.num_steps,
             **run(a.cfm_model),
         }
+    paired_to_reference(rows, f"masked, {8 if 8 in a.iterations else a.iterations[-1]} iterations")
     lines = ["| setting | backbone passes | " + " | ".join(METRICS) + " |", "|" + "---|" * (len(METRICS) + 2)]
     for name, r in rows.items():
         cells = ["n/a" if isinstance(r.get(m), str) else f"{r[m]:.4g}" for m in METRICS]
@@ -102,6 +103,23 @@ def main(a: ScalingArguments) -> dict:
     publish(out, a.results_dir, ("table.md", "results.json", "scaling.png"))
     print("\n".join(lines))
     return rows
+
+
+def paired_to_reference(rows: dict, reference: str) -> None:
+    """Adds to each row its per-prompt paired difference to `reference` (verifier, CLAP, KL) with a 95 % bootstrap
+    interval; the per-prompt values are then dropped from the row."""
+    import numpy as np
+
+    from rewardflow.metrics import bootstrap_interval
+
+    ref = rows[reference]["per_prompt"]
+    for r in rows.values():
+        pp = r.pop("per_prompt")
+        r["vs_reference"] = {"reference": reference} | {
+            k: dict(zip(("mean", "low", "high"), bootstrap_interval(np.asarray(pp[k]) - np.asarray(ref[k]))))
+            for k in ("verifier", "clap", "kl") if k in pp and k in ref
+        }  # fmt: skip
+    rows[reference]["vs_reference"] = {"reference": reference}
 
 
 def plot(path: Path, rows: dict, a: ScalingArguments) -> None:

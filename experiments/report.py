@@ -124,7 +124,7 @@ def build_listen(a: ReportArguments) -> Path:
         f"<table><tr><th>prompt</th>{head}</tr>{''.join(rows)}</table>"
     )
     out = eval_dir / "report.html"
-    from base_model.pipeline import atomic_write_text
+    from base_model.files import atomic_write_text
 
     atomic_write_text(out, PAGE.format(title="rewardflow listening report", body=body))
     return out
@@ -174,7 +174,7 @@ def build_mos(a: ReportArguments) -> Path:
     import hashlib
     import random
 
-    from base_model.pipeline import atomic_write_text
+    from base_model.files import atomic_write_text
 
     eval_dir = Path(a.eval_dir)
     data = load_clips(eval_dir)

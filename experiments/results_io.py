@@ -1,5 +1,4 @@
-"""Shared by the experiment scripts: the rollout they start from, and copying a run's small artefacts into the
-committed `experiments/results/`."""
+"""Shared by the experiment scripts: copying a run's small artefacts into the committed `experiments/results/`."""
 
 from __future__ import annotations
 
@@ -19,16 +18,3 @@ def publish(out: Path, results_dir: str, names: tuple[str, ...]) -> None:
     for name in names:
         if (out / name).is_file():
             shutil.copyfile(out / name, dest / name)
-
-
-def ensure_rollout(rollout_dir: str, out: Path, **settings) -> str:
-    """The rollout table to train on: `rollout_dir` when given, else one made (or completed, on rerun) in
-    `<out>/rollout` with `settings` (`RolloutConfig` fields)."""
-    if rollout_dir:
-        return rollout_dir
-    from rewardflow.rollout import rollout
-    from rewardflow.rollout_config import RolloutConfig
-
-    made = str(out / "rollout")
-    rollout(RolloutConfig(output_dir=made, **settings))
-    return made

@@ -7,7 +7,7 @@
 
 Names: `clap` (laion-clap; bundled SynthCaps CLAP when no checkpoint is given), `aesthetics` (audiobox-aesthetics;
 bundled SynthCaps quality predictor when no checkpoint is given), `verifier` (SynthCaps attributes, signal
-analysis), a dotted path `package.module:function` for your own reward, or a composition such as
+analysis), `preference:<dir>` (a Bradley–Terry head trained on listeners' judgements), a dotted path `package.module:function` for your own reward, or a composition such as
 `"clap:1,aesthetics:0.5"` (a weighted sum, optionally standardised per reward).
 """
 
@@ -34,6 +34,10 @@ def _load_single(name: str, **options) -> RewardModel:
         from .verifier import SynthCapsVerifier
 
         return SynthCapsVerifier()
+    if name.startswith("preference:"):
+        from .preference import PreferenceReward
+
+        return PreferenceReward(name.split(":", 1)[1], **{k: v for k, v in options.items() if k == "device"})
     if ":" in name and name.partition(":")[2].isidentifier():
         return FunctionReward(name)
     raise ValueError(
@@ -77,6 +81,8 @@ class ComposedReward(RewardModel):
 def load_reward(name: str, standardize: bool = False, **options) -> RewardModel:
     """Builds a frozen reward model by name (see the module docstring). Options go to the reward's constructor,
     e.g. `load_reward("clap", checkpoint="630k-audioset-best.pt", roberta_path="roberta-base/")`."""
+    if name.startswith("preference:"):
+        return _load_single(name, **options)
     if "," in name or (name.count(":") == 1 and _is_weight(name)) or name.count(":") > 1:
         return ComposedReward(
             name, standardize=standardize, options={k: v for k, v in options.items() if isinstance(v, dict)}

@@ -8,36 +8,15 @@ NaN (never 0), following TRL's reward-function contract: non-finite audio gives 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from base_model.files import DOCUMENTATION_FILES, file_hash  # noqa: F401 - re-exported: rewards name checkpoints
+
 logger = logging.getLogger(__name__)
-
-
-# Files in a checkpoint folder that describe it rather than define it: editing a model card must not change its hash.
-DOCUMENTATION_FILES = ("README.md", "metrics.json")
-
-
-def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file (first 16 hex digits), or of every file in a folder in name order except its model card and
-    metrics (`DOCUMENTATION_FILES`), so the hash names the weights and configuration."""
-    path = Path(path)
-    h = hashlib.sha256()
-    files = (
-        sorted(p for p in path.rglob("*") if p.is_file() and p.name not in DOCUMENTATION_FILES)
-        if path.is_dir()
-        else [path]
-    )
-    for f in files:
-        with open(f, "rb") as fh:
-            while block := fh.read(chunk):
-                h.update(block)
-    return h.hexdigest()[:16]
 
 
 def resample(waveforms: torch.Tensor, orig_sr: int, target_sr: int) -> torch.Tensor:

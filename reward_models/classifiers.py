@@ -3,7 +3,7 @@
 * `SynthCapsClassifier`: a small conv net over log-mels that predicts SynthCaps' attributes as 28 multi-label
   probabilities (event types, pitch bands, tempi, sweep directions, noise colours, structure, fade, loudness,
   degradation). The bundled one (`reward_models/pretrained/synthcaps-classifier/`) is trained by
-  `experiments/train_synthcaps_classifier.py`; `load_classifier("synthcaps")` loads it offline.
+  `bundled/train_synthcaps_classifier.py`; `load_classifier("synthcaps")` loads it offline.
 * `PannsClassifier`: PANNs Cnn14 (527 AudioSet labels), the classifier AudioLDM's evaluation uses for KL, from a
   local checkpoint (`Cnn14_mAP=0.431.pth` at 32 kHz or `Cnn14_16k_mAP=0.438.pth`), built with laion-clap's copy of
   the PANNs model code. `load_classifier("panns:/path/Cnn14_mAP=0.431.pth")`. Its 2048-d clip embedding gives a
@@ -179,7 +179,7 @@ class SynthCapsAttributeClassifier(_Resampling):
         if not (path / "config.json").is_file():
             raise FileNotFoundError(
                 f"no SynthCaps classifier at {path} (config.json + model.safetensors); build it with "
-                "`python experiments/train_synthcaps_classifier.py --install true`."
+                "`python bundled/train_synthcaps_classifier.py --install true`."
             )
         self.model = SynthCapsClassifier.from_pretrained(path).to(device).eval()
         self.labels = list(self.model.config.labels)

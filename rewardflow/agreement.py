@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rewardflow.metrics import bootstrap_interval  # noqa: E402
-from rewardflow.weighting import _group_indices, resolve_reward, reward_columns  # noqa: E402
+from rewardflow.objectives import group_indices, resolve_reward, reward_columns  # noqa: E402
 
 
 @dataclass
@@ -65,7 +65,7 @@ def within_prompt_agreement(
         raise ValueError(f"reward {r.shape}, referee {q.shape} and groups ({len(groups)}) must all be (N,).")
     keep = np.isfinite(r) & np.isfinite(q)
     rho, top1, oracle = [], [], []
-    for idx in _group_indices(list(groups)):
+    for idx in group_indices(list(groups)):
         idx = idx[keep[idx]]
         if len(idx) < 2:
             continue
@@ -86,8 +86,8 @@ def within_prompt_agreement(
 
 def agreement(cfg: AgreementConfig, ds=None) -> dict:
     """The agreement table for `cfg.rollout`; `ds` is that rollout's table when the caller has it loaded already."""
-    from base_model.pipeline import atomic_write_text
-    from rewardflow.rollout import load_rollout
+    from base_model.files import atomic_write_text
+    from rewardflow.rollout_table import load_rollout
 
     ds = load_rollout(cfg.rollout) if ds is None else ds
     available = reward_columns(ds.column_names)

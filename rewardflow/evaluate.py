@@ -31,7 +31,9 @@ import torch
 if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from base_model.sampling import SamplingConfig  # noqa: E402
 from rewardflow.metrics import bootstrap_interval  # noqa: E402
+from rewardflow.scoring import RewardArguments  # noqa: E402
 
 logger = logging.getLogger("rewardflow.evaluate")
 
@@ -42,7 +44,10 @@ KL_NO_CLASSIFIER = (
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(RewardArguments, SamplingConfig):
+    """Which models, on which prompts, with which metrics; the sampler fields come from `SamplingConfig` and the
+    reward fields from `RewardArguments`."""
+
     models: list[str] = field(
         default_factory=lambda: ["synthcaps"], metadata={"help": "Pipelines to compare (folders or bundled names)."}
     )
@@ -69,16 +74,8 @@ class EvaluateConfig:
             "SynthCaps prompts), 'synthcaps[:<folder>]', 'panns:<Cnn14 .pth file>', or 'none'."
         },
     )
-    rewards: list[str] = field(
-        default_factory=lambda: ["clap", "aesthetics", "verifier"], metadata={"help": "Scorers to report."}
-    )
-    clap_checkpoint: str = field(default="", metadata={"help": "CLAP checkpoint (default: bundled SynthCaps CLAP)."})
-    aesthetics_checkpoint: str = field(default="", metadata={"help": "Aesthetics checkpoint (default: bundled)."})
     best_of: int = field(default=1, metadata={"help": "Generate N per clip and keep the best by --rerank_reward."})
     rerank_reward: str = field(default="clap", metadata={"help": "Score column that picks the best of N."})
-    num_iterations: int = field(default=8, metadata={"help": "Decoding iterations."})
-    num_steps: int = field(default=25, metadata={"help": "ODE steps per iteration."})
-    cfg_scale: float = field(default=3.0, metadata={"help": "Classifier-free guidance scale."})
     batch_size: int = field(default=16, metadata={"help": "Clips per batch."})
     bootstrap: int = field(default=2000, metadata={"help": "Bootstrap resamples for the paired intervals."})
     cache_dir: str = field(
@@ -95,6 +92,7 @@ class EvaluateConfig:
     output_json: str = field(default="", metadata={"help": "Also write the JSON report to this file."})
 
     def __post_init__(self):
+        super().__post_init__()  # the sampler settings
         if self.num_samples < 1 or self.best_of < 1:
             raise ValueError("--num_samples and --best_of must be >= 1.")
         if self.first_prompt < 0:
@@ -108,20 +106,9 @@ class EvaluateConfig:
 # ------------------------------------------------------------------------------------------------ inputs
 def load_eval_prompts(cfg: EvaluateConfig) -> tuple[list[dict], dict[str, np.ndarray] | None, str]:
     """Prompt rows, the reference audio by prompt id (16 kHz) or None, and why there is none."""
-    from rewardflow.rollout import load_prompts
-    from rewardflow.rollout_config import RolloutConfig
+    from rewardflow.prompts import load_prompts
 
-    rows = load_prompts(
-        RolloutConfig(
-            prompts=cfg.prompts,
-            caption_column=cfg.caption_column,
-            id_column=cfg.id_column,
-            max_prompts=cfg.max_prompts + cfg.first_prompt if cfg.max_prompts else 0,
-        )
-    )
-    if cfg.first_prompt >= len(rows):
-        raise ValueError(f"--first_prompt {cfg.first_prompt} skips all {len(rows)} prompts of {cfg.prompts}.")
-    rows = rows[cfg.first_prompt :]
+    rows = load_prompts(cfg.prompts, cfg.max_prompts, cfg.caption_column, cfg.id_column, cfg.first_prompt)
     if cfg.prompts.startswith("synthcaps:"):
         from base_model.data.synthcaps import example, render_audio
 
@@ -171,121 +158,166 @@ def load_kl_classifier(cfg: EvaluateConfig, device) -> tuple[object | None, str]
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
-@torch.inference_mode()
-def evaluate(cfg: EvaluateConfig) -> dict:
-    from tqdm.auto import tqdm
+class References:
+    """The reference side of the distances: reference clips' CLAP embeddings, mel statistics and classifier outputs,
+    computed once and compared with every model's clips. Without reference audio (or a classifier) the metrics it
+    cannot give say why."""
 
-    from base_model import MaskAudioFlowPipeline, MelSpectrogram
-    from reward_models.classifiers import kl_divergence
-    from rewardflow.distributed import process_state
-    from rewardflow.embeddings import EmbeddingCache
-    from rewardflow.metrics import frechet_distance, mel_statistics
-    from rewardflow.rollout import build_rewards, sample_seed, score_batch
-    from rewardflow.rollout_config import RolloutConfig
+    def __init__(self, cfg: EvaluateConfig, rows: list[dict], reference, no_ref_reason: str, clap, device):
+        from base_model import MelSpectrogram
+        from rewardflow.embeddings import EmbeddingCache
+        from rewardflow.metrics import mel_statistics
 
-    device = process_state().device
-    rows, reference, no_ref_reason = load_eval_prompts(cfg)
-    names = list(dict.fromkeys(cfg.rewards + (["clap"] if "clap" not in cfg.rewards else [])))  # FAD needs CLAP
-    rewards = build_rewards(
-        RolloutConfig(
-            rewards=names, clap_checkpoint=cfg.clap_checkpoint, aesthetics_checkpoint=cfg.aesthetics_checkpoint
-        ),
-        device,
-    )
-    clap = rewards["clap"]
-    cache_dir = None if cfg.cache_dir == "none" else (cfg.cache_dir or Path.home() / ".cache/rewardflow/embeddings")
-    embedder = EmbeddingCache(clap.embed_audio, f"clap:{clap.model_id}:{clap.checkpoint_hash}", cache_dir)
-    mel_fn = MelSpectrogram()
-    keys = [(r["prompt_id"], s) for r in rows for s in range(cfg.num_samples)]  # pairing key of every clip
-    by_id = {r["prompt_id"]: r for r in rows}
-    # KL needs the reference clips: without them the classifier is not loaded at all
-    classifier, no_kl_reason = (None, no_ref_reason) if reference is None else load_kl_classifier(cfg, device)
-    ref_emb = ref_mel = None
-    if reference is not None:
-        ref_wav = torch.from_numpy(np.stack([reference[r["prompt_id"]] for r in rows]))
-        ref_emb, ref_mel = embedder.embed(ref_wav, 16000), mel_statistics(mel_fn(ref_wav))
-    if classifier is not None:
-        # one classifier pass per set of clips gives both the label probabilities (KL) and the embeddings (FD)
-        ref_p, ref_cls_emb = classifier.probs_and_embed(ref_wav, 16000)
-        ref_probs = dict(zip((r["prompt_id"] for r in rows), ref_p.numpy()))
-        kl_info = (
-            f"mean over clips of KL(P_ref || P_gen) between {classifier.model_id} label distributions (checkpoint "
-            f"{classifier.checkpoint_hash[:12]}; per-label probabilities normalised to sum to 1) of each generated clip "
-            "and its prompt's reference clip, paired by prompt id"
+        cache_dir = (
+            None if cfg.cache_dir == "none" else (cfg.cache_dir or Path.home() / ".cache/rewardflow/embeddings")
         )
-        fd_info = f"Fréchet distance between {classifier.model_id} embeddings of generated and reference clips"
-    else:
-        kl_info = fd_info = no_kl_reason
+        self.embedder = EmbeddingCache(clap.embed_audio, f"clap:{clap.model_id}:{clap.checkpoint_hash}", cache_dir)
+        self.mel_fn, self.no_ref_reason, self.clap = MelSpectrogram(), no_ref_reason, clap
+        self.available = reference is not None
+        # KL needs the reference clips: without them the classifier is not loaded at all
+        self.classifier, self.no_kl_reason = (
+            (None, no_ref_reason) if reference is None else load_kl_classifier(cfg, device)
+        )
+        if self.available:
+            self.wav = torch.from_numpy(np.stack([reference[r["prompt_id"]] for r in rows]))
+            self.emb, self.mel = self.embedder.embed(self.wav, 16000), mel_statistics(self.mel_fn(self.wav))
+        if self.classifier is not None:
+            # one classifier pass per set of clips gives both the label probabilities (KL) and the embeddings (FD)
+            probs, self.cls_emb = self.classifier.probs_and_embed(self.wav, 16000)
+            self.probs = dict(zip((r["prompt_id"] for r in rows), probs.numpy()))
 
-    report: dict = {
-        "settings": asdict(cfg),
-        "selection": f"best-of-{cfg.best_of} by {cfg.rerank_reward}" if cfg.best_of > 1 else "single sample",
-        "metric_info": {
+    def metric_info(self, rewards: dict) -> dict:
+        clap, c = self.clap, self.classifier
+        if c is not None:
+            kl = (
+                f"mean over clips of KL(P_ref || P_gen) between {c.model_id} label distributions (checkpoint "
+                f"{c.checkpoint_hash[:12]}; per-label probabilities normalised to sum to 1) of each generated clip "
+                "and its prompt's reference clip, paired by prompt id"
+            )
+            fd = f"Fréchet distance between {c.model_id} embeddings of generated and reference clips"
+        else:
+            kl = fd = self.no_kl_reason
+        return {
             "clap": f"mean cosine(text, audio) of {clap.model_id} (checkpoint {clap.checkpoint_hash[:12]})",
             "fad_clap": f"Fréchet distance between {clap.model_id} audio embeddings of generated and reference clips",
             "mel_frechet": "Fréchet distance between per-clip mel-bin mean/std statistics (2 x 80 dims)",
-            "kl": kl_info,
-            "fd_classifier": fd_info,
+            "kl": kl,
+            "fd_classifier": fd,
             **{n: f"{r.model_id} (checkpoint {r.checkpoint_hash[:12]})" for n, r in rewards.items() if n != "clap"},
-        },
+        }
+
+    def distances(self, gen: torch.Tensor, keys: list, scores: dict) -> dict:
+        """FAD, mel and classifier Fréchet distances of one model's clips `(N, samples)`; adds each clip's KL to
+        `scores`."""
+        from reward_models.classifiers import kl_divergence
+        from rewardflow.metrics import frechet_distance, mel_statistics
+
+        out = {}
+        if self.available:
+            n = min(gen.shape[1], self.wav.shape[1])
+            out["fad_clap"] = frechet_distance(self.embedder.embed(gen, 16000), self.emb)
+            out["mel_frechet"] = frechet_distance(mel_statistics(self.mel_fn(gen[:, :n])), self.mel)
+        else:
+            out["fad_clap"] = out["mel_frechet"] = self.no_ref_reason
+        if self.classifier is not None:
+            gen_p, gen_emb = self.classifier.probs_and_embed(gen, 16000)
+            kl = kl_divergence(np.stack([self.probs[p] for p, _ in keys]), gen_p.numpy())
+            for key, value in zip(keys, kl):
+                scores[key]["kl"] = float(value)
+            out["fd_classifier"] = frechet_distance(gen_emb.numpy(), self.cls_emb.numpy())
+        else:
+            out["kl"] = out["fd_classifier"] = self.no_kl_reason
+        return out
+
+
+def generate_and_score(cfg: EvaluateConfig, pipe, rewards: dict, keys: list, by_id: dict):
+    """Every clip of `keys` for one pipeline (the best of `cfg.best_of` candidates by `cfg.rerank_reward`), with its
+    scores: `({key: {score: value}}, {key: waveform})`."""
+    from tqdm.auto import tqdm
+
+    from rewardflow.prompts import sample_seed
+    from rewardflow.scoring import score_batch
+
+    scores: dict[tuple, dict[str, float]] = {}
+    waves: dict[tuple, torch.Tensor] = {}
+    for b in tqdm(range(0, len(keys), cfg.batch_size), desc=f"evaluate {pipe.name_or_path}", unit="batch"):
+        chunk = keys[b : b + cfg.batch_size]
+        texts = [by_id[p]["prompt"] for p, _ in chunk]
+        attrs = [by_id[p]["attributes"] for p, _ in chunk]
+        best: dict[tuple, tuple[float, dict, torch.Tensor]] = {}
+        for j in range(cfg.best_of):
+            # candidate j of sample s: candidate 0 is the plain sample, so best-of-1 == no selection
+            seeds = [sample_seed(cfg.seed, p if j == 0 else f"{p}#candidate-{j}", s) for p, s in chunk]
+            out = pipe(texts, **cfg.sampler_kwargs(), seed=seeds)
+            wav = out.waveforms.cpu()
+            cols = score_batch(rewards, wav, out.sample_rate, texts, attrs)
+            if f"reward/{cfg.rerank_reward}" not in cols:
+                raise ValueError(f"--rerank_reward {cfg.rerank_reward!r} is not among the scores {sorted(cols)}.")
+            for i, key in enumerate(chunk):
+                row = {k: float(v[i]) for k, v in cols.items()}
+                r = row[f"reward/{cfg.rerank_reward}"]
+                if key not in best or (np.isfinite(r) and not r <= best[key][0]):
+                    best[key] = (r, row, wav[i])
+        for key, (_, row, w) in best.items():
+            scores[key], waves[key] = row, w
+    return scores, waves
+
+
+def check_inputs(cfg: EvaluateConfig, rows: list[dict]) -> None:
+    """What can fail after generation is checked before it: the pipelines exist, the rewards apply."""
+    from base_model.generators import generator_folder
+    from rewardflow.scoring import check_rewards_apply
+
+    for name in cfg.models:
+        generator_folder(name)
+    cfg.check_rewards()
+    check_rewards_apply(cfg.rewards, rows)
+    if cfg.best_of > 1 and cfg.rerank_reward.split("/")[0] not in cfg.rewards:
+        raise ValueError(f"--rerank_reward {cfg.rerank_reward!r} is not scored: add it to --rewards.")
+
+
+@torch.inference_mode()
+def evaluate(cfg: EvaluateConfig) -> dict:
+    from base_model.generators import load_generator
+    from rewardflow.distributed import process_state
+    from rewardflow.scoring import build_rewards
+
+    device = process_state().device
+    rows, reference, no_ref_reason = load_eval_prompts(cfg)
+    check_inputs(cfg, rows)
+    names = list(dict.fromkeys(cfg.rewards + (["clap"] if "clap" not in cfg.rewards else [])))  # FAD needs CLAP
+    rewards = build_rewards(names, cfg.clap_checkpoint, cfg.aesthetics_checkpoint, device)
+    refs = References(cfg, rows, reference, no_ref_reason, rewards["clap"], device)
+    keys = [(r["prompt_id"], s) for r in rows for s in range(cfg.num_samples)]  # pairing key of every clip
+    by_id = {r["prompt_id"]: r for r in rows}
+    report: dict = {
+        "settings": asdict(cfg),
+        "selection": f"best-of-{cfg.best_of} by {cfg.rerank_reward}" if cfg.best_of > 1 else "single sample",
+        "metric_info": refs.metric_info(rewards),
         "models": {},
     }
     per_clip: dict[str, dict[str, dict]] = {}
-    for name in cfg.models:
-        pipe = MaskAudioFlowPipeline.from_pretrained(name, device=device)
-        scores: dict[tuple, dict[str, float]] = {}
-        waves: dict[tuple, torch.Tensor] = {}
+    for index, name in enumerate(cfg.models):
+        pipe = load_generator(name, device=device)
         start = time.perf_counter()
-        for b in tqdm(range(0, len(keys), cfg.batch_size), desc=f"evaluate {name}", unit="batch"):
-            chunk = keys[b : b + cfg.batch_size]
-            best: dict[tuple, tuple[float, dict, torch.Tensor]] = {}
-            for j in range(cfg.best_of):
-                texts = [by_id[p]["prompt"] for p, _ in chunk]
-                attrs = [by_id[p]["attributes"] for p, _ in chunk]
-                # candidate j of sample s: candidate 0 is the plain sample, so best-of-1 == no selection
-                seeds = [sample_seed(cfg.seed, p if j == 0 else f"{p}#candidate-{j}", s) for p, s in chunk]
-                out = pipe(
-                    texts,
-                    num_iterations=cfg.num_iterations,
-                    num_steps=cfg.num_steps,
-                    cfg_scale=cfg.cfg_scale,
-                    seed=seeds,
-                )
-                wav = out.waveforms.cpu()
-                cols = score_batch(rewards, wav, out.sample_rate, texts, attrs)
-                if f"reward/{cfg.rerank_reward}" not in cols:
-                    raise ValueError(f"--rerank_reward {cfg.rerank_reward!r} is not among the scores {sorted(cols)}.")
-                for i, key in enumerate(chunk):
-                    row = {k: float(v[i]) for k, v in cols.items()}
-                    r = row[f"reward/{cfg.rerank_reward}"]
-                    if key not in best or (np.isfinite(r) and not r <= best[key][0]):
-                        best[key] = (r, row, wav[i])
-            for key, (_, row, w) in best.items():
-                scores[key], waves[key] = row, w
+        scores, waves = generate_and_score(cfg, pipe, rewards, keys, by_id)
         seconds = time.perf_counter() - start
         gen = torch.stack([waves[k] for k in keys])
-        if classifier is not None:
-            gen_p, gen_cls_emb = classifier.probs_and_embed(gen, 16000)
-            kl = kl_divergence(np.stack([ref_probs[p] for p, _ in keys]), gen_p.numpy())
-            for key, value in zip(keys, kl):
-                scores[key]["kl"] = float(value)
+        if pipe.sample_rate != 16000:  # the distances' front ends (mel, classifier, references) are at 16 kHz
+            from reward_models.base import resample
+
+            gen = resample(gen, pipe.sample_rate, 16000)
+        summary = refs.distances(gen, keys, scores)
         per_clip[name] = scores
         if cfg.save_audio:
-            _save_clips(cfg, len(report["models"]), name, keys, by_id, waves, scores, pipe.sample_rate)
-        summary = _summarise(scores, keys)
-        if reference is not None:
-            n = min(gen.shape[1], ref_wav.shape[1])
-            summary["fad_clap"] = frechet_distance(embedder.embed(gen, 16000), ref_emb)
-            summary["mel_frechet"] = frechet_distance(mel_statistics(mel_fn(gen[:, :n])), ref_mel)
-        else:
-            summary["fad_clap"] = summary["mel_frechet"] = no_ref_reason
-        if classifier is not None:
-            summary["fd_classifier"] = frechet_distance(gen_cls_emb.numpy(), ref_cls_emb.numpy())
-        else:
-            summary["kl"] = summary["fd_classifier"] = no_kl_reason
-        summary["seconds_per_clip"] = round(seconds / len(keys), 3)
-        report["models"][name] = summary
+            _save_clips(cfg, index, name, keys, by_id, waves, scores, pipe.sample_rate)
+        report["models"][name] = {
+            **_summarise(scores, keys),
+            **summary,
+            "seconds_per_clip": round(seconds / len(keys), 3),
+        }
     report["paired_vs_first"] = _paired(cfg, per_clip, keys, rows)
+    report["per_prompt"] = per_prompt_means(cfg, per_clip, rows)
     report["table"] = format_table(report)
     print(report["table"])
     _write(cfg, report)
@@ -294,7 +326,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
 
 def _save_clips(cfg, index: int, name: str, keys, by_id, waves, scores, sample_rate: int) -> None:
     """`audio/model-<index>/<prompt_id>-<sample>.wav` and an entry per clip in `clips.json` (updated atomically)."""
-    from base_model.pipeline import atomic_write_text, save_wav
+    from base_model.files import atomic_write_text, save_wav
 
     folder = Path(cfg.output_dir) / "audio" / f"model-{index}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -356,8 +388,26 @@ def _paired(cfg: EvaluateConfig, per_clip: dict, keys: list, rows: list[dict]) -
     return out
 
 
+def per_prompt_means(cfg: EvaluateConfig, per_clip: dict, rows: list[dict]) -> dict:
+    """`{model: {"prompt_ids": [...], score: [per-prompt mean, ...]}}` over prompts sorted by id, for every top-level
+    score: what any two models' paired difference is computed from."""
+    ids = sorted(r["prompt_id"] for r in rows)
+    out = {}
+    for name, scores in per_clip.items():
+        cols = [c for c in next(iter(scores.values())) if "/" not in c.removeprefix("reward/")]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out[name] = {"prompt_ids": ids} | {
+                c.removeprefix("reward/"): [
+                    float(np.nanmean([scores[(p, s)][c] for s in range(cfg.num_samples)])) for p in ids
+                ]
+                for c in cols
+            }
+    return out
+
+
 def _write(cfg: EvaluateConfig, report: dict) -> None:
-    from base_model.pipeline import atomic_write_text
+    from base_model.files import atomic_write_text
 
     targets = []
     if cfg.output_dir:

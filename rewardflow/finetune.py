@@ -1,4 +1,4 @@
-"""Reward-weighted fine-tuning of MaskAudioFlow on a rollout table (paper §4, Algorithm 2, step 2).
+"""Reward-weighted fine-tuning of a flow-matching generator on a rollout table (paper §4, Algorithm 2, step 2).
 
     accelerate launch rewardflow/finetune.py --reward clap --tau 0.1                     # on outputs/rollout
     accelerate launch rewardflow/finetune.py --rollout outputs/rollout --reward 'clap:1,aesthetics:0.5' \
@@ -10,7 +10,7 @@ Layout of `<output_dir>` (with `--rounds N > 1`, one such folder per round: `<ou
 of rounds 2..N in `round-<k>/rollout/`):
     finetune_run.json   objective, model and rollout of the run (resuming with other values warns or stops)
     checkpoint-<step>/  Trainer checkpoints (`--resume_from_checkpoint latest` takes the newest complete one)
-    final/              the tuned pipeline (`MaskAudioFlowPipeline.from_pretrained`): merged weights, `adapter/`
+    final/              the tuned generator (`base_model.generators.load_generator`): merged weights, `adapter/`
                         alone with LoRA, `README.md` model card, `metrics.json`; written last, atomically
 """
 
@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import resource
-import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -39,6 +38,7 @@ logger = logging.getLogger("rewardflow.finetune")
 
 # Config keys that fix the network's shape: resuming with other values is an error.
 SHAPE_KEYS = (
+    "model_type",
     "latent_channels",
     "text_hidden_size",
     "hidden_size",
@@ -59,8 +59,8 @@ def load_training_table(args: RewardFlowConfig, rollout_dir: str | os.PathLike, 
     Returns `{"latents": (N, T, C) float16, "prompts": [N], "prompt_ids": [N], "rewards": (N,), "weights": (N,),
     "dropped_nan": int, "dropped_topk": int, "meta": run.json}`. Everything is checked before any training.
     """
-    from rewardflow.rollout import load_rollout
-    from rewardflow.weighting import finite_rows, resolve_reward, reward_weights
+    from rewardflow.objectives import finite_rows, resolve_reward, reward_weights
+    from rewardflow.rollout_table import load_rollout
 
     ds = load_rollout(rollout_dir)
     meta = json.loads(ds.info.description or "{}")
@@ -88,6 +88,7 @@ def load_training_table(args: RewardFlowConfig, rollout_dir: str | os.PathLike, 
     idx = np.flatnonzero(keep)
     prompt_ids = list(np.asarray(ds["prompt_id"], dtype=object)[idx])
     prompts = list(np.asarray(ds["prompt"], dtype=object)[idx])
+    sample_indices = list(np.asarray(ds["sample_index"])[idx])
     weights = reward_weights(rewards[idx], prompt_ids, args.tau, args.weighting, args.weight_clip, args.top_k)
     lat = np.stack([np.frombuffer(b, dtype=np.float16).reshape(T, C) for b in np.asarray(ds["latent"])[idx]])
     if not np.isfinite(lat).all():
@@ -98,6 +99,7 @@ def load_training_table(args: RewardFlowConfig, rollout_dir: str | os.PathLike, 
         "latents": torch.from_numpy(lat[nz]),
         "prompts": [p for p, k in zip(prompts, nz) if k],
         "prompt_ids": [p for p, k in zip(prompt_ids, nz) if k],
+        "sample_indices": [s for s, k in zip(sample_indices, nz) if k],
         "rewards": rewards[idx][nz],
         "weights": weights[nz],
         "table_weights": weights,  # before top-k filtering: its ESS counts the dropped rows
@@ -105,6 +107,35 @@ def load_training_table(args: RewardFlowConfig, rollout_dir: str | os.PathLike, 
         "dropped_topk": int((~nz).sum()),
         "meta": meta,
     }
+
+
+def load_pair_table(args: RewardFlowConfig, rollout_dir: str | os.PathLike, pipe) -> dict:
+    """Preference pairs for `--objective dpo`: by ranking each prompt's clips by `--reward` (`--pairs reward`:
+    best vs worst, CRPO) or from the listeners' answers beside the rollout (`--pairs preferences`; ties and skips
+    left out). Returns the keys `load_training_table` does, with `latents_l` the losers."""
+    from rewardflow.objectives import ranked_pairs
+    from rewardflow.preferences import clip_id, load_preferences
+
+    table = load_training_table(dataclasses.replace(args, weighting="exp", tau=0.0), rollout_dir, pipe)
+    ids = [clip_id(p, s) for p, s in zip(table["prompt_ids"], table["sample_indices"])]
+    if args.pairs == "reward":
+        pairs = ranked_pairs(table["rewards"], table["prompt_ids"])
+    else:
+        where = {c: i for i, c in enumerate(ids)}
+        prefs = [p for p in load_preferences(rollout_dir) if p["choice"] in ("a", "b")]
+        if not prefs:
+            raise ValueError(f"--pairs preferences: no answered a/b pairs in {Path(rollout_dir) / 'preferences'}; "
+                             "label some with `rewardflow label --rollout ...`, or use --pairs reward.")  # fmt: skip
+        pairs = [(where[p["clip_a"]], where[p["clip_b"]]) if p["choice"] == "a" else (where[p["clip_b"]], where[p["clip_a"]])
+                 for p in prefs if p["clip_a"] in where and p["clip_b"] in where]  # fmt: skip
+    if not pairs:
+        raise ValueError(
+            f"no preference pairs from {rollout_dir} (every prompt's clips score the same by {args.reward!r})."
+        )
+    win, lose = (np.array(x) for x in zip(*pairs))
+    return {**table, "latents": table["latents"][win], "latents_l": table["latents"][lose],
+            "prompts": [table["prompts"][i] for i in win], "prompt_ids": [table["prompt_ids"][i] for i in win],
+            "rewards": table["rewards"][win], "weights": np.ones(len(win)), "table_weights": np.ones(len(win))}  # fmt: skip
 
 
 def encode_prompts(text_encoder, prompts: list[str]) -> list[torch.Tensor]:
@@ -153,56 +184,126 @@ def _peak_memory_gib(device: torch.device) -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)  # CPU: peak RSS
 
 
-def lora_config(model_args):
-    """A `peft.LoraConfig` from TRL's `ModelConfig` fields (task type left unset: this is not a language model)."""
+def lora_config(model_args, targets: str | list[str]):
+    """A `peft.LoraConfig` from TRL's `ModelConfig` fields (task type left unset: this is not a language model);
+    `targets` (the generator's `lora_target_modules`) when `--lora_target_modules` is not given."""
     from peft import LoraConfig
-
-    from rewardflow.finetune_trainer import DEFAULT_LORA_TARGETS
 
     return LoraConfig(
         r=model_args.lora_r,
         lora_alpha=model_args.lora_alpha,
         lora_dropout=model_args.lora_dropout,
-        target_modules=model_args.lora_target_modules or DEFAULT_LORA_TARGETS,
+        target_modules=model_args.lora_target_modules or targets,
         modules_to_save=model_args.lora_modules_to_save,
         use_rslora=model_args.use_rslora,
         use_dora=model_args.use_dora,
     )
 
 
-def _baseline_note(objective: dict) -> str:
-    if objective["weighting"] != "advantage":
-        return ""
-    return f", loss weight w − {objective['advantage_baseline']} (baseline)"
+def build_policy(args: RewardFlowConfig, model_args, pipe, model_id: str, start_adapter, reference_model):
+    """The trainable model (LoRA-wrapped or to be wrapped), its `peft_config`, the frozen reference (None: a copy
+    made by the trainer, or the disabled adapter) and how the card names the reference."""
+    from base_model.generators import load_generator
+
+    use_peft = bool(model_args is not None and model_args.use_peft)
+    model, peft_config = pipe.model.train(), None
+    if use_peft:
+        if start_adapter:  # a later round continues the same adapter, so "adapters off" is still the base model
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, start_adapter, is_trainable=True)
+        else:
+            peft_config = lora_config(model_args, model.lora_target_modules)
+    ref_model, reference = None, ("adapters disabled" if use_peft else f"frozen copy of {model_id}")
+    ref_id = reference_model or args.reference_model
+    if ref_id and args.beta > 0 and not use_peft:
+        ref_model = load_generator(ref_id).model
+        reference = f"frozen {ref_id}"
+    return model, peft_config, ref_model, reference
 
 
-def model_card(run: dict, metrics: dict) -> str:
-    o = run["objective"]
-    return f"""---
-library_name: rewardflow
-tags: [text-to-audio, maskaudioflow, reward-weighted-flow-matching]
----
-# MaskAudioFlow, reward fine-tuned
+def run_record(args, model_args, model_id, start_adapter, reference, rollout_dir, meta, pipe) -> dict:
+    """What defines the run, written to `finetune_run.json` and checked on resume."""
+    use_peft = bool(model_args is not None and model_args.use_peft)
+    return {
+        "objective": args.objective_settings(),
+        "model": model_id,
+        "start_adapter": start_adapter,
+        "reference": reference,
+        "rollout": str(rollout_dir),
+        "rollout_model": meta.get("model"),
+        "use_peft": use_peft,
+        "lora": {k: v for k, v in asdict(model_args).items() if k.startswith(("lora_", "use_"))} if use_peft else None,
+        "model_config": {k: getattr(pipe.model.config, k, None) for k in SHAPE_KEYS},
+        "batch_size": args.per_device_train_batch_size,
+        "learning_rate": args.learning_rate,
+        "seed": args.seed,
+        "command": " ".join(sys.argv),
+    }
 
-Fine-tuned with `rewardflow/finetune.py` (reward-weighted flow matching against a frozen reference, Huang et al. §4).
 
-| | |
-|---|---|
-| base model | `{run["model"]}` |
-| rollout table | `{run["rollout"]}` ({metrics["rows"]} rows used, {metrics["dropped_nan_rows"]} dropped for NaN rewards) |
-| reward | `{o["reward"]}` |
-| weighting | `{o["weighting"]}`, τ = {o["tau"]}{_baseline_note(o)} |
-| regulariser | β = {o["beta"]} · ‖v_θ − v_ref‖², reference = {run["reference"]} |
-| LoRA | {run["use_peft"]} |
-| steps | {metrics["steps"]} at batch {run["batch_size"]}, lr {run["learning_rate"]}, seed {run["seed"]} |
-| weights over the table | ESS {metrics["weights_ess"]:.3f} of N, max/min {metrics["weights_max_min_ratio"]:.4g} |
-| train time | {metrics["train_seconds"]} s ({metrics["seconds_per_step"]} s/step), peak memory \
-{metrics["peak_memory_gib"]} GiB ({metrics["peak_memory_kind"]}) |
+def run_metrics(trainer, data: dict, dataset, result, train_seconds: float, device) -> dict:
+    from rewardflow.objectives import effective_sample_size
 
-Command: `{run["command"]}`
+    history = trainer.state.log_history
+    steps = trainer.state.global_step
+    return {
+        "rows": len(dataset),
+        "dropped_nan_rows": data["dropped_nan"],
+        "dropped_topk_rows": data["dropped_topk"],
+        "reward_mean": float(np.mean(data["rewards"])),
+        "reward_std": float(np.std(data["rewards"])),
+        "weights_ess": effective_sample_size(data["table_weights"]),
+        "weights_max_min_ratio": float(data["weights"].max() / data["weights"].min()),
+        "steps": steps,
+        "world_size": trainer.args.world_size,
+        "train_seconds": round(train_seconds, 2),
+        "seconds_per_step": round(train_seconds / max(steps, 1), 4),
+        "peak_memory_gib": _peak_memory_gib(device),
+        "peak_memory_kind": "cuda max allocated" if device.type == "cuda" else "process peak RSS",
+        "train_loss": result.training_loss,
+        "nan_loss_steps": trainer.nan_loss_steps,
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "last_log": next((h for h in reversed(history) if "loss" in h), {}),
+    }
 
-`metrics.json` beside this card holds every figure; `adapter/` (LoRA runs) holds the adapter alone.
-"""
+
+def build_guardrail(args: RewardFlowConfig, model_id: str, is_main: bool):
+    """The guardrail callback of `--guard_every N` (None when off): its prompts, references and rewards are
+    loaded and checked here, before training."""
+    if not args.guard_every:
+        return None
+    from base_model.generators import load_generator
+    from reward_models.compose import parse_reward_spec
+    from rewardflow.evaluate import EvaluateConfig, load_eval_prompts
+    from rewardflow.guardrail import GuardEvaluator, GuardrailCallback, GuardRule
+    from rewardflow.scoring import build_rewards
+
+    rows, reference, why = load_eval_prompts(
+        EvaluateConfig(
+            prompts=args.guard_prompts, max_prompts=args.guard_num_prompts, first_prompt=args.guard_first_prompt
+        )
+    )
+    if reference is None:
+        raise ValueError(f"--guard_prompts {args.guard_prompts}: the guardrail needs reference audio for its fidelity "
+                         f"bound ({why}); use synthcaps:<split>.")  # fmt: skip
+    names = {n.split("/")[0] for n, _ in parse_reward_spec(args.reward)} | set(
+        args.guard_rewards or ["clap", "aesthetics"]
+    )
+    rewards = build_rewards(sorted(names), device="cpu")
+    select = args.guard_select or args.reward
+    sampling = {k: v for k, v in json.loads((Path(args.rollout) / "run.json").read_text())["settings"].items()
+                if k in ("num_iterations", "num_steps", "method", "cfg_scale")}  # fmt: skip
+    evaluator = GuardEvaluator(
+        load_generator(model_id),
+        rows,
+        np.stack([reference[r["prompt_id"]] for r in rows]),
+        rewards,
+        sampling,
+        select=select,
+    )
+    rule = GuardRule(select=select, max_increase=args.guard_max_fd_increase)
+    return GuardrailCallback(evaluator, rule, args.guard_every, args.guard_patience, args.output_dir, is_main)
 
 
 # -------------------------------------------------------------------------------------------------- train
@@ -216,125 +317,73 @@ def finetune(
     callbacks: list | None = None,
 ) -> dict:
     """One fine-tuning run of `args` on `rollout_dir` into `args.output_dir`; returns its metrics."""
-    from base_model import MaskAudioFlow, MaskAudioFlowPipeline
-    from base_model.pipeline import atomic_write_text, resolve_pipeline_path
+    from base_model.files import atomic_write_text
+    from base_model.generators import load_generator
     from base_model.training import latest_complete_checkpoint
     from rewardflow.distributed import process_state
-    from rewardflow.finetune_trainer import RewardFlowTrainer, RewardLatentDataset
-    from rewardflow.weighting import effective_sample_size
+    from rewardflow.finetune_trainer import PairDataset, RewardFlowTrainer, RewardLatentDataset
 
     state = process_state()
     rollout_dir = rollout_dir or args.rollout
-    if not (Path(rollout_dir) / "manifest.json").is_file():
-        raise FileNotFoundError(
-            f"no complete rollout at {rollout_dir}. Make one first: `accelerate launch rewardflow/rollout.py "
-            f"--output_dir {rollout_dir}` (or pass --rollout <its output_dir>)."
-        )
-    meta = json.loads((Path(rollout_dir) / "run.json").read_text())
-    model_id = start_model or args.model or meta["model"]["id"]
-    use_peft = bool(model_args is not None and model_args.use_peft)
-    pipe = MaskAudioFlowPipeline.from_pretrained(model_id)
-    data = load_training_table(args, rollout_dir, pipe)
-    text = encode_prompts(pipe.text_encoder, data["prompts"])
-    dataset = RewardLatentDataset(data["latents"], text, data["weights"], data["rewards"])
-
-    model = pipe.model.train()
-    peft_config = None
-    if use_peft:
-        if start_adapter:  # a later round continues the same adapter, so "adapters off" is still the base model
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, start_adapter, is_trainable=True)
-        else:
-            peft_config = lora_config(model_args)
-    ref_model = None
-    reference = "adapters disabled" if use_peft else f"frozen copy of {model_id}"
-    ref_id = reference_model or args.reference_model
-    if ref_id and args.beta > 0 and not use_peft:
-        ref_model = MaskAudioFlow.from_pretrained(resolve_pipeline_path(ref_id) / "flow")
-        reference = f"frozen {ref_id}"
-
     out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--output_dir {out} is a file; pass a folder (it is created when missing).")
+    # Everything that can be checked is checked before training: the table, the reward, the shapes, the resume.
+    model_id = start_model or args.model or rollout_model_id(rollout_dir)
+    pipe = load_generator(model_id)
+    if args.objective == "dpo":
+        data = load_pair_table(args, rollout_dir, pipe)
+        dataset = PairDataset(data["latents"], data["latents_l"], encode_prompts(pipe.text_encoder, data["prompts"]))
+    else:
+        data = load_training_table(args, rollout_dir, pipe)
+        text = encode_prompts(pipe.text_encoder, data["prompts"])
+        dataset = RewardLatentDataset(data["latents"], text, data["weights"], data["rewards"])
+    model, peft_config, ref_model, reference = build_policy(
+        args, model_args, pipe, model_id, start_adapter, reference_model
+    )
+
     resume = args.resume_from_checkpoint
     if resume == "latest":
         resume = latest_complete_checkpoint(out)
         if resume is None:
             logger.info("no complete checkpoint in %s: starting from step 0", out)
-    run = {
-        "objective": args.objective_settings(),
-        "model": model_id,
-        "start_adapter": start_adapter,
-        "reference": reference,
-        "rollout": str(rollout_dir),
-        "rollout_model": meta.get("model"),
-        "use_peft": use_peft,
-        "lora": {k: v for k, v in asdict(model_args).items() if k.startswith(("lora_", "use_"))} if use_peft else None,
-        "model_config": {k: getattr(pipe.model.config, k) for k in SHAPE_KEYS},
-        "batch_size": args.per_device_train_batch_size,
-        "learning_rate": args.learning_rate,
-        "seed": args.seed,
-        "command": " ".join(sys.argv),
-    }
+    run = run_record(args, model_args, model_id, start_adapter, reference, rollout_dir, data["meta"], pipe)
     if state.is_main_process:
         check_resume(out, run, resume is not None)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "finetune_run.json", json.dumps(run, indent=2, sort_keys=True))
     state.wait_for_everyone()
 
+    guard = build_guardrail(args, model_id, state.is_main_process)
     trainer = RewardFlowTrainer(
-        model, args, dataset, ref_model=ref_model, peft_config=peft_config, callbacks=callbacks or []
-    )
+        model, args, dataset, ref_model=ref_model, peft_config=peft_config,
+        callbacks=(callbacks or []) + ([guard] if guard else []),
+    )  # fmt: skip
+    if guard:
+        guard.bind(trainer)
     device = trainer.accelerator.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
-    train_seconds = time.perf_counter() - start
-
-    history = trainer.state.log_history
-    last = next((h for h in reversed(history) if "loss" in h), {})
-    metrics = {
-        "rows": len(dataset),
-        "dropped_nan_rows": data["dropped_nan"],
-        "dropped_topk_rows": data["dropped_topk"],
-        "reward_mean": float(np.mean(data["rewards"])),
-        "reward_std": float(np.std(data["rewards"])),
-        "weights_ess": effective_sample_size(data["table_weights"]),
-        "weights_max_min_ratio": float(data["weights"].max() / data["weights"].min()),
-        "steps": trainer.state.global_step,
-        "world_size": args.world_size,
-        "train_seconds": round(train_seconds, 2),
-        "seconds_per_step": round(train_seconds / max(trainer.state.global_step, 1), 4),
-        "peak_memory_gib": _peak_memory_gib(device),
-        "peak_memory_kind": "cuda max allocated" if device.type == "cuda" else "process peak RSS",
-        "train_loss": result.training_loss,
-        "nan_loss_steps": trainer.nan_loss_steps,
-        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
-        "last_log": last,
-    }
+    metrics = run_metrics(trainer, data, dataset, result, time.perf_counter() - start, device)
+    if guard:
+        guard.restore_best(trainer.model)
+        metrics["guardrail"] = guard.summary()
     if state.is_main_process:
-        save_final(trainer, pipe, out, run, metrics)
+        trainer.save_final(pipe, out, run, metrics)
     state.wait_for_everyone()
     return metrics
 
 
-def save_final(trainer, pipe, out: Path, run: dict, metrics: dict) -> Path:
-    """`<out>/final`: the merged pipeline (+ `adapter/` with LoRA), model card and metrics, renamed into place."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    tmp = out / f".final.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    if hasattr(model, "merge_and_unload"):
-        model.save_pretrained(tmp / "adapter")
-        model = model.merge_and_unload()
-    pipe.model = model.eval()
-    pipe.save_pretrained(tmp)
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (tmp / "README.md").write_text(model_card(run, metrics))
-    final = out / "final"
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    logger.info("saved the tuned pipeline to %s", final)
-    return final
+def rollout_model_id(rollout_dir) -> str:
+    """The model a rollout was made with (its `run.json`), after checking the rollout is there and complete."""
+    from rewardflow.rollout_table import load_rollout
+
+    path = Path(rollout_dir)
+    if not (path / "manifest.json").is_file():
+        load_rollout(path)  # raises with the command that makes or finishes it
+    return json.loads((path / "run.json").read_text())["model"]["id"]
 
 
 def main(args: RewardFlowConfig, model_args=None, callbacks: list | None = None) -> dict:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 WEIGHTINGS = ("exp", "self_normalized", "standardized", "advantage", "clipped", "topk")
+OBJECTIVES = ("reward_weighted", "dpo")
 
 
 @dataclass
@@ -45,6 +46,21 @@ class RewardFlowConfig(TrainingArguments):
         },
     )
     # --- objective
+    objective: str = field(
+        default="reward_weighted",
+        metadata={
+            "help": "reward_weighted (the paper's exp(τ·r)-weighted flow matching) or dpo (Diffusion-DPO on pairs)."
+        },
+    )
+    pairs: str = field(
+        default="reward",
+        metadata={
+            "help": "dpo: pairs from ranking each prompt's clips by --reward (best vs worst, CRPO) or from the "
+            "rollout's preferences/ table of listeners' answers ('preferences')."
+        },  # fmt: skip
+    )
+    dpo_beta: float = field(default=2000.0, metadata={"help": "dpo: β of −log σ(−β/2 · Δ) (TangoFlux: 2000)."})
+    dpo_sft_weight: float = field(default=1.0, metadata={"help": "dpo: weight λ of the winners' own flow loss."})
     reward: str = field(
         default="clap",
         metadata={"help": "Score column or composition: clap, aesthetics, aesthetics/PQ, 'clap:1,aesthetics:0.5'."},
@@ -75,6 +91,37 @@ class RewardFlowConfig(TrainingArguments):
             "using the first rollout's generation settings (seed + k - 1). Folders: <output_dir>/round-<k>/."
         },
     )
+    # --- guardrail against reward hacking (beyond the paper; rewardflow/guardrail.py)
+    guard_every: int = field(
+        default=0,
+        metadata={
+            "help": "Evaluate the policy every N steps on fixed held-out prompts and keep the best "
+            "checkpoint by --guard_select under a fidelity bound (0: off)."
+        },  # fmt: skip
+    )
+    guard_prompts: str = field(
+        default="synthcaps:heldout", metadata={"help": "Guard prompts: 'synthcaps:<split>' or a table."}
+    )
+    guard_first_prompt: int = field(
+        default=5000, metadata={"help": "First guard prompt: keep them away from the prompts evaluations use."}
+    )
+    guard_num_prompts: int = field(default=32, metadata={"help": "Guard prompts, one clip each, fixed seeds."})
+    guard_rewards: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Rewards the guard scores besides --reward's (default: clap and aesthetics, so one not "
+            "used in training is among them)."
+        },  # fmt: skip
+    )
+    guard_select: str = field(
+        default="", metadata={"help": "Score the kept checkpoint maximises (default: --reward)."}
+    )
+    guard_max_fd_increase: float = field(
+        default=0.1, metadata={"help": "Kept checkpoints have mel Fréchet distance <= start x (1 + this)."}
+    )
+    guard_patience: int = field(
+        default=0, metadata={"help": "Stop after N evaluations without a new best (0: never)."}
+    )
     # --- TrainingArguments defaults suited to this job
     output_dir: str = field(default="outputs/finetune", metadata={"help": "Checkpoints and the final pipeline."})
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Batch size per device."})
@@ -96,6 +143,19 @@ class RewardFlowConfig(TrainingArguments):
         # started by torchrun train as one DDP group on CPU (gloo) instead of each alone.
         self.use_cpu = self.use_cpu or use_cpu()
         super().__post_init__()
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}.")
+        if self.pairs not in ("reward", "preferences"):
+            raise ValueError(f"--pairs must be 'reward' or 'preferences', got {self.pairs!r}.")
+        if (
+            not math.isfinite(self.dpo_beta)
+            or self.dpo_beta <= 0
+            or not math.isfinite(self.dpo_sft_weight)
+            or self.dpo_sft_weight < 0
+        ):
+            raise ValueError(
+                f"--dpo_beta must be > 0 and --dpo_sft_weight >= 0, got {self.dpo_beta}, {self.dpo_sft_weight}."
+            )
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"--weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}.")
         if not math.isfinite(self.tau) or self.tau < 0:
@@ -118,10 +178,20 @@ class RewardFlowConfig(TrainingArguments):
             raise ValueError(f"--max_nan_fraction must be in [0, 1], got {self.max_nan_fraction}.")
         if self.rounds < 1:
             raise ValueError(f"--rounds must be >= 1, got {self.rounds}.")
+        if self.guard_every < 0 or self.guard_num_prompts < 2 or self.guard_patience < 0:
+            raise ValueError(
+                f"--guard_every and --guard_patience must be >= 0 and --guard_num_prompts >= 2 (a Fréchet distance "
+                f"needs two clips), got {self.guard_every}, {self.guard_patience}, {self.guard_num_prompts}."
+            )
+        if not math.isfinite(self.guard_max_fd_increase) or self.guard_max_fd_increase < 0:
+            raise ValueError(
+                f"--guard_max_fd_increase must be a finite number >= 0, got {self.guard_max_fd_increase}."
+            )
         if self.max_nan_loss_steps < 1:
             raise ValueError(f"--max_nan_loss_steps must be >= 1, got {self.max_nan_loss_steps}.")
 
     def objective_settings(self) -> dict:
         """What defines the objective: resuming with other values warns with the difference."""
-        keys = ("reward", "tau", "beta", "weighting", "weight_clip", "top_k", "advantage_baseline")
+        keys = ("objective", "pairs", "dpo_beta", "dpo_sft_weight", "reward", "tau", "beta", "weighting", "weight_clip",
+                "top_k", "advantage_baseline")  # fmt: skip
         return {k: getattr(self, k) for k in keys}

@@ -1,34 +1,35 @@
 """`RewardFlowTrainer`: reward-weighted flow matching against a frozen reference (paper §4, Algorithm 2, step 2).
 
 A `transformers.Trainer` that overrides four hooks, each for one reason:
-- `compute_loss`: draws the flow inputs once, weights the model's per-sample loss by the reward weights and adds
-  `beta · ‖v_θ − v_ref‖²` with the reference at the same `(x_t, t, z)`; skips a step whose loss is not finite.
-- `create_optimizer`: lets a skipped step leave the optimizer untouched (no moment update, no weight decay);
+- `compute_loss`: draws the flow inputs once, runs the policy and the reference on them and hands both to the
+  objective (`rewardflow/objectives.py`); a step whose loss is not finite is marked to be skipped.
+- `create_optimizer`: wraps the optimizer in [`SkipNonFiniteStep`], so a skipped step leaves the weights, Adam's
+  moments and weight decay untouched (zero gradients alone would still move them).
 - `_clip_grad_norm`: a gradient norm that overflows (huge weights, finite loss) skips the step too.
 - `log`: adds the averaged loss parts, batch reward stats and weight diagnostics to Trainer's logs.
 Everything else (accumulation, mixed precision, DDP/FSDP/DeepSpeed, checkpoints, `report_to`) is Trainer's.
+`save_final` writes the tuned pipeline with its model card.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import os
+import shutil
 from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import Trainer
 
-from base_model.flow import masked_flow_loss
-
 from .finetune_config import RewardFlowConfig
-from .weighting import effective_sample_size
+from .objectives import PreferenceObjective, RewardWeightedObjective, effective_sample_size
 
 logger = logging.getLogger("rewardflow.finetune")
-
-# LoRA targets when `--lora_target_modules` is not given: the backbone's attention and MLP projections and the
-# head's MLPs (PEFT reads a string as a regular expression over module names).
-DEFAULT_LORA_TARGETS = r".*blocks\.\d+\.(self_attn\.(q|kv|out)|cross_attn\.(q|kv|out)|mlp\.(0|2))"
 
 
 class RewardLatentDataset(torch.utils.data.Dataset):
@@ -54,33 +55,118 @@ class RewardLatentDataset(torch.utils.data.Dataset):
         }
 
 
+class PairDataset(torch.utils.data.Dataset):
+    """Preference pairs of one prompt's clips: winner `latents` and loser `latents_l` `(T, C)`, the prompt's text."""
+
+    def __init__(self, winners: torch.Tensor, losers: torch.Tensor, text_hidden: list[torch.Tensor]):
+        if not (len(winners) == len(losers) == len(text_hidden)):
+            raise ValueError("winners, losers and text encodings must have one entry per pair.")
+        self.winners, self.losers, self.text_hidden = winners, losers, text_hidden
+
+    def __len__(self):
+        return len(self.winners)
+
+    def __getitem__(self, i):
+        return {
+            "latents": self.winners[i].float(),
+            "latents_l": self.losers[i].float(),
+            "text": self.text_hidden[i].float(),
+        }
+
+
 def collate_reward_batch(rows: list[dict]) -> dict:
     from base_model.training import collate_latent_text
 
     batch = collate_latent_text(rows)
-    batch["weights"] = torch.stack([r["weights"] for r in rows])
-    batch["rewards"] = torch.stack([r["rewards"] for r in rows])
+    for key in ("weights", "rewards", "latents_l"):
+        if key in rows[0]:
+            batch[key] = torch.stack([r[key] for r in rows])
     return batch
 
 
-def _unwrap_engine(model):
+def paired(value, batch: int):
+    """One draw shared by a pair: a tensor whose leading dim is `M * batch` (M flow times per sample) repeated so the
+    loser half gets the winner half's values: `(M * batch, ...) -> (M * 2 * batch, ...)`."""
+    if value is None:
+        return None
+    M = value.shape[0] // batch
+    v = value.reshape(M, batch, *value.shape[1:])
+    return torch.cat([v, v], dim=1).reshape(M * 2 * batch, *value.shape[1:])
+
+
+def unwrap_engine(model):
     """The module under DDP / FSDP / DeepSpeed wrapping (a PEFT model stays a PEFT model)."""
     while hasattr(model, "module"):
         model = model.module
     return model
 
 
-def _base_model(model):
-    """The `MaskAudioFlow` under any DDP / PEFT wrapping."""
-    model = _unwrap_engine(model)
+def base_model_of(model):
+    """The generator's flow module under any DDP / PEFT wrapping."""
+    model = unwrap_engine(model)
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+class SkipNonFiniteStep(torch.optim.Optimizer):
+    """Wraps an optimizer so that a step can be skipped outright: `step()` does nothing when `should_skip()` says so
+    or when a gradient is not finite. Everything else (param groups, state, state dicts) is the wrapped optimizer's,
+    so schedulers and checkpoints see the real one.
+
+    Why a wrapper: Trainer calls `optimizer.step()` unconditionally after accumulation, and a step with zero
+    gradients still moves the weights through Adam's moments and weight decay. After DDP's all-reduce every rank
+    sees the same gradients, so every rank takes the same decision.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        should_skip: Callable[[], bool],
+        on_skip: Callable[[], None],
+        on_step: Callable[[], None] = lambda: None,
+    ):
+        # Not `super().__init__`: this object shares the wrapped optimizer's groups and state instead of copying.
+        self.optimizer, self.should_skip, self.on_skip, self.on_step = optimizer, should_skip, on_skip, on_step
+        self.defaults = optimizer.defaults
+
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value):
+        self.optimizer.param_groups = value
+
+    @property
+    def state(self):
+        return self.optimizer.state
+
+    def step(self, closure=None):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        non_finite = bool(grads) and not torch.isfinite(torch.stack([g.detach().abs().amax() for g in grads])).all()
+        if self.should_skip() or non_finite:
+            self.on_skip()
+            return None
+        self.on_step()
+        return self.optimizer.step(closure)
+
+    def zero_grad(self, set_to_none: bool = True):
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict):
+        self.optimizer.load_state_dict(state_dict)
+
+    def add_param_group(self, param_group):
+        self.optimizer.add_param_group(param_group)
+
+
 class RewardFlowTrainer(Trainer):
-    r"""Fine-tunes a MaskAudioFlow on a rollout table with reward-weighted flow matching.
+    r"""Fine-tunes a generator's flow module on a rollout table with reward-weighted flow matching.
 
     Args:
-        model: the policy (`MaskAudioFlow`), or a PEFT model wrapping one.
+        model: the policy (a generator's flow module, e.g. `MaskAudioFlow`), or a PEFT model wrapping one.
         args (`RewardFlowConfig`).
         train_dataset (`RewardLatentDataset`).
         ref_model: the frozen reference; default a frozen copy of `model` (not with PEFT, where the reference is
@@ -102,7 +188,7 @@ class RewardFlowTrainer(Trainer):
             set_seed(args.seed)  # the adapters' random init must not depend on what ran before in this process
             model = get_peft_model(model, peft_config)
         self.use_peft = hasattr(model, "disable_adapter")
-        if args.beta > 0 and not self.use_peft and ref_model is None:
+        if (args.beta > 0 or args.objective == "dpo") and not self.use_peft and ref_model is None:
             ref_model = copy.deepcopy(model)
         if ref_model is not None:
             ref_model.requires_grad_(False).eval()
@@ -110,6 +196,9 @@ class RewardFlowTrainer(Trainer):
         super().__init__(model=model, args=args, train_dataset=train_dataset, **kwargs)
         # Kept outside the trained engine: a plain module on this process's device.
         self.ref_model = ref_model.to(self.accelerator.device) if ref_model is not None else None
+        baseline = args.advantage_baseline if args.weighting == "advantage" else 0.0
+        self.objective = RewardWeightedObjective(args.beta, baseline)
+        self.preference_objective = PreferenceObjective(args.dpo_beta, args.dpo_sft_weight)
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._skip_step = False
         self.nan_loss_steps = 0  # skipped steps in total
@@ -117,25 +206,21 @@ class RewardFlowTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------- hooks
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        # Why: the loss is the reward-weighted per-sample flow loss plus the reference regulariser, with one draw
-        # of (infill mask, t, noise, text dropout) shared by the policy and the reference.
-        weights, rewards = inputs.pop("weights"), inputs.pop("rewards")
-        base = _base_model(model)
-        M, B = base.config.flow_batch_mul, inputs["latents"].shape[0]
-        drawn = base.draw_flow_inputs(inputs["latents"], drop_text=True)
-        out = model(**inputs, **drawn)
-        flow = out.loss  # (B,)
-        # `advantage` (RewardFlowConfig): the prompt's average clip (weight 1) is the baseline, subtracted in share b
-        loss_weights = weights - self.args.advantage_baseline if self.args.weighting == "advantage" else weights
-        loss = (loss_weights * flow).mean()
-        reg = torch.zeros_like(flow)
-        if self.args.beta > 0:
-            with torch.no_grad():
-                v_ref = self._reference_velocity(model, inputs, drawn)
-            # ‖v_θ − v_ref‖² on the frames being generated, normalised like the flow loss.
-            reg = masked_flow_loss(out.v_t, v_ref, out.infill_mask.repeat(M, 1)).view(M, B).mean(0)  # (B,)
-            loss = loss + self.args.beta * reg.mean()
-
+        # Why: the loss is the objective's, with one draw of (infill mask, t, noise, text dropout) shared by the
+        # policy and the reference so both see the same (x_t, t, z).
+        pairs = "latents_l" in inputs
+        if pairs:
+            loss, out = self._preference_loss(model, inputs)
+        else:
+            weights, rewards = inputs.pop("weights"), inputs.pop("rewards")
+            drawn = base_model_of(model).draw_flow_inputs(inputs["latents"], drop_text=True)
+            out = model(**inputs, **drawn)
+            v_ref = None
+            if self.args.beta > 0:
+                with torch.no_grad(), self.accelerator.autocast():  # the reference is outside the prepared engine
+                    v_ref = self._reference_forward(model, inputs, drawn).v_t
+            terms = self.objective(out, v_ref, weights)
+            loss = terms.loss
         bad = torch.tensor(float(not torch.isfinite(loss.detach())), device=loss.device)
         if self.accelerator.num_processes > 1:  # every rank must agree to skip, or their weights would diverge
             bad = self.accelerator.reduce(bad, "sum")
@@ -143,42 +228,41 @@ class RewardFlowTrainer(Trainer):
             self._skip_step = True
             # A zero loss with a finite graph: every trainable parameter gets a zero gradient (DDP still syncs).
             loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
-        else:
-            self._log_batch(flow, reg, weights, loss_weights, rewards)
+        elif not pairs:
+            self._log_batch(terms, weights, rewards)
         return (loss, out) if return_outputs else loss
 
+    def _preference_loss(self, model, inputs):
+        """The DPO objective on a batch of pairs: winners and losers in one forward with the pair's draws shared."""
+        losers = inputs.pop("latents_l")
+        B = losers.shape[0]
+        drawn = base_model_of(model).draw_flow_inputs(inputs["latents"], drop_text=False)
+        drawn = {k: paired(v, B) for k, v in drawn.items()}
+        if drawn.get("text_drop_mask") is None:  # no text dropout in DPO: policy and reference see every prompt
+            drawn["text_drop_mask"] = torch.zeros(2 * B, dtype=torch.bool, device=losers.device)
+        both = {"latents": torch.cat([inputs["latents"], losers]),
+                "text_hidden_states": torch.cat([inputs["text_hidden_states"]] * 2),
+                "text_padding_mask": torch.cat([inputs["text_padding_mask"]] * 2)}  # fmt: skip
+        out = model(**both, **drawn)
+        with torch.no_grad(), self.accelerator.autocast():
+            ref = self._reference_forward(model, both, drawn).loss
+        terms = self.preference_objective(out.loss, ref)
+        if torch.isfinite(terms["loss"].detach()):
+            for key, value in (("loss/dpo", terms["dpo"]), ("dpo/implicit_accuracy", terms["implicit_accuracy"]),
+                               ("loss/flow_w", terms["flow_w"]), ("loss/flow_l", terms["flow_l"])):  # fmt: skip
+                self._metrics[key].append(float(self.accelerator.gather_for_metrics(value.detach()).mean()))
+        return terms["loss"], out
+
     def create_optimizer(self):
-        # Why: a step whose loss was not finite must not touch the weights; zero gradients alone would still move
-        # them through Adam's moments and weight decay, so the optimizer's step is skipped outright.
+        # Why: a step whose loss or gradient was not finite must not touch the weights (see SkipNonFiniteStep).
         optimizer = super().create_optimizer()
-        if getattr(optimizer, "_rewardflow_guarded", False):
-            return optimizer
-        step = optimizer.step
-
-        def guarded_step(*args, **kwargs):
-            # A finite loss can still give infinite gradients (huge weights); after DDP's all-reduce every rank sees
-            # the same gradients, so every rank takes the same decision.
-            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            if grads and not torch.isfinite(torch.stack([g.detach().abs().amax() for g in grads])).all():
-                self._skip_step = True
-            if self._skip_step:
-                self._skip_step = False
-                self.nan_loss_steps += 1
-                self._nan_in_a_row += 1
-                logger.warning("non-finite loss or gradient: step %d skipped", self.state.global_step + 1)
-                if self._nan_in_a_row >= self.args.max_nan_loss_steps:
-                    raise RuntimeError(
-                        f"{self._nan_in_a_row} steps in a row had a NaN/inf loss or gradient (--max_nan_loss_steps "
-                        f"{self.args.max_nan_loss_steps}). Lower --learning_rate or --tau, use a safe --weighting "
-                        "(self_normalized, standardized, clipped), and check the rollout latents for NaN."
-                    )
-                return None
-            self._nan_in_a_row = 0
-            return step(*args, **kwargs)
-
-        optimizer.step = guarded_step
-        optimizer._rewardflow_guarded = True
-        return optimizer
+        if not isinstance(optimizer, SkipNonFiniteStep):
+            self.optimizer = SkipNonFiniteStep(
+                optimizer, lambda: self._skip_step, self._count_skipped_step, self._count_step
+            )
+        else:
+            self.optimizer = optimizer
+        return self.optimizer
 
     def _clip_grad_norm(self, model):
         # Why: huge reward weights can give finite gradients whose norm overflows float32; clipping then scales every
@@ -197,26 +281,96 @@ class RewardFlowTrainer(Trainer):
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------------------------------ helpers
-    def _reference_velocity(self, model, inputs, drawn) -> torch.Tensor:
-        # The reference is not in the prepared engine, so it gets the run's mixed precision explicitly.
-        with self.accelerator.autocast():
-            return self._reference_forward(model, inputs, drawn)
+    def _count_step(self) -> None:
+        self._nan_in_a_row = 0
 
-    def _reference_forward(self, model, inputs, drawn) -> torch.Tensor:
+    def _count_skipped_step(self) -> None:
+        self._skip_step = False
+        self.nan_loss_steps += 1
+        self._nan_in_a_row += 1
+        logger.warning("non-finite loss or gradient: step %d skipped", self.state.global_step + 1)
+        if self._nan_in_a_row >= self.args.max_nan_loss_steps:
+            raise RuntimeError(
+                f"{self._nan_in_a_row} steps in a row had a NaN/inf loss or gradient (--max_nan_loss_steps "
+                f"{self.args.max_nan_loss_steps}). Lower --learning_rate or --tau, use a safe --weighting "
+                "(self_normalized, standardized, clipped), and check the rollout latents for NaN."
+            )
+
+    def _reference_forward(self, model, inputs, drawn):
+        """The reference's output at the policy's inputs: the frozen copy, or the policy with its adapters off."""
         if self.use_peft and self.ref_model is None:
-            peft_model = _unwrap_engine(model)
+            peft_model = unwrap_engine(model)
             with peft_model.disable_adapter():
-                return peft_model(**inputs, **drawn).v_t
-        return self.ref_model(**inputs, **drawn).v_t
+                return peft_model(**inputs, **drawn)
+        return self.ref_model(**inputs, **drawn)
 
-    def _log_batch(self, flow, reg, weights, loss_weights, rewards) -> None:
-        stats = torch.stack([flow.detach(), reg.detach(), (loss_weights * flow).detach(), weights, rewards], dim=1)
-        stats = self.accelerator.gather_for_metrics(stats).float().cpu().numpy()  # (global B, 5)
-        flow_, reg_, wflow, w, r = stats.T
-        self._metrics["loss/flow"].append(float(wflow.mean()))
-        self._metrics["loss/flow_unweighted"].append(float(flow_.mean()))
-        self._metrics["loss/reference"].append(float(reg_.mean()))
+    def _log_batch(self, terms, weights, rewards) -> None:
+        parts = [terms.flow, terms.reference, terms.loss_weights * terms.flow, weights, rewards]
+        stats = torch.stack([p.detach().float() for p in parts], dim=1)
+        stats = self.accelerator.gather_for_metrics(stats).cpu().numpy()  # (global B, 5)
+        flow, reference, weighted, w, r = stats.T
+        self._metrics["loss/flow"].append(float(weighted.mean()))
+        self._metrics["loss/flow_unweighted"].append(float(flow.mean()))
+        self._metrics["loss/reference"].append(float(reference.mean()))
         self._metrics[f"rewards/{self.args.reward}/mean"].append(float(r.mean()))
         self._metrics[f"rewards/{self.args.reward}/std"].append(float(r.std()))
         self._metrics["weights/max_min_ratio"].append(float(w.max() / w.min()) if w.min() > 0 else float("inf"))
         self._metrics["weights/ess"].append(effective_sample_size(w))
+
+    # --------------------------------------------------------------------------------------------- output
+    def save_final(self, pipe, out: Path, run: dict, metrics: dict) -> Path:
+        """`<out>/final`: the merged pipeline (+ `adapter/` with LoRA), model card and metrics, renamed into place
+        so it exists only complete."""
+        model = self.accelerator.unwrap_model(self.model)
+        tmp = out / f".final.{os.getpid()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        if hasattr(model, "merge_and_unload"):
+            model.save_pretrained(tmp / "adapter")
+            model = model.merge_and_unload()
+        pipe.model = model.eval()
+        pipe.save_pretrained(tmp)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (tmp / "README.md").write_text(model_card(run, metrics))
+        final = out / "final"
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        logger.info("saved the tuned pipeline to %s", final)
+        return final
+
+
+def model_card(run: dict, metrics: dict) -> str:
+    """The tuned pipeline's README: what it was tuned from, on what, with which objective, and what it cost."""
+    o = run["objective"]
+    baseline = f", loss weight w − {o['advantage_baseline']} (baseline)" if o["weighting"] == "advantage" else ""
+    guard = metrics.get("guardrail")
+    guard_rows = (
+        f"| guardrail | kept step {guard['best_step']} of {metrics['steps']} ({guard['rule']}); evaluated every "
+        f"{guard['every']} steps on {guard['prompts']} held-out prompts |\n"
+        if guard
+        else ""
+    )
+    return f"""---
+library_name: rewardflow
+tags: [text-to-audio, maskaudioflow, reward-weighted-flow-matching]
+---
+# Reward fine-tuned generator
+
+Fine-tuned with `rewardflow/finetune.py` (reward-weighted flow matching against a frozen reference, Huang et al. §4).
+
+| | |
+|---|---|
+| base model | `{run["model"]}` |
+| rollout table | `{run["rollout"]}` ({metrics["rows"]} rows used, {metrics["dropped_nan_rows"]} dropped for NaN rewards) |
+| reward | `{o["reward"]}` |
+| weighting | `{o["weighting"]}`, τ = {o["tau"]}{baseline} |
+| regulariser | β = {o["beta"]} · ‖v_θ − v_ref‖², reference = {run["reference"]} |
+| LoRA | {run["use_peft"]} |
+| steps | {metrics["steps"]} at batch {run["batch_size"]}, lr {run["learning_rate"]}, seed {run["seed"]} |
+| weights over the table | ESS {metrics["weights_ess"]:.3f} of N, max/min {metrics["weights_max_min_ratio"]:.4g} |
+{guard_rows}| train time | {metrics["train_seconds"]} s ({metrics["seconds_per_step"]} s/step), peak memory \
+{metrics["peak_memory_gib"]} GiB ({metrics["peak_memory_kind"]}) |
+
+Command: `{run["command"]}`
+
+`metrics.json` beside this card holds every figure; `adapter/` (LoRA runs) holds the adapter alone.
+"""

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
+
+from base_model.sampling import SamplingConfig
+from rewardflow.scoring import RewardArguments
 
 
 @dataclass
-class RolloutConfig:
+class RolloutConfig(RewardArguments, SamplingConfig):
+    """Which model, which prompts, how many clips each, how they are sampled and scored, and where they go.
+
+    The sampler fields (`num_iterations`, `num_steps`, `method`, `cfg_scale`) come from `SamplingConfig` and the
+    reward fields (`rewards`, `clap_checkpoint`, `aesthetics_checkpoint`) from `RewardArguments`.
+    """
+
     model: str = field(default="synthcaps", metadata={"help": "Pipeline folder or bundled name ('synthcaps')."})
     prompts: str = field(
         default="synthcaps:train",
@@ -16,21 +26,9 @@ class RolloutConfig:
     id_column: str = field(default="", metadata={"help": "Prompt id column (default: the row number)."})
     max_prompts: int = field(default=64, metadata={"help": "Use the first N prompts (0: all)."})
     num_generations: int = field(default=2, metadata={"help": "Clips per prompt."})
-    rewards: list[str] = field(
-        default_factory=lambda: ["clap", "aesthetics", "verifier"],
-        metadata={"help": "Reward models to score with (names or 'package.module:function')."},
-    )
-    clap_checkpoint: str = field(default="", metadata={"help": "CLAP checkpoint (default: bundled SynthCaps CLAP)."})
-    aesthetics_checkpoint: str = field(
-        default="", metadata={"help": "audiobox-aesthetics checkpoint (default: bundled)."}
-    )
     seed: int = field(default=0, metadata={"help": "Run seed; each clip's seed derives from it and its ids."})
     output_dir: str = field(default="outputs/rollout", metadata={"help": "Where the table and audio go."})
     batch_size: int = field(default=8, metadata={"help": "Clips generated (and scored) per batch and shard."})
-    num_iterations: int = field(default=8, metadata={"help": "Decoding iterations."})
-    num_steps: int = field(default=25, metadata={"help": "ODE steps per iteration."})
-    method: str = field(default="euler", metadata={"help": "torchdiffeq method."})
-    cfg_scale: float = field(default=3.0, metadata={"help": "Classifier-free guidance scale."})
     audio_format: str = field(default="flac", metadata={"help": "flac, wav, or none (keep latents only)."})
     max_nan_fraction: float = field(
         default=0.5, metadata={"help": "Abort when more than this fraction of a reward's scores are NaN/inf."}
@@ -46,29 +44,20 @@ class RolloutConfig:
     rescore: bool = field(default=False, metadata={"help": "Add reward columns to an existing table from its audio."})
 
     def __post_init__(self):
+        super().__post_init__()  # the sampler settings
         if self.audio_format not in ("flac", "wav", "none"):
-            raise ValueError(f"audio_format must be flac, wav or none, got {self.audio_format!r}.")
-        if self.num_generations < 1 or self.batch_size < 1:
-            raise ValueError("num_generations and batch_size must be >= 1.")
-        if not 0.0 <= self.max_nan_fraction <= 1.0:
-            raise ValueError(f"max_nan_fraction must be in [0, 1], got {self.max_nan_fraction}.")
+            raise ValueError(f"--audio_format must be flac, wav or none, got {self.audio_format!r}.")
+        for flag in ("num_generations", "batch_size", "cpu_threads"):
+            if not isinstance(getattr(self, flag), int) or getattr(self, flag) < 1:
+                raise ValueError(f"--{flag} must be an integer >= 1, got {getattr(self, flag)!r}.")
+        if self.max_prompts < 0:
+            raise ValueError(f"--max_prompts must be >= 0 (0: every prompt), got {self.max_prompts}.")
+        if not math.isfinite(self.max_nan_fraction) or not 0.0 <= self.max_nan_fraction <= 1.0:
+            raise ValueError(f"--max_nan_fraction must be in [0, 1], got {self.max_nan_fraction}.")
 
     def generation_settings(self) -> dict:
         """The settings that decide what is generated: a rerun with other values is a different rollout."""
-        keys = (
-            "model",
-            "prompts",
-            "caption_column",
-            "id_column",
-            "max_prompts",
-            "num_generations",
-            "seed",
-            "batch_size",
-            "num_iterations",
-            "num_steps",
-            "method",
-            "cfg_scale",
-            "audio_format",
-        )
+        keys = ("model", "prompts", "caption_column", "id_column", "max_prompts", "num_generations", "seed",
+                "batch_size", "num_iterations", "num_steps", "method", "cfg_scale", "audio_format")  # fmt: skip
         d = asdict(self)
         return {k: d[k] for k in keys}

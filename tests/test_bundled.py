@@ -21,7 +21,7 @@ def test_bundled_folder_has_weights_and_a_model_card(folder):
     assert folder.is_dir(), f"{folder} missing: rebuild with the scripts named in the README"
     assert list(folder.rglob("*.safetensors"))
     card = (folder / "README.md").read_text()
-    assert "python experiments/" in card  # the command that made it
+    assert "python bundled/" in card  # the command that made it
     assert not list(folder.rglob("*.pt")) and not list(folder.rglob("*.bin"))
 
 

@@ -14,12 +14,13 @@ SCRIPTS = [
     "base_model/pretrain.py",
     "rewardflow/rollout.py",
     "rewardflow/finetune.py",
-    "experiments/build_synthcaps.py",
-    "experiments/train_synthcaps_clap.py",
-    "experiments/train_synthcaps_aesthetics.py",
+    "bundled/build_synthcaps.py",
+    "bundled/train_synthcaps_clap.py",
+    "bundled/train_synthcaps_aesthetics.py",
     "experiments/alignment_demo.py",
-    "experiments/compare_rewards.py",
+    "experiments/alignment_study.py",
     "experiments/decoding_scaling.py",
+    "experiments/masking_ablation.py",
     "experiments/clap_level_probe.py",
 ]
 
@@ -37,6 +38,10 @@ def test_help(script):
         ("rewardflow/evaluate.py", "--models"),
         ("rewardflow/agreement.py", "--referee"),
         ("experiments/benchmarks/finetune_step.py", "--preset"),
+        ("experiments/benchmarks/vocoder.py", "--batch_size"),
+        ("experiments/benchmarks/generation.py", "--lengths"),
+        ("rewardflow/label.py", "--rollout"),
+        ("rewardflow/train_reward.py", "--rollouts"),
         ("experiments/report.py", "--eval_dir"),
     ],
 )
@@ -97,3 +102,9 @@ def test_console_command_dispatches():
     assert res.returncode == 0 and "--models" in res.stdout
     res = subprocess.run([sys.executable, "-m", "rewardflow.cli", "train"], capture_output=True, text=True)
     assert res.returncode == 2 and "unknown command 'train'" in res.stderr
+
+
+def test_the_flags_reference_in_docs_is_current():
+    from rewardflow.cli import flags_reference
+
+    assert (ROOT / "docs" / "cli.md").read_text() == flags_reference(), "run: rewardflow reference > docs/cli.md"

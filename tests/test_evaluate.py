@@ -128,23 +128,19 @@ def test_file_order_changes_no_metric_and_missing_references_say_why(tmp_path, r
     a = evaluate(*common, "--prompts", str(_caption_table(tmp_path / "a", rows)))
     b = evaluate(*common, "--prompts", str(_caption_table(tmp_path / "b", rows[::-1])))
     ma, mb = a["models"]["synthcaps"], b["models"]["synthcaps"]
+    # Each clip is generated at another batch position, so BLAS may sum in another order (it does on some AMD EPYC
+    # machines): the clips agree to float32 round-off, not bitwise. Stated tolerances: 1e-4 relative, and 1e-3 for
+    # KL, whose log of near-zero label probabilities magnifies round-off (seen: 1.6e-4).
     for k in ("clap", "fad_clap", "mel_frechet", "kl", "fd_classifier"):
-        # float32 batches hold the clips in another order: sums round differently, nothing else changes
-        assert mb[k] == pytest.approx(ma[k], rel=1e-4), k
+        assert mb[k] == pytest.approx(ma[k], rel=1e-3 if k == "kl" else 1e-4), k
     auto = evaluate(*common[:-2], "--max_prompts", "2", "--prompts", str(tmp_path / "a" / "captions.csv"))
     assert auto["models"]["synthcaps"]["kl"].startswith("n/a: these prompts need an AudioSet classifier")
-    c = evaluate(
-        "--models",
-        "synthcaps",
-        "--rewards",
-        "clap",
-        "verifier",
-        "--prompts",
-        str(_caption_table(tmp_path / "c", rows, False)),
-    )
-    mc = c["models"]["synthcaps"]
-    assert mc["fad_clap"].startswith("n/a: no reference audio") and mc["verifier"].startswith("n/a: ")
-    assert "| n/a |" in c["table"].replace("n/a | n/a", "n/a |") or "n/a" in c["table"]
+    no_audio = ["--models", "synthcaps", "--prompts", str(_caption_table(tmp_path / "c", rows, False))]
+    c = evaluate(*no_audio, "--rewards", "clap")
+    assert c["models"]["synthcaps"]["fad_clap"].startswith("n/a: no reference audio") and "n/a" in c["table"]
+    # the verifier needs SynthCaps attributes: refused before any generation, with the fix named
+    with pytest.raises(ValueError, match="drop 'verifier' from --rewards"):
+        evaluate(*no_audio, "--rewards", "clap", "verifier")
 
 
 def test_first_prompt_skips_prompts_and_their_reference_clips(tmp_path, renders):
@@ -164,7 +160,7 @@ def test_first_prompt_skips_prompts_and_their_reference_clips(tmp_path, renders)
     tail, ref_tail, _ = load_eval_prompts(EvaluateConfig(max_prompts=2, first_prompt=3, **common))
     assert [r["prompt_id"] for r in tail] == ["clip3", "clip4"] and tail == full[3:]
     np.testing.assert_array_equal(ref_tail["clip3"], ref_full["clip3"])
-    with pytest.raises(ValueError, match="skips all 5 prompts"):
+    with pytest.raises(ValueError, match="no prompts after --first_prompt 5"):
         load_eval_prompts(EvaluateConfig(max_prompts=0, first_prompt=5, **common))
     with pytest.raises(ValueError, match="--first_prompt must be >= 0"):
         EvaluateConfig(first_prompt=-1)

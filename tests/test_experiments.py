@@ -1,56 +1,6 @@
-"""Experiment scripts at toy size: the reward comparison writes one row per run, every metric or an explicit n/a."""
+"""Experiment scripts at toy size: each writes its result with every figure or an explicit n/a."""
 
 import json
-
-from experiments.compare_rewards import METRICS, CompareArguments, main, plan
-
-
-def test_plan_puts_the_control_first():
-    runs = plan(CompareArguments(rewards=["clap", "aesthetics"], taus=[0.1, 1.0]))
-    assert runs[0] == ("control-tau0", "clap", 0.0)
-    assert [n for n, _, _ in runs[1:]] == ["clap-tau0.1", "clap-tau1", "aesthetics-tau0.1", "aesthetics-tau1"]
-
-
-def test_compare_rewards_tiny(tmp_path):
-
-    from rewardflow.rollout import main as rollout_main
-    from rewardflow.rollout import make_parser
-
-    ro = tmp_path / "rollout"
-    argv = ["--output_dir", str(ro), "--max_prompts", "4", "--num_generations", "2", "--num_iterations", "2"]
-    argv += ["--num_steps", "2", "--batch_size", "4", "--rewards", "verifier", "--audio_format", "none"]
-    rollout_main(*make_parser().parse_args_and_config(args=argv))
-    out = tmp_path / "cmp"
-    a = CompareArguments(
-        output_dir=str(out),
-        rollout=str(ro),
-        rewards=["verifier"],
-        taus=[1.0, 100.0],  # τ·r up to 100: raw exp weights refused, the row says why
-        weighting="exp",
-        max_steps=2,
-        per_device_train_batch_size=4,
-        eval_max_prompts=3,
-        num_steps=2,
-        results_dir=str(tmp_path / "published"),
-    )
-    results = main(a)
-    assert sorted(p.name for p in (tmp_path / "published").iterdir()) == sorted(
-        ["results.json", "tau_ablation.md", "table.md", "tradeoff.png", "training_curves.png"]
-    )
-    assert list(results["runs"]) == ["base", "control-tau0", "verifier-tau1", "verifier-tau100"]
-    rows = [ln for ln in (out / "table.md").read_text().splitlines() if ln.startswith("| ") and "---" not in ln][1:]
-    assert len(rows) == 4
-    assert results["runs"]["verifier-tau100"]["clap"].startswith("n/a: not trained: --weighting exp")
-    for ln in rows:
-        cells = [c.strip() for c in ln.strip("|").split("|")][3:]
-        assert len(cells) == len(METRICS) and all(c for c in cells)  # a number or "n/a", never blank
-    assert results["runs"]["base"]["kl"] >= 0 and results["runs"]["verifier-tau1"]["fd_classifier"] >= 0
-    assert (out / "tradeoff.png").stat().st_size > 0 and (out / "training_curves.png").stat().st_size > 0
-    abl = (out / "tau_ablation.md").read_text()
-    assert "| none (τ = 0: self-training control) | 0 |" in abl and "| verifier | 1 |" in abl
-    agree = results["agreement"]["verifier"]  # the verifier as reward picks exactly the verifier's best samples
-    assert agree["top1_gain"] == agree["oracle_gain"] and f"{agree['top1_gain'][0]:+.3f} [" in abl
-    assert json.loads((out / "results.json").read_text())["runs"]["control-tau0"]["train"]["weights_ess"] == 1.0
 
 
 def test_decoding_scaling_tiny(tmp_path):
@@ -86,7 +36,7 @@ def test_clap_training_pieces():
     import numpy as np
     import torch
 
-    from experiments.train_synthcaps_clap import (
+    from bundled.train_synthcaps_clap import (
         AMODEL,
         ClipDataset,
         ContrastiveClap,
@@ -146,8 +96,8 @@ def test_clap_training_with_negative_clips_and_init_from(tmp_path):
 
     import pytest
 
-    from experiments.train_synthcaps_clap import main as clap_main
-    from experiments.train_synthcaps_clap import make_parser as clap_parser
+    from bundled.train_synthcaps_clap import main as clap_main
+    from bundled.train_synthcaps_clap import make_parser as clap_parser
 
     def run(out, *extra):
         common = ["--train_examples", "8", "--roundtrip_examples", "0", "--eval_examples", "8", "--max_steps", "2"]
@@ -165,7 +115,7 @@ def test_clap_training_with_negative_clips_and_init_from(tmp_path):
     # the recorded command rebuilds the run: non-default batch size and name are in it
     assert "--per_device_train_batch_size 4" in card and "--model_id synthcaps-clap-v3" in card
     # the loader's worker count decides which clips are drawn round-tripped, so a card records it when changed
-    from experiments.train_synthcaps_clap import recorded_command
+    from bundled.train_synthcaps_clap import recorded_command
 
     args, data = clap_parser().parse_args_and_config(
         args=["--output_dir", str(tmp_path / "d"), "--dataloader_num_workers", "6"]
@@ -185,7 +135,7 @@ def test_clap_data_workers_give_the_same_clips(tmp_path):
     """`--workers N` renders and round-trips in N processes; the clips are the ones one process makes."""
     import numpy as np
 
-    from experiments.train_synthcaps_clap import _map, _render, _render_one, _rows, roundtrip
+    from bundled.train_synthcaps_clap import _map, _render, _render_one, _rows, roundtrip
 
     rows = _rows("train", 6)
     jobs = [(r["attributes"], r["seed"]) for r in rows]
@@ -201,53 +151,14 @@ def test_clap_data_workers_give_the_same_clips(tmp_path):
 def test_clap_measure_only_needs_a_trained_folder(tmp_path):
     import pytest
 
-    from experiments.train_synthcaps_clap import main as clap_main
-    from experiments.train_synthcaps_clap import make_parser as clap_parser
+    from bundled.train_synthcaps_clap import main as clap_main
+    from bundled.train_synthcaps_clap import make_parser as clap_parser
 
     args, data = clap_parser().parse_args_and_config(
         args=["--output_dir", str(tmp_path), "--measure_only", "true", "--report_to", "none"]
     )
     with pytest.raises(FileNotFoundError, match="train it first"):
         clap_main(args, data)
-
-
-def test_reward_vs_referee_tiny(tmp_path):
-    """One tiny rollout, the agreement table, a reward run and the referee run, both splits evaluated; rerun keeps
-    every finished piece."""
-    from experiments.reward_vs_referee import RefereeArguments
-    from experiments.reward_vs_referee import main as referee_main
-    from rewardflow.rollout import main as rollout_main
-    from rewardflow.rollout import make_parser
-
-    ro = tmp_path / "rollout"
-    argv = ["--output_dir", str(ro), "--max_prompts", "4", "--num_generations", "2", "--num_iterations", "2"]
-    argv += ["--num_steps", "2", "--batch_size", "8", "--rewards", "verifier", "aesthetics", "--audio_format", "none"]
-    rollout_main(*make_parser().parse_args_and_config(args=argv))
-    a = RefereeArguments(
-        output_dir=str(tmp_path / "out"),
-        rollout=str(ro),
-        rewards=["aesthetics", "verifier"],
-        runs=["aesthetics:standardized", "verifier:topk"],
-        top_k=0.5,
-        max_steps=2,
-        per_device_train_batch_size=4,
-        eval_max_prompts=3,
-        num_steps=2,
-        results_dir=str(tmp_path / "published"),
-    )
-    results = referee_main(a)
-    assert sorted(p.name for p in (tmp_path / "published").iterdir()) == ["results.json", "summary.md"]
-    assert results["agreement"]["verifier"]["top1_gain"] == results["agreement"]["verifier"]["oracle_gain"]
-    text = (tmp_path / "out" / "summary.md").read_text()
-    for split in ("heldout", "validation"):
-        assert f"## {split} prompts" in text
-        for run in ("aesthetics:standardized", "verifier:topk"):
-            d = results["runs"][run][split]["verifier"]
-            assert f"| {run} | " in text and f"{d['mean']:+.4f} [{d['ci95'][0]:+.3f}" in text
-    stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("evaluation-*.json")}
-    assert len(stamp) == 2
-    again = referee_main(a)  # nothing retrained or re-evaluated
-    assert {p: p.stat().st_mtime_ns for p in stamp} == stamp and again["runs"] == results["runs"]
 
 
 def test_clap_level_probe_renders_three_levels_and_scores_the_captioned_one(tmp_path):
@@ -273,3 +184,47 @@ def test_clap_level_probe_renders_three_levels_and_scores_the_captioned_one(tmp_
     result = main(a)
     assert json.loads((tmp_path / "results.json").read_text())["clean"] == result["clean"]
     assert result["clean"]["named_count"] == 2 and 0 <= result["clean"]["unnamed_level_accuracy"] <= 1
+
+
+def test_masking_ablation_tiny(tmp_path):
+    from experiments.masking_ablation import AblationArguments, configurations
+    from experiments.masking_ablation import main as ablation_main
+
+    a = AblationArguments(output_dir=str(tmp_path / "abl"), results_dir=str(tmp_path / "published"), ratios=[0.6],
+                          spans=[1, 4], max_steps=2, train_examples=16, eval_prompts=3, hidden_size=32, num_layers=1,
+                          parallel=False)  # fmt: skip
+    assert [r["name"] for r in configurations(a)] == ["p0.6-l1", "p0.6-l4", "pcos-l4"]
+    result = ablation_main(a)
+    assert result["reference"] == "p0.6-l4" and set(result["runs"]) == {"p0.6-l1", "p0.6-l4", "pcos-l4"}
+    for name, row in result["runs"].items():
+        assert 0 <= row["verifier"] <= 1 and row["mel_frechet"] >= 0 and row["train"]["steps"] == 2
+        assert (row["verifier_vs_reference"] is None) == (name == "p0.6-l4")  # the reference has no difference
+    assert json.loads((tmp_path / "published" / "results.json").read_text())["runs"] == result["runs"]
+
+
+def test_alignment_study_tiny(tmp_path, monkeypatch):
+    """Every question on a toy budget: runs, rounds, evaluations, degradation reading, guardrail, committed JSON."""
+    from experiments.alignment_study import StudyArguments, main, needed
+
+    a = StudyArguments(output_dir=str(tmp_path / "study"), results_dir=str(tmp_path / "published"),
+                       rollout_prompts=3, num_generations=2, max_steps=2, batch_size=4, oracle_rounds=2,
+                       taus=[0.0, 1.0], best_of=[2], eval_prompts=3, guard_every=1, processes=1)  # fmt: skip
+    assert needed(a)[0] == "control" and "clap-exp-tau1" in needed(a)
+    result = main(a)
+    assert {"control", "clap-topk", "verifier-topk", "oracle-round-2", "clap-topk-guarded"} <= set(result["runs"])
+    for name, run in result["runs"].items():
+        assert 0 <= run["model"]["verifier"] <= 1 and "verifier" in run["paired_vs_base"], name
+    assert set(result["clap_minus_control"]) == {"verifier", "clap", "aesthetics", "kl"}
+    assert 0 <= result["degradation"]["base"]["degraded"] <= 1
+    assert set(result["best_of_n"]) == {"clap-2", "verifier-2", "clap-2-matched"}
+    assert [r["step"] for r in result["guardrail"]["history"]] == [0, 1, 2]
+    assert json.loads((tmp_path / "published" / "results.json").read_text())["runs"].keys() == result["runs"].keys()
+    # every table of the record renders from that JSON
+    from experiments import render_results
+
+    (tmp_path / "results" / "alignment").mkdir(parents=True)
+    (tmp_path / "published" / "results.json").rename(tmp_path / "results" / "alignment" / "results.json")
+    monkeypatch.setattr(render_results, "RESULTS", tmp_path / "results")
+    for name in ("oracle", "clap-control", "aesthetics", "tau", "best-of-n", "guardrail"):
+        table = render_results.RENDERERS[name]()
+        assert table.count("\n") >= 3 and "| " in table, name

@@ -18,7 +18,7 @@ import torch
 from transformers import TrainerCallback
 
 from rewardflow.finetune import main, make_parser
-from rewardflow.weighting import effective_sample_size, finite_rows, resolve_reward, reward_weights
+from rewardflow.objectives import effective_sample_size, finite_rows, resolve_reward, reward_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--max_steps", "3", "--per_device_train_batch_size", "4", "--logging_steps", "1", "--save_steps", "100"]
@@ -423,3 +423,42 @@ def test_exp_weights_that_would_break_float32_training_are_refused():
     reward_weights(r, [0, 0], tau=1.0, weighting="exp")  # e^4.8: fine
     with pytest.raises(ValueError, match="self_normalized"):
         reward_weights(r, [0, 0], tau=10.0, weighting="exp")  # e^48: the gradient norm overflows float32
+
+
+def test_guardrail_keeps_the_earlier_checkpoint_when_fidelity_worsens(rollout_dir, tmp_path, monkeypatch):
+    """A synthetic run whose reward keeps rising while its Fréchet distance worsens past the bound: the guardrail
+    keeps the last checkpoint within the bound, puts its weights in final/, and says so in the card."""
+    from rewardflow import guardrail
+
+    script = {0: (10.0, 0.1), 2: (10.5, 0.2), 4: (12.0, 0.3), 6: (15.0, 0.4)}  # step: (mel FD, reward)
+    seen = {}
+
+    def fake_evaluation(self, model):
+        step = 2 * len(seen)
+        seen[step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        fd, reward = script[step]
+        return {"mel_frechet": fd, "verifier": reward, "clap": 0.0}
+
+    monkeypatch.setattr(guardrail.GuardEvaluator, "__call__", fake_evaluation)
+    out = tmp_path / "guarded"
+    metrics = run(rollout_dir, out, "--max_steps", "6", "--guard_every", "2", "--guard_num_prompts", "2",
+                  "--guard_rewards", "clap", "--guard_max_fd_increase", "0.1")  # fmt: skip
+    assert sorted(seen) == [0, 2, 4, 6] and metrics["guardrail"]["best_step"] == 2
+    final = state_of(out / "final")
+    assert all(torch.equal(final[k], v) for k, v in seen[2].items())  # the kept weights, not the last ones
+    assert not all(torch.equal(final[k], v) for k, v in seen[6].items())
+    history = json.loads((out / "guardrail.json").read_text())
+    assert [r["step"] for r in history["history"]] == [0, 2, 4, 6] and history["best"]["step"] == 2
+    assert "kept step 2 of 6" in (out / "final" / "README.md").read_text()
+    logged = json.loads(sorted(out.glob("checkpoint-*/trainer_state.json"))[-1].read_text())["log_history"]
+    assert any("guard/mel_frechet" in h for h in logged)  # reported to report_to like every other metric
+
+
+def test_guard_rule_and_early_stop():
+    from rewardflow.guardrail import GuardRule
+
+    rule = GuardRule(select="clap", max_increase=0.2)
+    history = [{"step": 0, "clap": 0.1, "mel_frechet": 10.0}, {"step": 1, "clap": 0.5, "mel_frechet": 13.0},
+               {"step": 2, "clap": 0.3, "mel_frechet": 11.5}]  # fmt: skip
+    assert rule.best(history)["step"] == 2  # step 1 is better on the reward but breaks the bound
+    assert GuardRule(select="clap", max_increase=0.0).best(history)["step"] == 0  # only the start qualifies

@@ -18,7 +18,6 @@ from base_model import (
     MelVAEConfig,
 )
 from base_model.mel import librosa_log_mel
-from base_model.vocoders import BigVGANVocoder, load_vocoder
 
 
 def test_text_encoder_pads_caches_and_is_batch_independent(text_encoder):
@@ -52,35 +51,6 @@ def test_torch_mel_matches_librosa(seconds):
     assert ours.shape == ref.shape == (80, 1 + n // 256)
     # Stated tolerance: 1e-3 in log-mel (natural log) units, i.e. 0.1 % in magnitude.
     assert np.abs(ours - ref).max() < 1e-3
-
-
-def test_griffin_lim_round_trip_keeps_the_spectrum():
-    t = np.arange(16000) / 16000
-    wav = torch.from_numpy((0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32))[None]
-    mel_fn = MelSpectrogram()
-    mel = mel_fn(wav)
-    rec = GriffinLimVocoder(n_iter=32)(mel)
-    assert rec.shape[1] == pytest.approx(16000, abs=256)
-    mel2 = mel_fn(rec[:, :16000])
-    peak_bin = mel.mean(-1).argmax()
-    assert mel2.mean(-1).argmax() == peak_bin  # the tone comes back at the same pitch
-    rel = (mel2.exp() - mel.exp()).abs().sum() / mel.exp().sum()  # magnitude error, dominated by loud bins
-    assert rel < 0.3, rel
-
-
-def test_griffin_lim_is_deterministic_and_batch_independent():
-    mel = MelSpectrogram()(torch.randn(3, 8000, generator=gen()) * 0.1)
-    voc = GriffinLimVocoder(n_iter=4)
-    a, b = voc(mel), voc(mel)
-    assert torch.equal(a, b)
-    torch.testing.assert_close(voc(mel[1:2])[0], a[1], atol=1e-6, rtol=1e-5)
-
-
-def test_bigvgan_without_weights_names_what_it_needs(tmp_path):
-    with pytest.raises(FileNotFoundError, match="bigvgan_generator.pt"):
-        BigVGANVocoder(tmp_path)
-    with pytest.raises(ValueError, match="griffin_lim"):
-        load_vocoder({"type": "wavenet"})
 
 
 def test_vae_shapes_and_round_trip(tmp_path):

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rewardflow.rollout import latents_of, load_rollout, main, make_parser
+from rewardflow.rollout import main, make_parser
+from rewardflow.rollout_table import latents_of, load_rollout
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--num_iterations", "2", "--num_steps", "2", "--batch_size", "4", "--num_generations", "2"]

@@ -129,18 +129,22 @@ def test_pretrain_without_vae_names_the_fix(tmp_path):
 
 
 @pytest.mark.slow
-def test_build_script_small(tmp_path):
-    res = subprocess.run(
-        [sys.executable, str(ROOT / "experiments/build_synthcaps.py"), "--small", "--output_dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+def test_build_script_small_measures_and_resumes(tmp_path):
+    cmd = [sys.executable, str(ROOT / "bundled/build_synthcaps.py"), "--small", "true", "--output_dir", str(tmp_path)]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["real_audio_verifier_accuracy"] > 0.9
-    assert set(report["decoding_scaling"]) == {"1", "8"}
+    assert report["decoder_ceiling"]["real_audio"]["verifier"] > 0.9
+    for key in ("masked_8_iterations", "cfm_25_steps", "own_minus_shuffled", "cfm_minus_masked", "files_mb"):
+        assert key in report, key
+    measured = json.loads((tmp_path / "flow-masked" / "measured.json").read_text())
+    assert [r["step"] for r in measured] and all(0 <= r["verifier"] <= 1 for r in measured)
     card = (tmp_path / "flow-masked" / "final" / "README.md").read_text()
-    assert "experiments/build_synthcaps.py" in card and "train_seconds" in card
+    assert "bundled/build_synthcaps.py" in card and "train_vae.py" in card and "Sittings" in card
     for name in ("generated_vs_real.png", "vae_round_trip.png"):
-        assert (tmp_path / name).stat().st_size > 1000
+        assert (tmp_path / "flow-masked" / "final" / name).stat().st_size > 0
+    # the same command again: every stage is found finished, nothing is trained twice
+    again = subprocess.run(cmd + ["--stages", "vae", "flow"], capture_output=True, text=True, cwd=ROOT)
+    assert again.returncode == 0, again.stderr[-3000:]
+    sittings = json.loads((tmp_path / "flow-masked" / "sittings.json").read_text())
+    assert len(sittings) == 1

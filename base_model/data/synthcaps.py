@@ -301,20 +301,80 @@ def render_audio(attrs: dict, seed: int, seconds: float = DEFAULT_SECONDS) -> np
         ramp = np.linspace(0.0, 1.0, n) ** 2
         x *= ramp if attrs["fade"] == "in" else ramp[::-1]
     x *= 10 ** ((LOUDNESS_DB[attrs["loudness"]] - active_rms_db(x)) / 20)
-    deg = attrs["degradation"]
-    if deg == "hiss":
+    return finish_clip(x, attrs["degradation"], rng).astype(np.float32)
+
+
+def finish_clip(x: np.ndarray, degradation: str, rng: np.random.Generator) -> np.ndarray:
+    """Applies a quality degradation (`hiss`, `clipping`, `muffled` or `none`) and the soft-knee limiter."""
+    n = len(x)
+    if degradation == "hiss":
         x = x + 10 ** (-36 / 20) * rng.standard_normal(n)
-    elif deg == "clipping":
+    elif degradation == "clipping":
         limit = 0.3 * np.max(np.abs(x))
         x = np.clip(x * 1.0, -limit, limit) * (np.max(np.abs(x)) / max(limit, 1e-9)) ** 0.5
-    elif deg == "muffled":
+    elif degradation == "muffled":
         spec = np.fft.rfft(x)
         f = np.fft.rfftfreq(n, 1 / SAMPLE_RATE)
         spec *= 1 / (1 + (f / 700.0) ** 4)  # 4th-order low-pass at 700 Hz
         x = np.fft.irfft(spec, n)
     # Soft-knee limiter: loud sparse events (clicks) keep their loudness instead of being scaled down as a whole.
     knee, a = 0.7, np.abs(x)
-    x = np.where(a > knee, np.sign(x) * (knee + 0.29 * np.tanh((a - knee) / 0.29)), x)
+    return np.where(a > knee, np.sign(x) * (knee + 0.29 * np.tanh((a - knee) / 0.29)), x)
+
+
+# ------------------------------------------------------------------------------------------- codec clips
+def render_codec_clip(seed: int, seconds: float = DEFAULT_SECONDS) -> np.ndarray:
+    """A caption-less clip for training the codec (the mel VAE), never the generator: 1-3 layers of tones, pulse
+    trains, sweeps, noise and clicks whose frequencies, rates, spans, levels and fades are drawn from continuous
+    ranges wider than SynthCaps' attribute bands, then a degradation and the limiter as in [`render_audio`].
+
+    Why: a codec trained only on `train` clips never hears, say, a steady tone above 2 kHz (that combination is
+    held out from the generator), and it drops what it has not heard. The codec should carry any such signal, so
+    that held-out prompts test the generator's composition, not the codec's coverage. These clips have no captions,
+    so they teach the generator nothing.
+    """
+    rng = np.random.default_rng([seed, 7919])  # a stream of its own, apart from every SynthCaps split
+    n = int(round(seconds * SAMPLE_RATE))
+    t = np.arange(n) / SAMPLE_RATE
+    x = np.zeros(n)
+    for _ in range(int(rng.integers(1, 4))):
+        kind = str(rng.choice(["tone", "pulses", "sweep", "noise", "clicks"]))
+        a, b = sorted(rng.uniform(0, 1, 2)) if rng.random() < 0.4 else (0.0, 1.0)
+        lo, hi = int(a * n), max(int(b * n), int(a * n) + SAMPLE_RATE // 4)
+        seg = slice(lo, min(hi, n))
+        m = seg.stop - seg.start
+        if kind in ("tone", "pulses"):
+            f = np.exp(rng.uniform(np.log(80.0), np.log(7000.0)))
+            ev = np.sin(2 * np.pi * f * t[:m] + rng.uniform(0, 2 * np.pi))
+            if kind == "pulses":
+                ev *= _envelope_pulses(m, rng.uniform(1.0, 8.0), rng.uniform(0.03, 0.2), rng)
+        elif kind == "sweep":
+            f0, f1 = np.exp(rng.uniform(np.log(100.0), np.log(6000.0), 2))
+            k = np.log(f1 / f0) / (m / SAMPLE_RATE)
+            ev = (
+                np.sin(2 * np.pi * f0 * (np.exp(k * t[:m]) - 1) / k)
+                if abs(k) > 1e-6
+                else np.sin(2 * np.pi * f0 * t[:m])
+            )
+        elif kind == "noise":
+            spec = np.fft.rfft(rng.standard_normal(m))
+            f = np.fft.rfftfreq(m, 1 / SAMPLE_RATE)
+            f[0] = 1.0
+            spec /= f ** rng.uniform(0.0, 1.0)  # any slope from white to brown
+            spec[f < 40.0] = 0.0
+            ev = np.fft.irfft(spec, m)
+        else:
+            ev = np.zeros(m)
+            period = max(int(SAMPLE_RATE / rng.uniform(1.0, 8.0)), 401)
+            decay = np.exp(-np.arange(400) / rng.uniform(30.0, 150.0))
+            for s in range(int(rng.integers(0, period // 2 + 1)), m - 400, period):
+                ev[s : s + 400] += rng.standard_normal(400) * decay
+        if rng.random() < 0.3:
+            ramp = np.linspace(0.0, 1.0, m) ** 2
+            ev *= ramp if rng.random() < 0.5 else ramp[::-1]
+        x[seg] += ev / _rms(ev) * 10 ** (rng.uniform(-42.0, -8.0) / 20)
+    degradation = str(rng.choice(DEGRADATIONS, p=[0.55, 0.15, 0.15, 0.15]))
+    return finish_clip(x, degradation, rng).astype(np.float32)
     return x.astype(np.float32)
 
 

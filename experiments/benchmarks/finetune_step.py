@@ -66,7 +66,7 @@ def run_mode(a: BenchArguments) -> dict:
     from base_model import MaskAudioFlow
     from base_model.training import MeanLossTrainer
     from rewardflow.finetune_config import RewardFlowConfig
-    from rewardflow.finetune_trainer import DEFAULT_LORA_TARGETS, RewardFlowTrainer, RewardLatentDataset
+    from rewardflow.finetune_trainer import RewardFlowTrainer, RewardLatentDataset
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -127,7 +127,7 @@ def run_mode(a: BenchArguments) -> dict:
     else:
         from peft import LoraConfig
 
-        lora = LoraConfig(r=a.lora_r, lora_alpha=2 * a.lora_r, target_modules=DEFAULT_LORA_TARGETS)
+        lora = LoraConfig(r=a.lora_r, lora_alpha=2 * a.lora_r, target_modules=MaskAudioFlow.lora_target_modules)
         trainer = RewardFlowTrainer(model, args, dataset, peft_config=lora, **kwargs)
     trainer.train()
     timed = timer.times[a.warmup :]
@@ -156,7 +156,7 @@ def main(a: BenchArguments) -> dict:
     if a.mode:
         print("RESULT " + json.dumps(run_mode(a)))
         return {}
-    from base_model.pipeline import atomic_write_text
+    from base_model.files import atomic_write_text
 
     results = {}
     for mode in MODES:

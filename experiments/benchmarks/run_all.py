@@ -8,6 +8,8 @@
 3. Fine-tuning step: `finetune_step.py` (plain flow matching vs reward-weighted + reference vs LoRA + reference,
    plus LoRA without a reference for the memory overhead of the disabled-adapter reference).
 4. Rollout: a small real rollout of the bundled pipeline, clips/s end to end and each stage's share.
+5. Vocoder: `vocoder.py` (the torch Griffin-Lim against librosa's, side by side, on real SynthCaps clips).
+6. Generation: `generation.py` (the bundled pipeline's cost by clip length and batch size, per stage).
 """
 
 from __future__ import annotations
@@ -62,13 +64,17 @@ def flop_table(presets=("tiny", "small", "base"), seconds=(2.5, 5.0, 10.0), iter
             x, infill = torch.zeros(2, T, C), torch.ones(2, T, dtype=torch.bool)
             backbone = flops(lambda: model.backbone(x, ctx, mask, infill_mask=infill))  # noqa: B023 - called at once
             z = torch.zeros(2, T, model.config.hidden_size)
-            # one head step on all T frames of both halves
-            head_all = flops(lambda: model.head(x, torch.ones(2, T), z))  # noqa: B023 - called at once
-            cfm_step = flops(lambda: cfm.head(x, torch.ones(2), cfm.backbone(x, ctx, mask, t=torch.ones(2))))  # noqa: B023 - called at once
+            # one head step on all T frames of both halves, as the plain algorithm calls it (t and z per frame)
+            head_all = flops(lambda: model.velocity(x, torch.ones(2, T), z))  # noqa: B023 - called at once
+            # the library sampler projects z once per frame and embeds each step's t once
+            cond = model.head_condition(z)
+            head_cond = flops(lambda: model.head_condition(z))  # noqa: B023 - called at once
+            head_step = flops(lambda: model.velocity(x, torch.ones(()), cond=cond))  # noqa: B023 - called at once
+            cfm_step = flops(lambda: cfm.velocity(x, torch.ones(2), cfm.backbone(x, ctx, mask, t=torch.ones(2))))  # noqa: B023 - called at once
             mel = torch.zeros(1, 80, 2 * T)
             # encode + decode: the encoder is small, so this is an upper bound on decoding
             vae_decode = flops(lambda: vae.decode(vae.encode(mel)))  # noqa: B023 - called at once
-            masked = iterations * backbone + steps * head_all  # revealed-only head: each frame integrated once
+            masked = iterations * backbone + head_cond + steps * head_step  # revealed-only: each frame once
             naive = iterations * backbone + iterations * steps * head_all
             rows.append(
                 {
@@ -94,7 +100,7 @@ def _run(cmd: list[str]) -> None:
 def main(a: BenchAllArguments) -> dict:
     start = time.perf_counter()
     py = sys.executable
-    from base_model.pipeline import atomic_write_text
+    from base_model.files import atomic_write_text
 
     flops = flop_table()
     print("| preset | clip s | backbone pass GFLOP | masked (8 it.) GFLOP | naive Alg. 1 GFLOP | CFM 25 steps GFLOP |"
@@ -115,6 +121,10 @@ def main(a: BenchAllArguments) -> dict:
     _run([py, "rewardflow/rollout.py", "--output_dir", str(tmp / "rollout"), "--max_prompts", str(a.rollout_prompts),
           "--num_generations", "1"])  # fmt: skip
     rollout = json.loads((tmp / "rollout" / "summary.json").read_text())
+    _run([py, "experiments/benchmarks/vocoder.py", "--repeats", str(a.repeats), "--output", str(tmp / "vocoder.json")])
+    vocoder = json.loads((tmp / "vocoder.json").read_text())
+    _run([py, "experiments/benchmarks/generation.py", "--repeats", str(a.repeats), "--output", str(tmp / "gen.json")])
+    generation = json.loads((tmp / "gen.json").read_text())
     total = sum(rollout["seconds_main_process"].values())
     latest = {
         "machine": {
@@ -138,6 +148,18 @@ def main(a: BenchAllArguments) -> dict:
             - 1,
             "by_mode": finetune,
         },
+        "vocoder": {
+            k: vocoder[k]
+            for k in (
+                "speedup_vs_librosa",
+                "seconds_per_batch",
+                "spectral_convergence",
+                "verifier_round_trip",
+                "batch_independence_max_relative_diff",
+                "settings",
+            )
+        },
+        "generation": generation,
         "rollout": {
             "clips_per_second": rollout["rows"] / total,
             "stage_share": {k: v / total for k, v in rollout["seconds_main_process"].items()},
@@ -159,6 +181,8 @@ def main(a: BenchAllArguments) -> dict:
     print(f"finetune.reward_step_over_cfm_step {f['reward_step_over_cfm_step']:.2f} (target <= 1.4)")
     print(f"finetune.lora_ref_memory_overhead  {f['lora_ref_memory_overhead']:+.3f} (target <= +0.05)")
     print(f"rollout.write_fraction        {r['write_fraction']:.4f} (target <= 0.05)")
+    print(f"rollout.stage_share.vocode    {r['stage_share']['vocode']:.3f}  (target <= 0.20)")
+    print(f"vocoder.speedup_vs_librosa    {latest['vocoder']['speedup_vs_librosa']:.1f}x  (target >= 10)")
     print(f"wrote {out} in {latest['wall_seconds']} s")
     return latest
 

@@ -77,12 +77,12 @@ def naive_algorithm_1(model, text, text_mask, num_frames, num_iterations, num_st
     from torchdiffeq import odeint
 
     from base_model.flow import num_spans, spans_to_frames
-    from base_model.sampling import _per_sample_draws, decoding_schedule
+    from base_model.sampling import classifier_free_guidance, decoding_schedule, draw_noise_and_order
 
     cfg = model.config
     B, T, C, L = text.shape[0], num_frames, cfg.latent_channels, cfg.span_length
     N = num_spans(T, L)
-    x_0, prio = _per_sample_draws(B, T, C, N, generators, text.device, text.dtype)
+    x_0, prio = draw_noise_and_order(B, T, C, N, generators, text.device, text.dtype)
     rank = prio.argsort(dim=1).argsort(dim=1)
     ctx, ctx_mask = model.encode_context(text, text_mask)
     null, null_mask = model.null_context(B)
@@ -96,9 +96,9 @@ def naive_algorithm_1(model, text, text_mask, num_frames, num_iterations, num_st
 
         def velocity(t, x_t, z_cond=z_cond, z_uncond=z_uncond):
             t_tok = t.expand(B, T)
-            v_cond = model.head(x_t, t_tok, z_cond)
-            v_uncond = model.head(x_t, t_tok, z_uncond)
-            return v_uncond + cfg_scale * (v_cond - v_uncond)
+            v_cond = model.velocity(x_t, t_tok, z_cond)
+            v_uncond = model.velocity(x_t, t_tok, z_uncond)
+            return classifier_free_guidance(torch.cat([v_cond, v_uncond]), cfg_scale)
 
         grid = torch.linspace(0, 1, num_steps + 1, device=text.device)
         x_new = odeint(velocity, x_0, grid, method="euler")[-1]
@@ -118,7 +118,7 @@ def count_flops(fn) -> int:
 
 def main(a: SamplerBenchArguments) -> dict:
     from base_model import MaskAudioFlow, MaskAudioFlowConfig
-    from base_model.pipeline import atomic_write_text
+    from base_model.files import atomic_write_text
     from base_model.sampling import sample_cfm, sample_masked
 
     if a.threads:

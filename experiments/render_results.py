@@ -1,0 +1,449 @@
+"""Renders every table of figures in the documents from the committed JSON under `experiments/results/` (and
+`experiments/benchmarks/results/`), so a number can never drift from its source.
+
+    python experiments/render_results.py            # rewrite the tables in README.md and experiments/README.md
+    python experiments/render_results.py --check    # exit 1 if a committed document differs from its rendering
+
+A table lives between `<!-- table:NAME -->` and `<!-- /table:NAME -->` in a document; NAME picks a renderer below,
+which reads its JSON and returns markdown. `tests/test_render_results.py` runs `--check`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "experiments" / "results"
+BENCH = ROOT / "experiments" / "benchmarks" / "results"
+DOCUMENTS = (ROOT / "README.md", ROOT / "experiments" / "README.md")
+TABLE = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
+
+
+def _load(path: Path) -> dict:
+    if not path.is_file():
+        shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        raise FileNotFoundError(f"{shown} is missing: the table that renders it has no source.")
+    return json.loads(path.read_text())
+
+
+def _ci(d: dict, digits: int = 3) -> str:
+    """`mean [low, high]` of a paired difference, bold when the interval excludes zero."""
+    mean, (lo, hi) = d["mean"], d["ci95"]
+    cell = f"{mean:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+    return f"**{cell}**" if lo > 0 or hi < 0 else cell
+
+
+def _row(cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+# ------------------------------------------------------------------------------------------------ renderers
+def vocoder() -> str:
+    r = _load(BENCH / "vocoder.json")
+    v = r["verifier_round_trip"]
+    lines = [
+        _row(
+            [
+                "vocoder (32 Griffin-Lim iterations)",
+                f"s per batch of {r['settings']['batch_size']}",
+                "speed-up",
+                "spectral convergence",
+                "verifier, real audio -> mel -> vocoder",
+            ]
+        ),  # fmt: skip
+        "|---|---|---|---|---|",
+        _row(
+            [
+                "librosa (`griffin_lim_librosa`)",
+                r["seconds_per_batch"]["librosa"],
+                "1×",
+                r["spectral_convergence"]["librosa"],
+                v["librosa"]["verifier"],
+            ]
+        ),  # fmt: skip
+        _row(
+            [
+                "torch, batched (`griffin_lim`, the default)",
+                r["seconds_per_batch"]["torch"],
+                f"**{r['speedup_vs_librosa']}×**",
+                r["spectral_convergence"]["torch"],
+                v["torch"]["verifier"],
+            ]
+        ),  # fmt: skip
+        _row(["real audio itself", "", "", "0", v["real_audio"]["verifier"]]),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def vocoder_sweep() -> str:
+    r = _load(BENCH / "vocoder.json")
+    lines = [
+        _row(["Griffin-Lim iterations", "NNLS steps", "s per batch", "speed-up vs librosa", "spectral convergence"])
+    ]
+    lines.append("|---|---|---|---|---|")
+    for s in r["sweep"]:
+        lines.append(
+            _row([s["n_iter"], s["nnls_iter"], s["seconds"], f"{s['speedup_vs_librosa']}×", s["spectral_convergence"]])
+        )
+    return "\n".join(lines) + "\n"
+
+
+def bench_headline() -> str:
+    r = _load(BENCH / "latest.json")
+    v, s, ro, f = r["vocoder"], r["sampler"], r["rollout"], r["finetune"]
+    share = ro["stage_share"]
+    top = max(share, key=share.get)
+    rows = [
+        (
+            "vocoder speed-up over librosa's Griffin-Lim (16 clips, same settings)",
+            f"{v['speedup_vs_librosa']:.1f}×",
+            "≥ 10×",
+        ),
+        ("vocoder's share of rollout time", f"{share['vocode']:.3f}", "≤ 0.20"),
+        (f"largest rollout stage: {top}", f"{share[top]:.3f}", ""),
+        (f"sampler, fraction of the fp32 GEMM peak (batch {s['at_batch']})", f"{s['fraction_of_peak']:.3f}", "≥ 0.50"),
+        ("library sampler over plain Algorithm 1 (same outputs)", f"{s['speedup_vs_naive']:.2f}×", "≥ 2×"),
+        (
+            "reward-weighted + reference step / plain flow-matching step",
+            f"{f['reward_step_over_cfm_step']:.2f}",
+            "≤ 1.4",
+        ),
+        ("rollout throughput, clips per second", f"{ro['clips_per_second']:.2f}", ""),
+    ]
+    head = f"`make bench` on {r['machine']['device']}, `{r['settings']['preset']}` preset for the sampler and step; " \
+           f"bundled pipeline for the rollout and vocoder ({r['measured_at'][:10]})."  # fmt: skip
+    lines = [head, "", _row(["measure", "measured", "target"]), "|---|---|---|"]
+    lines += [_row(x) for x in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _f(v, digits: int = 3) -> str:
+    return "n/a" if v is None or isinstance(v, str) else f"{v:.{digits}f}"
+
+
+def _share(part: float, whole: float) -> str:
+    """`part / whole` to two decimals; "n/a" when the whole is zero (the oracle gained nothing to recover)."""
+    return f"{part / whole:.2f}" if whole else "n/a"
+
+
+def _bci(x: list | dict, digits: int = 3) -> str:
+    """`[mean, low, high]` or `{"mean", "low", "high"}` / `{"mean", "ci95"}` as `mean [low, high]`, bold when the
+    interval excludes zero."""
+    if isinstance(x, dict):
+        lo, hi = x["ci95"] if "ci95" in x else (x["low"], x["high"])
+        x = [x["mean"], lo, hi]
+    cell = f"{x[0]:+.{digits}f} [{x[1]:+.{digits}f}, {x[2]:+.{digits}f}]"
+    return f"**{cell}**" if x[1] > 0 or x[2] < 0 else cell
+
+
+def decoder_ceiling() -> str:
+    r = _load(RESULTS / "generator" / "report.json")["decoder_ceiling"]
+    attrs = ["verifier", "type", "pitch", "tempo", "direction", "colour", "fade", "loudness"]
+    lines = [_row(["audio", *attrs]), "|" + "---|" * (len(attrs) + 1)]
+    for name, key in (("real held-out audio", "real_audio"), ("real audio → mel → vocoder", "real_mel_vocoder"),
+                      ("real audio → mel → VAE → vocoder (the decoder's ceiling)", "real_mel_vae_vocoder")):  # fmt: skip
+        lines.append(_row([name, *[_f(r[key].get(a)) for a in attrs]]))
+    return "\n".join(lines) + "\n"
+
+
+def generator() -> str:
+    r = _load(RESULTS / "generator" / "report.json")
+    m, c = r["masked_8_iterations"], r["cfm_25_steps"]
+    lines = [_row(["", "verifier accuracy", "mel Fréchet distance", "s / clip"]), "|---|---|---|---|"]
+    lines.append(_row(["real held-out audio", _f(r["decoder_ceiling"]["real_audio"]["verifier"]), "0", ""]))
+    lines.append(
+        _row(
+            [
+                "decoder ceiling (real audio → mel → VAE → vocoder)",
+                _f(r["decoder_ceiling"]["real_mel_vae_vocoder"]["verifier"]),
+                "",
+                "",
+            ]
+        )
+    )
+    lines.append(
+        _row(
+            [
+                "**MaskAudioFlow**, 8 iterations × 25 steps",
+                f"**{_f(m['verifier'])}**",
+                _f(m["mel_frechet"], 1),
+                _f(m["seconds_per_clip"]),
+            ]
+        )
+    )
+    lines.append(_row(["the same clips checked against shuffled prompts", _f(r["shuffled_prompt_verifier"]), "", ""]))
+    lines.append(_row(["own − shuffled prompt, paired", _bci(r["own_minus_shuffled"]), "", ""]))
+    lines.append(
+        _row(
+            [
+                "CFM baseline, 25 steps (same size, data, steps)",
+                _f(c["verifier"]),
+                _f(c["mel_frechet"], 1),
+                _f(c["seconds_per_clip"]),
+            ]
+        )
+    )
+    lines.append(_row(["CFM − masked, paired", _bci(r["cfm_minus_masked"]), "", ""]))
+    p = r["parameters"]
+    lines.append(f"\n{r['eval_prompts']} held-out-composition prompts (the first of the split), seeds {r['seeds']}, CFG "
+                 f"{r['cfg_scale']}. Parameters: MaskAudioFlow {p['masked'] / 1e6:.2f} M, CFM {p['cfm'] / 1e6:.2f} M, "
+                 f"VAE {p['vae'] / 1e6:.2f} M; the bundled generator's weights take {r['files_mb']} MB.")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def decoding_scaling() -> str:
+    r = _load(RESULTS / "decoding_scaling" / "results.json")
+    cols = ["verifier", "clap", "kl", "fad_clap", "mel_frechet"]
+    lines = [_row(["setting", "backbone passes", *cols, "Δ verifier vs 8 iterations"]), "|" + "---|" * (len(cols) + 3)]
+    for name, row in r["rows"].items():
+        d = row.get("vs_reference", {}).get("verifier")
+        lines.append(_row([name, row["backbone_passes"], *[_f(row.get(k)) for k in cols], _bci(d) if d else "—"]))
+    return "\n".join(lines) + "\n"
+
+
+def masking_ablation() -> str:
+    r = _load(RESULTS / "masking_ablation" / "results.json")
+    lines = [_row(["ratio p", "span l", "verifier", "KL", "mel Fréchet", f"Δ verifier vs {r['reference']}"]),
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for row in r["runs"].values():
+        p = "cosine (MaskGIT)" if row["mask_ratio_mode"] == "cosine" else row["mask_ratio"]
+        d = row.get("verifier_vs_reference")
+        lines.append(_row([p, row["span_length"], _f(row["verifier"]), _f(row["kl"]), _f(row["mel_frechet"], 1),
+                           _bci(d) if d else "—"]))  # fmt: skip
+    s = r["settings"]
+    lines.append(f"\nEach: {s['max_steps']} steps, {s['hidden_size']} wide × {s['num_layers']} layers, "
+                 f"{s['train_examples']} clips, seed {s['seed']}; {s['eval_prompts']} held-out prompts from "
+                 f"{s['first_prompt']}.")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _alignment() -> dict:
+    return _load(RESULTS / "alignment" / "results.json")
+
+
+def _delta(run: dict, key: str) -> str:
+    d = run["paired_vs_base"].get(key)
+    return _bci(d) if d else "n/a"
+
+
+def oracle() -> str:
+    r = _alignment()
+    names = ["verifier-topk"] + sorted(n for n in r["runs"] if n.startswith("oracle-round-"))
+    lines = [
+        _row(["model", "verifier", "Δ verifier vs base", "Δ CLAP", "KL", "mel Fréchet"]),
+        "|---|---|---|---|---|---|",
+    ]
+    b = r["base"]
+    lines.append(_row(["base", _f(b["verifier"]), "", "", _f(b.get("kl")), _f(b.get("mel_frechet"), 1)]))
+    for i, n in enumerate(names, 1):
+        m = r["runs"][n]
+        lines.append(_row([f"verifier as reward, round {i}", _f(m["model"]["verifier"]), _delta(m, "verifier"),
+                           _delta(m, "clap"), _f(m["model"].get("kl")), _f(m["model"].get("mel_frechet"), 1)]))  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def clap_control() -> str:
+    r = _alignment()
+    lines = [_row(["run", "Δ verifier", "Δ CLAP", "Δ aesthetics", "Δ KL", "mel Fréchet"]), "|---|---|---|---|---|---|"]
+    for label, n in (("uniform weights (the control)", "control"), ("CLAP, best of 4", "clap-topk"),
+                     ("aesthetics, best of 4", "aesthetics-topk"), ("verifier, best of 4 (oracle)", "verifier-topk")):  # fmt: skip
+        m = r["runs"][n]
+        lines.append(_row([label, _delta(m, "verifier"), _delta(m, "clap"), _delta(m, "aesthetics"), _delta(m, "kl"),
+                           _f(m["model"].get("mel_frechet"), 1)]))  # fmt: skip
+    d = r["clap_minus_control"]
+    lines.append(
+        _row(
+            [
+                "**CLAP − control**, paired",
+                _bci(d["verifier"]),
+                _bci(d["clap"]),
+                _bci(d["aesthetics"]),
+                _bci(d["kl"]),
+                "",
+            ]
+        )
+    )
+    a = r["aesthetics_minus_control"]
+    lines.append(
+        _row(
+            [
+                "aesthetics − control, paired",
+                _bci(a["verifier"]),
+                _bci(a["clap"]),
+                _bci(a["aesthetics"]),
+                _bci(a["kl"]),
+                "",
+            ]
+        )
+    )
+    runs, agree = r["runs"], r["agreement"]
+    gain = {n: runs[n]["paired_vs_base"]["verifier"]["mean"] for n in ("control", "clap-topk", "verifier-topk")}
+    recovered = _share(gain["clap-topk"] - gain["control"], gain["verifier-topk"] - gain["control"])
+    predicted = _share(agree["clap"]["top1_gain"][0], agree["verifier"]["top1_gain"][0])
+    lines.append(f"\nShare of the oracle's gain over the control that CLAP recovers: **{recovered}**; the agreement "
+                 f"diagnostic predicted {predicted} (CLAP's top-1 gain {agree['clap']['top1_gain'][0]:+.3f} of the "
+                 f"oracle's {agree['verifier']['top1_gain'][0]:+.3f} on the rollout).")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def aesthetics() -> str:
+    r = _alignment()
+    deg = r["degradation"]
+    lines = [
+        _row(["model", "degraded (any)", "hiss", "clipping", "muffled", "Δ verifier vs base"]),
+        "|---|---|---|---|---|---|",
+    ]
+    for label, n in (
+        ("base", "base"),
+        ("uniform weights (control)", "control"),
+        ("aesthetics, best of 4", "aesthetics-topk"),
+    ):
+        d = deg[n]
+        delta = _delta(r["runs"][n], "verifier") if n in r["runs"] else ""
+        lines.append(_row([label, _f(d["degraded"]), _f(d["hiss"]), _f(d["clipping"]), _f(d["muffled"]), delta]))
+    return "\n".join(lines) + "\n"
+
+
+def tau() -> str:
+    r = _alignment()
+    order = ["control"] + sorted((n for n in r["runs"] if n.startswith("clap-exp-tau")), key=lambda n: float(n[12:]))
+    order += [
+        n
+        for n in ("clap-standardized", "clap-self_normalized", "clap-clipped", "clap-topk", "clap-advantage")
+        if n in r["runs"]
+    ]
+    lines = [_row(["weighting (CLAP reward)", "Δ CLAP", "Δ verifier", "Δ aesthetics", "KL", "mel Fréchet", "FAD",
+                   "weights ESS"]), "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    b = r["base"]
+    lines.append(_row(["base", "", "", "", _f(b.get("kl")), _f(b.get("mel_frechet"), 1), _f(b.get("fad_clap")), ""]))
+    for n in order:
+        m = r["runs"][n]
+        label = {"control": "exp(τ·r), τ = 0 (uniform)"}.get(
+            n, n.replace("clap-exp-tau", "exp(τ·r), τ = ").replace("clap-", "")
+        )
+        lines.append(_row([label, _delta(m, "clap"), _delta(m, "verifier"), _delta(m, "aesthetics"), _f(m["model"].get("kl")),
+                           _f(m["model"].get("mel_frechet"), 1), _f(m["model"].get("fad_clap")),
+                           _f(m["train"]["weights_ess"] if m.get("train") else None)]))  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def best_of_n() -> str:
+    r = _alignment()
+    rows = [
+        ("base, 1 sample", r["base"], 1),
+        ("CLAP-tuned (best of 4 weighting), 1 sample", r["runs"]["clap-topk"]["model"], 1),
+    ]
+    for key in sorted(r["best_of_n"], key=lambda k: (k.split("-")[0], int(k.split("-")[1]), k.endswith("matched"))):
+        reward, n = key.split("-")[:2]
+        matched = key.endswith("matched")
+        label = f"base, best of {n} by {reward}" + (
+            f" at {max(8 // int(n), 1)} iterations each (matched compute)" if matched else ""
+        )
+        rows.append((label, r["best_of_n"][key], 1 if matched else int(n)))
+    lines = [_row(["model", "inference cost (× one 8-iteration sample)", "CLAP", "verifier", "aesthetics", "mel Fréchet"]),
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for label, m, cost in rows:
+        lines.append(
+            _row(
+                [
+                    label,
+                    f"{cost}×",
+                    _f(m.get("clap")),
+                    _f(m.get("verifier")),
+                    _f(m.get("aesthetics")),
+                    _f(m.get("mel_frechet"), 1),
+                ]
+            )
+        )
+    return "\n".join(lines) + "\n"
+
+
+def guardrail() -> str:
+    g = _alignment()["guardrail"]
+    keys = [k for k in ("mel_frechet", "kl", "clap", "aesthetics") if k in g["history"][0]]
+    lines = [_row(["step", *keys, "kept"]), "|" + "---|" * (len(keys) + 2)]
+    for h in g["history"]:
+        lines.append(
+            _row([h["step"], *[_f(h[k]) for k in keys], "**kept**" if h["step"] == g["best"]["step"] else ""])
+        )
+    lines.append(f"\nRule: {g['rule']}.")
+    return "\n".join(lines) + "\n"
+
+
+def demo() -> str:
+    r = _load(RESULTS / "demo" / "results.json")
+    names = list(r["models"])
+    cols = [("clap", "CLAP"), ("aesthetics", "aesthetics"), ("verifier", "verifier"), ("kl", "KL"),
+            ("mel_frechet", "mel Fréchet"), ("fad_clap", "FAD")]  # fmt: skip
+    lines = [_row(["", *[c for _, c in cols]]), "|" + "---|" * (len(cols) + 1)]
+    for label, n in (("base (bundled)", names[0]), ("tuned", names[1])):
+        lines.append(_row([label, *[_f(r["models"][n].get(k)) for k, _ in cols]]))
+    lines.append(_row(["tuned − base, paired", *[_bci(r["paired"][k]) if k in r["paired"] else "" for k, _ in cols]]))
+    s = r["settings"]
+    lines.append(f"\n`make demo`: {s['max_prompts']} training prompts × {s['num_generations']} clips, reward `{s['reward']}`, "
+                 f"`--weighting {s['weighting']}`, {s['max_steps']} steps; evaluated on {s['eval_prompts']} fresh held-out "
+                 f"prompts from {s['first_prompt']}; {sum(r['seconds'].values()) / 60:.0f} min on this 2-core CPU.")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+RENDERERS: dict[str, Callable[[], str]] = {
+    "oracle": oracle,
+    "clap-control": clap_control,
+    "aesthetics": aesthetics,
+    "tau": tau,
+    "best-of-n": best_of_n,
+    "guardrail": guardrail,
+    "demo": demo,
+    "decoder-ceiling": decoder_ceiling,
+    "generator": generator,
+    "decoding-scaling": decoding_scaling,
+    "masking-ablation": masking_ablation,
+    "bench-headline": bench_headline,
+    "vocoder": vocoder,
+    "vocoder-sweep": vocoder_sweep,
+}
+
+
+# ---------------------------------------------------------------------------------------------------- main
+def render(text: str) -> str:
+    """`text` with every table block re-rendered from its JSON."""
+
+    def replace(m: re.Match) -> str:
+        name = m.group("name")
+        if name not in RENDERERS:
+            raise KeyError(f"no renderer for table {name!r}; add one to experiments/render_results.py.")
+        return m.group(1) + RENDERERS[name]() + m.group(4)
+
+    return TABLE.sub(replace, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="Exit 1 if a document differs from its rendering.")
+    args = parser.parse_args(argv)
+    stale = []
+    for doc in DOCUMENTS:
+        if not doc.is_file():
+            continue
+        text = doc.read_text()
+        new = render(text)
+        if new != text:
+            stale.append(doc.relative_to(ROOT))
+            if not args.check:
+                doc.write_text(new)
+    if args.check and stale:
+        print(
+            f"stale tables in {', '.join(map(str, stale))}: run python experiments/render_results.py", file=sys.stderr
+        )
+        return 1
+    print("rewrote " + ", ".join(map(str, stale)) if stale else "every table matches its JSON")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

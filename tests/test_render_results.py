@@ -1,0 +1,46 @@
+"""Every table of figures in README.md and experiments/README.md equals its rendering from the committed JSON."""
+
+import json
+
+import pytest
+
+from experiments import render_results
+
+
+def test_committed_documents_equal_their_rendering():
+    assert render_results.main(["--check"]) == 0
+
+
+VOCODER = {
+    "settings": {"batch_size": 16},
+    "seconds_per_batch": {"librosa": 8.0, "torch": 0.5},
+    "speedup_vs_librosa": 16.0,
+    "spectral_convergence": {"librosa": 0.42, "torch": 0.38},
+    "verifier_round_trip": {
+        "real_audio": {"verifier": 0.94},
+        "librosa": {"verifier": 0.94},
+        "torch": {"verifier": 0.95},
+    },
+    "sweep": [],
+}
+
+
+def test_a_changed_number_is_caught(tmp_path, monkeypatch):
+    src = tmp_path / "vocoder.json"
+    real = dict(VOCODER)
+    monkeypatch.setattr(render_results, "BENCH", tmp_path)
+    src.write_text(json.dumps(real))
+    doc = "x\n<!-- table:vocoder -->\nold\n<!-- /table:vocoder -->\ny\n"
+    first = render_results.render(doc)
+    assert "old" not in first and str(real["speedup_vs_librosa"]) in first
+    real["speedup_vs_librosa"] = 123.45
+    src.write_text(json.dumps(real))
+    assert render_results.render(first) != first and "123.45" in render_results.render(first)
+
+
+def test_unknown_tables_and_missing_sources_are_errors(tmp_path, monkeypatch):
+    with pytest.raises(KeyError, match="no renderer"):
+        render_results.render("<!-- table:nope -->\n<!-- /table:nope -->")
+    monkeypatch.setattr(render_results, "BENCH", tmp_path)
+    with pytest.raises(FileNotFoundError, match="vocoder.json is missing"):
+        render_results.render("<!-- table:vocoder -->\n<!-- /table:vocoder -->")

@@ -4,7 +4,7 @@ Interface: an object with `sample_rate`, `__call__(mel) -> Tensor(B, N)` and `to
 pipeline can rebuild it with [`load_vocoder`]).
 
 - [`GriffinLimVocoder`] (the offline default): torch, batched, on the mel's device. Mel -> linear magnitude by
-  non-negative least squares solved with a few projected-gradient steps from the pseudo-inverse, then fast
+  non-negative least squares solved with a few accelerated projected-gradient steps from the pseudo-inverse, then fast
   Griffin-Lim (Perraudin et al. 2013, momentum 0.99, as librosa's `griffinlim`) over `torch.stft`/`torch.istft`.
 - [`LibrosaGriffinLimVocoder`]: librosa's `mel_to_stft` (L-BFGS-B NNLS, in numpy, per clip) + `griffinlim`; the
   vocoder of pipelines saved before the torch one, kept so their clips can be made again exactly as they were.
@@ -13,6 +13,7 @@ pipeline can rebuild it with [`load_vocoder`]).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Protocol
 
@@ -49,10 +50,10 @@ class GriffinLimVocoder:
 
     Args:
         mel_config ([`MelConfig`]): the front end's settings (the inversion uses the same filters and STFT).
-        n_iter (`int`, defaults to 32): Griffin-Lim iterations.
+        n_iter (`int`, defaults to 16): Griffin-Lim iterations.
         momentum (`float`, defaults to 0.99): fast Griffin-Lim's momentum (0 is plain Griffin-Lim).
-        nnls_iter (`int`, defaults to 32): projected-gradient steps of the mel -> linear NNLS, from the clamped
-            pseudo-inverse (0 keeps the clamped pseudo-inverse alone).
+        nnls_iter (`int`, defaults to 32): accelerated projected-gradient (FISTA) steps of the mel -> linear NNLS,
+            from the clamped pseudo-inverse (0 keeps the clamped pseudo-inverse alone).
 
     Example:
 
@@ -62,7 +63,7 @@ class GriffinLimVocoder:
     """
 
     def __init__(
-        self, mel_config: MelConfig | None = None, n_iter: int = 32, momentum: float = 0.99, nnls_iter: int = 32
+        self, mel_config: MelConfig | None = None, n_iter: int = 16, momentum: float = 0.99, nnls_iter: int = 32
     ):
         if n_iter < 0 or nnls_iter < 0:
             raise ValueError(f"n_iter and nnls_iter must be >= 0, got {n_iter} and {nnls_iter}.")
@@ -103,11 +104,20 @@ class GriffinLimVocoder:
             raise ValueError(f"GriffinLimVocoder inverts magnitude mels (power 1), got power {self.mel_config.power}.")
         ops = self._operators(mel.device)
         basis, basis_t, step = ops["basis"], ops["basis_t"], ops["step"]
-        target = mel.float().exp().transpose(1, 2)  # undo the log compression, (B, F, n_mels)
-        S = (target @ ops["pinv_t"]).clamp_min_(0.0)  # (B, F, n_freq)
-        for _ in range(self.nnls_iter):  # gradient of 0.5 ||S M^T - Y||^2 is (S M^T - Y) M
-            S = S.sub_(step * ((S @ basis_t - target) @ basis)).clamp_min_(0.0)
-        return S
+        B, _, F = mel.shape
+        target = mel.float().exp().transpose(1, 2).reshape(B * F, -1)  # undo the log compression, (B·F, n_mels)
+        S = (target @ ops["pinv_t"]).clamp_min_(0.0)  # (B·F, n_freq)
+        # Accelerated projected gradient (FISTA, Beck & Teboulle 2009): the gradient of 0.5 ||Y M^T - target||^2 is
+        # taken at the extrapolated point Y, which reaches in 16 steps the residual plain steps reach in ~32. Each
+        # row (one frame of one clip) is solved on its own; the two fused matmuls per step serve the whole batch.
+        Y, t = S, 1.0
+        for _ in range(self.nnls_iter):
+            residual = torch.addmm(target, Y, basis_t, beta=-1.0)  # Y M^T - target, (B·F, n_mels)
+            S_next = torch.addmm(Y, residual, basis, alpha=-step).clamp_min_(0.0)  # Y - step · residual M
+            t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
+            Y = torch.lerp(S_next, S, -(t - 1.0) / t_next)  # S_next + (t - 1) / t_next * (S_next - S)
+            S, t = S_next, t_next
+        return S.view(B, F, -1)
 
     # STFT pair over frames-first spectra `(B, F, n_freq)`: centred, zero-padded, Hann window, the same numbers as
     # `torch.stft`/`torch.istft` (tested), with the overlap-add done as `n_fft / hop` shifted slice additions,
@@ -137,19 +147,19 @@ class GriffinLimVocoder:
         """
         ops = self._operators(magnitude.device)
         window, window_sq = ops["window"], ops["window_sq"]
-        mag = magnitude[..., None]  # (B, F, n_freq, 1)
-        phase = torch.zeros(*magnitude.shape, 2, device=magnitude.device)
-        phase[..., 0] = 1.0  # zero phase
+        # `spec` is the magnitude with the current phase estimate, (B, F, n_freq, 2); zero phase to start.
+        spec = torch.stack([magnitude, torch.zeros_like(magnitude)], dim=-1)
         previous = None
         alpha = self.momentum / (1.0 + self.momentum)  # librosa's form of the momentum step
         for _ in range(self.n_iter):
-            wav = self._istft(torch.view_as_complex(mag * phase), window, window_sq, length)
+            wav = self._istft(torch.view_as_complex(spec), window, window_sq, length)
             rebuilt = torch.view_as_real(self._stft(wav, window))
-            phase = torch.add(rebuilt, previous, alpha=-alpha) if previous is not None else rebuilt.clone()
-            norm = torch.addcmul(phase[..., 0].square(), phase[..., 1], phase[..., 1]).add_(1e-32).rsqrt_()
-            phase.mul_(norm[..., None])  # unit modulus
+            phase = torch.add(rebuilt, previous, alpha=-alpha) if previous is not None else rebuilt
+            # magnitude / |phase|, so that one multiplication both normalises the phase and applies the magnitude
+            gain = torch.addcmul(phase[..., 0].square(), phase[..., 1], phase[..., 1]).add_(1e-32).rsqrt_()
+            spec = phase * gain.mul_(magnitude)[..., None]
             previous = rebuilt
-        return self._istft(torch.view_as_complex(mag * phase), window, window_sq, length)
+        return self._istft(torch.view_as_complex(spec), window, window_sq, length)
 
     @torch.inference_mode()
     def __call__(self, mel: torch.Tensor) -> torch.Tensor:

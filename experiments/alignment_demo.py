@@ -62,6 +62,8 @@ def _run(cmd: list[str]) -> float:
 def main(a: DemoArguments) -> dict:
     import torch
 
+    from base_model.files import atomic_write_json
+
     out = Path(a.output_dir)
     nproc = a.processes or (1 if torch.cuda.is_available() else min(2, os.cpu_count() or 1))
     py = sys.executable
@@ -103,11 +105,11 @@ def main(a: DemoArguments) -> dict:
     result = {"settings": vars(a), "seconds": seconds, "agreement": agreement["rewards"], "models": report["models"],
               "paired": report["paired_vs_first"][str(tuned)], "metric_info": report["metric_info"],
               "train": json.loads((tuned / "metrics.json").read_text())}  # fmt: skip
-    (out / "results.json").write_text(json.dumps(result, indent=2))
+    atomic_write_json(out / "results.json", result)
     if a.results_dir:
         dest = ROOT / a.results_dir
         dest.mkdir(parents=True, exist_ok=True)
-        (dest / "results.json").write_text(json.dumps(result, indent=2))
+        atomic_write_json(dest / "results.json", result)
     print(f"\n== alignment demo: base vs {a.reward}-tuned on {a.eval_prompts} fresh held-out SynthCaps prompts ==")
     print(report["table"])
     print("\nseconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))

@@ -45,38 +45,19 @@ def _row(cells) -> str:
 # ------------------------------------------------------------------------------------------------ renderers
 def vocoder() -> str:
     r = _load(BENCH / "vocoder.json")
-    v = r["verifier_round_trip"]
+    v, sec, sc = r["verifier_round_trip"], r["seconds_per_batch"], r["spectral_convergence"]
+    d = r["settings"]["default_vocoder"]
     lines = [
-        _row(
-            [
-                "vocoder (32 Griffin-Lim iterations)",
-                f"s per batch of {r['settings']['batch_size']}",
-                "speed-up",
-                "spectral convergence",
-                "verifier, real audio -> mel -> vocoder",
-            ]
-        ),  # fmt: skip
+        _row(["vocoder", f"s per batch of {r['settings']['batch_size']}", "speed-up", "spectral convergence",
+              "verifier, real audio -> mel -> vocoder"]),
         "|---|---|---|---|---|",
-        _row(
-            [
-                "librosa (`griffin_lim_librosa`)",
-                r["seconds_per_batch"]["librosa"],
-                "1×",
-                r["spectral_convergence"]["librosa"],
-                v["librosa"]["verifier"],
-            ]
-        ),  # fmt: skip
-        _row(
-            [
-                "torch, batched (`griffin_lim`, the default)",
-                r["seconds_per_batch"]["torch"],
-                f"**{r['speedup_vs_librosa']}×**",
-                r["spectral_convergence"]["torch"],
-                v["torch"]["verifier"],
-            ]
-        ),  # fmt: skip
+        _row(["librosa, 32 iterations (`griffin_lim_librosa`)", sec["librosa"], "1×", sc["librosa"], v["librosa"]["verifier"]]),
+        _row(["torch, batched, 32 iterations (the same settings)", sec["torch"], f"**{r['speedup_vs_librosa']}×**",
+              sc["torch"], v["torch"]["verifier"]]),
+        _row([f"torch, batched, {d['n_iter']} iterations + {d['nnls_iter']} NNLS steps (`griffin_lim`, the default)",
+              sec["default"], f"{r['default_speedup_vs_librosa']}×", sc["default"], v["default"]["verifier"]]),
         _row(["real audio itself", "", "", "0", v["real_audio"]["verifier"]]),
-    ]
+    ]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -119,6 +100,41 @@ def bench_headline() -> str:
            f"bundled pipeline for the rollout and vocoder ({r['measured_at'][:10]})."  # fmt: skip
     lines = [head, "", _row(["measure", "measured", "target"]), "|---|---|---|"]
     lines += [_row(x) for x in rows]
+    return "\n".join(lines) + "\n"
+
+
+def generation_scaling() -> str:
+    r = _load(BENCH / "latest.json")
+    g, share = r["generation"], r["rollout"]["stage_share"]
+    lines = [_row(["clip s", "batch", "sample s", "VAE decode s", "vocode s", "total s", "s per clip"]),
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for row in [*g["by_length"], *g["by_batch"]]:
+        lines.append(_row([row["seconds"], row["batch"], row["sample"], row["decode"], row["vocode"], row["total"],
+                           row["per_clip"]]))  # fmt: skip
+    lines += ["", _row(["rollout stage", *share]), "|---|" + "---|" * len(share)]
+    lines.append(_row(["share of rollout time", *[f"{v:.3f}" for v in share.values()]]))
+    lines.append(
+        f"\nRollout: {r['settings']['rollout_prompts']} prompts × 1 clip of the bundled pipeline, "
+        f"{r['rollout']['clips_per_second']:.2f} clips/s end to end in one process with the rollout's default "
+        "single thread (`--cpu_threads 1`; on this 2-core machine a rollout runs two such processes)."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def clap_level_probe() -> str:
+    r = _load(RESULTS / "clap_level_probe" / "results.json")
+    lines = [_row(["captions", "clean clips", "after VAE + vocoder"]), "|---|---|---|"]
+    for label, key in (
+        ("that name a level (loud / quiet / soft)", "named"),
+        ("that name none (normal clips)", "unnamed"),
+    ):
+        n = r["clean"][f"{key}_count"]
+        lines.append(_row([f"{n} {label}", _f(r["clean"][f"{key}_level_accuracy"], 2),
+                           _f(r["roundtrip"][f"{key}_level_accuracy"], 2)]))  # fmt: skip
+    lines.append(
+        f"\nHow often `{r['clap']['model_id']}` scores the caption's level highest of the three renders "
+        f"(chance {r['chance']:.2f})."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -388,6 +404,10 @@ def demo() -> str:
     lines.append(f"\n`make demo`: {s['max_prompts']} training prompts × {s['num_generations']} clips, reward `{s['reward']}`, "
                  f"`--weighting {s['weighting']}`, {s['max_steps']} steps; evaluated on {s['eval_prompts']} fresh held-out "
                  f"prompts from {s['first_prompt']}; {sum(r['seconds'].values()) / 60:.0f} min on this 2-core CPU.")  # fmt: skip
+    a = r["agreement"][s["reward"]]
+    lines.append(f"Before fine-tuning, on the rollout: the reward's within-prompt Spearman with the verifier "
+                 f"{_bci(a['spearman'])}; picking each prompt's best clip by the reward gains {_bci(a['top1_gain'])} "
+                 f"verifier accuracy, of the {_bci(a['oracle_gain'])} the verifier itself would.")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -406,6 +426,8 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "bench-headline": bench_headline,
     "vocoder": vocoder,
     "vocoder-sweep": vocoder_sweep,
+    "generation-scaling": generation_scaling,
+    "clap-level-probe": clap_level_probe,
 }
 
 

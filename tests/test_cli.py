@@ -17,6 +17,7 @@ SCRIPTS = [
     "bundled/build_synthcaps.py",
     "bundled/train_synthcaps_clap.py",
     "bundled/train_synthcaps_aesthetics.py",
+    "bundled/measure_synthcaps.py",
     "experiments/alignment_demo.py",
     "experiments/alignment_study.py",
     "experiments/decoding_scaling.py",

@@ -228,3 +228,22 @@ def test_alignment_study_tiny(tmp_path, monkeypatch):
     for name in ("oracle", "clap-control", "aesthetics", "tau", "best-of-n", "guardrail"):
         table = render_results.RENDERERS[name]()
         assert table.count("\n") >= 3 and "| " in table, name
+
+
+def test_measure_bundled_pair_small(tmp_path):
+    """The generator's measurement of any masked/CFM pair writes what the generator tables render."""
+    import pytest
+
+    from bundled.measure_synthcaps import MeasureArguments
+    from bundled.measure_synthcaps import main as measure_main
+
+    a = MeasureArguments(output_dir=str(tmp_path / "m"), results_dir="", small=True)
+    report = measure_main(a)
+    assert json.loads((tmp_path / "m" / "report.json").read_text()) == report
+    assert report["eval_prompts"] == 4 and report["models"] == {"masked": "synthcaps", "cfm": "synthcaps-cfm"}
+    for key in ("real_audio", "real_mel_vocoder", "real_mel_vae_vocoder"):
+        assert 0 <= report["decoder_ceiling"][key]["verifier"] <= 1, key
+    lo, hi = report["own_minus_shuffled"][1:]
+    assert lo <= report["own_minus_shuffled"][0] <= hi
+    with pytest.raises(ValueError, match="--eval_prompts"):
+        MeasureArguments(eval_prompts=1)

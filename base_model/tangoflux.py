@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig
 from transformers.utils import ModelOutput
@@ -190,10 +189,14 @@ class T5TextEncoder:
         self.hidden_size, self.max_length = self.model.config.d_model, max_length
 
     @torch.inference_mode()
-    def __call__(self, prompts: list[str]) -> TextEncoding:
+    def __call__(self, prompts: list[str], pad_to: int | None = None) -> TextEncoding:
+        """With `pad_to`, every prompt is padded to that many tokens and T5 encodes the pad tokens too (masked), as
+        TangoFlux encodes its unconditional `""` to the conditional batch's length: Flux's joint attention has no
+        text mask, so what stands at the padded positions reaches the audio tokens."""
         device = next(self.model.parameters()).device
+        padding = {"padding": "max_length", "max_length": pad_to} if pad_to else {"padding": True}
         batch = self.tokenizer(
-            list(prompts), max_length=self.max_length, padding=True, truncation=True, return_tensors="pt"
+            list(prompts), truncation=True, return_tensors="pt", **({"max_length": self.max_length} | padding)
         )
         hidden = self.model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device))[0]
         return TextEncoding(hidden_states=hidden, padding_mask=batch.attention_mask.bool().to(device))
@@ -291,12 +294,9 @@ class TangoFluxPipeline:
         enc = self.text_encoder(prompts)
         hidden, mask = enc.hidden_states.to(dtype), enc.padding_mask
         guide = cfg_scale != 1.0
-        if guide:
-            null = self.text_encoder([""] * B)
-            L = max(hidden.shape[1], null.hidden_states.shape[1])
-            pad = lambda h, m: (F.pad(h, (0, 0, 0, L - h.shape[1])), F.pad(m, (0, L - m.shape[1]), value=False))  # noqa: E731
-            (hidden, mask), (nh, nm) = pad(hidden, mask), pad(null.hidden_states.to(dtype), null.padding_mask)
-            hidden, mask = torch.cat([hidden, nh]), torch.cat([mask, nm])
+        if guide:  # the unconditional half: T5 of "" padded to the prompts' length (TangoFlux's)
+            null = self.text_encoder([""] * B, pad_to=hidden.shape[1])
+            hidden, mask = torch.cat([hidden, null.hidden_states.to(dtype)]), torch.cat([mask, null.padding_mask])
         context, pooled = self.model.conditioning(hidden, mask, hidden.shape[0])
         sigmas = torch.cat([torch.linspace(1.0, 1.0 / num_steps, num_steps), torch.zeros(1)]).to(device)
         for i in range(num_steps):

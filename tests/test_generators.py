@@ -155,6 +155,23 @@ def test_tangoflux_sampler_is_flow_matching_euler_from_noise(tangoflux_dir):
     assert noise.shape == out.latents[0].shape
 
 
+def test_tangoflux_unconditional_half_is_t5_of_empty_padded_to_the_prompts(tangoflux_dir):
+    """As TangoFlux's `encode_text_classifier_free`: `""` is tokenized to the conditional batch's length and T5
+    encodes the pad tokens too, since Flux's joint attention sees every text position (no mask)."""
+    pipe = load_generator(f"tangoflux:{tangoflux_dir}")
+    cond = pipe.text_encoder(["a dog barks", "rain on a roof"])
+    null = pipe.text_encoder([""] * 2, pad_to=cond.hidden_states.shape[1])
+    L = cond.hidden_states.shape[1]
+    assert null.hidden_states.shape == cond.hidden_states.shape and L > 1
+    assert null.padding_mask[:, 0].all() and not null.padding_mask[:, 1:].any()  # "" is </s> alone, then padding
+    assert null.hidden_states[:, 1:].abs().sum() > 0  # T5's outputs at the pad positions, not zeros
+    seen = []
+    velocity = pipe.model.velocity
+    pipe.model.velocity = lambda x, sigma, context, pooled: seen.append(context) or velocity(x, sigma, context, pooled)
+    pipe(["a dog barks", "rain on a roof"], seed=[1, 2], num_steps=1, cfg_scale=4.5, decode=False)
+    torch.testing.assert_close(seen[0][2:, :L], null.hidden_states)  # the second half is the padded ""
+
+
 def test_missing_files_name_the_file_and_the_published_weights(tmp_path):
     (tmp_path / "incomplete").mkdir()
     (tmp_path / "incomplete" / "config.json").write_text("{}")

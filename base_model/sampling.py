@@ -62,6 +62,14 @@ def check_sampling(num_iterations: int, num_steps: int, method: str, cfg_scale: 
         raise ValueError(f"--cfg_scale must be a finite number >= 0 (1 disables guidance), got {cfg_scale!r}.")
 
 
+def check_masked_sampling(flow_type: str, head_on: str, *sampling) -> None:
+    """[`check_sampling`] plus what masked decoding needs: a masked model and a known `head_on`."""
+    if flow_type != "masked" or head_on not in ("revealed", "masked"):
+        raise ValueError(f"sample_masked needs flow_type 'masked' (use sample_cfm for 'cfm') and head_on 'revealed' "
+                         f"or 'masked'; got {flow_type!r} and {head_on!r}.")  # fmt: skip
+    check_sampling(*sampling)
+
+
 GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
 
 
@@ -183,6 +191,29 @@ def _reveal_rows(model, x, x_0, z, reveal, ode: dict, cfg_scale: float, rep: int
     return rows[0].numel()
 
 
+def _reveal_rows_static(model, x, x_0, z, spans, num_frames: int, ode: dict, cfg_scale: float, rep: int):
+    """`_reveal_rows` with shapes that depend only on the schedule: the spans revealed this iteration are gathered
+    by index (`spans (B, k)`, span ids; every sample reveals the same `k`, since the schedule is shared), so nothing
+    waits on the host (no `nonzero`) and each iteration has one fixed shape, what CUDA graphs and `torch.compile`
+    need. `x` and `x_0` are padded to `N · L` frames: rows past the clip's end are integrated with the rest and left
+    in the padding. Writes the rows into `x` in place; returns how many real rows were integrated (a tensor)."""
+    B, k = spans.shape
+    C, W, L = x.shape[-1], z.shape[-1], model.config.span_length
+    frames = (spans[..., None] * L + torch.arange(L, device=spans.device)).reshape(B, k * L)  # (B, k·L)
+    z = torch.nn.functional.pad(z, (0, 0, 0, x.shape[1] - z.shape[1]))  # (rep·B, N·L, W)
+    z_rows = z.gather(1, frames.repeat(rep, 1)[..., None].expand(-1, -1, W))  # (rep·B, k·L, W): cond half first
+    cond = model.head_condition(z_rows.reshape(rep * B * k * L, W))  # once per iteration
+
+    def velocity(t, x_rows):
+        v = model.velocity(x_rows.repeat(rep, 1), t, cond=cond)
+        return classifier_free_guidance(v, cfg_scale) if rep == 2 else v
+
+    index = frames[..., None].expand(-1, -1, C)  # (B, k·L, C)
+    x_rows = solve_ode(velocity, x_0.gather(1, index).reshape(B * k * L, C), **ode)
+    x.scatter_(1, index, x_rows.view(B, k * L, C))
+    return (frames < num_frames).sum()
+
+
 def _reveal_sequence(model, x, x_0, z, infill, reveal, ode: dict, cfg_scale: float, rep: int) -> torch.Tensor:
     """Sequence head: all currently masked frames evolve together while known frames sit at their values with
     `t = 1`; the revealed ones are kept. Returns the new canvas."""
@@ -200,6 +231,16 @@ def _reveal_sequence(model, x, x_0, z, infill, reveal, ode: dict, cfg_scale: flo
     return torch.where(reveal[..., None], x_new, x)
 
 
+def _reveal(path: str, model, x, x_0, z, infill, reveal, spans, ode: dict, cfg_scale: float, rep: int):
+    """One iteration's head ODE along `path` (`"static"`, `"rows"` or `"sequence"`); returns the canvas and how
+    many rows the head integrated."""
+    if path == "static":
+        return x, _reveal_rows_static(model, x, x_0, z, spans, reveal.shape[1], ode, cfg_scale, rep)
+    if path == "rows":
+        return x, _reveal_rows(model, x, x_0, z, reveal, ode, cfg_scale, rep)
+    return _reveal_sequence(model, x, x_0, z, infill, reveal, ode, cfg_scale, rep), int(infill.sum())
+
+
 @torch.inference_mode()
 def sample_masked(
     model,
@@ -215,6 +256,7 @@ def sample_masked(
     generator: GeneratorArg = None,
     return_intermediates: bool = False,
     head_on: str = "revealed",
+    static_shapes: bool | None = None,
 ) -> SamplerOutput:
     r"""Iterative masked decoding (paper Algorithm 1).
 
@@ -235,6 +277,10 @@ def sample_masked(
         head_on (`str`): `"revealed"` integrates the per-token head only on frames revealed this iteration (MAR);
             `"masked"` integrates all currently masked frames and keeps the revealed ones. The transformer head
             always uses `"masked"` since its frames interact.
+        static_shapes (`bool`, *optional*): per-token head only: gather the revealed spans by index on a canvas
+            padded to whole spans, so every iteration's shapes follow from `(T, num_iterations)` alone and the loop
+            never waits on the host (for CUDA graphs / `torch.compile`). Equal to the default path within float
+            round-off (`tests/test_sampling.py`). Defaults to `True` on CUDA, `False` elsewhere.
 
     >>> from base_model import MaskAudioFlow, MaskAudioFlowConfig
     >>> model = MaskAudioFlow(MaskAudioFlowConfig.from_preset("tiny", text_hidden_size=32)).eval()
@@ -242,42 +288,39 @@ def sample_masked(
     torch.Size([2, 16, 20])
     """
     cfg = model.config
-    if cfg.flow_type != "masked" or head_on not in ("revealed", "masked"):
-        raise ValueError(f"sample_masked needs flow_type 'masked' (use sample_cfm for 'cfm') and head_on 'revealed' "
-                         f"or 'masked'; got {cfg.flow_type!r} and {head_on!r}.")  # fmt: skip
-    check_sampling(num_iterations, num_steps, method, cfg_scale)
+    check_masked_sampling(cfg.flow_type, head_on, num_iterations, num_steps, method, cfg_scale)
     per_token = head_on == "revealed" and cfg.head_type == "mlp"  # the transformer head's frames interact
     B, device = text_hidden_states.shape[0], text_hidden_states.device
     dtype = next(model.parameters()).dtype
     C, T, L = cfg.latent_channels, num_frames, cfg.span_length
     N = num_spans(T, L)
     x_0, prio = draw_noise_and_order(B, T, C, N, generator, device, dtype)
-    rank = prio.argsort(dim=1).argsort(dim=1)  # (B, N): reveal position of each span
+    by_position = prio.argsort(dim=1)  # (B, N): column p holds the span revealed p-th
+    rank = by_position.argsort(dim=1)  # (B, N): reveal position of each span
     context, context_mask, rep = _prepare_context(model, text_hidden_states, text_padding_mask, cfg_scale, dtype)
     ode = dict(method=method, num_steps=num_steps, atol=atol, rtol=rtol)
-
-    x = torch.zeros(B, T, C, device=device, dtype=dtype)
-    masked_spans, head_rows = N, 0
-    canvases, masks = [], []
+    static = device.type == "cuda" if static_shapes is None else static_shapes
+    path = ("static" if static else "rows") if per_token else "sequence"
+    if path == "static":  # the noise (and so the canvas) padded to whole spans
+        x_0 = torch.nn.functional.pad(x_0, (0, 0, 0, N * L - T))
+    x = torch.zeros_like(x_0)
+    masked_spans, head_rows, canvases, masks = N, 0, [], []
     for masked_next in decoding_schedule(N, num_iterations):
         infill = spans_to_frames(rank >= N - masked_spans, L, T)  # (B, T) masked now
         still_masked = spans_to_frames(rank >= N - masked_next, L, T)  # (B, T) masked after this iteration
-        reveal = infill & ~still_masked  # (B, T) revealed this iteration
-        z = model.backbone(x.repeat(rep, 1, 1), context, context_mask, infill_mask=infill.repeat(rep, 1))
-        if per_token:
-            head_rows += _reveal_rows(model, x, x_0, z, reveal, ode, cfg_scale, rep)
-        else:
-            x = _reveal_sequence(model, x, x_0, z, infill, reveal, ode, cfg_scale, rep)
-            head_rows += int(infill.sum())
+        z = model.backbone(x[:, :T].repeat(rep, 1, 1), context, context_mask, infill_mask=infill.repeat(rep, 1))
+        spans = by_position[:, N - masked_spans : N - masked_next]  # (B, k): the spans revealed now
+        x, rows = _reveal(path, model, x, x_0, z, infill, infill & ~still_masked, spans, ode, cfg_scale, rep)
+        head_rows += rows
         masked_spans = masked_next
         if return_intermediates:
-            canvases.append(x.clone())
+            canvases.append(x[:, :T].clone())
             masks.append(still_masked)
     return SamplerOutput(
-        latents=x,
+        latents=x[:, :T].contiguous(),
         intermediates=torch.stack(canvases) if return_intermediates else None,
         infill_masks=torch.stack(masks) if return_intermediates else None,
-        head_rows=head_rows // B,
+        head_rows=int(head_rows) // B,  # with static shapes, the one host sync, after the loop
     )
 
 

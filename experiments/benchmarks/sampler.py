@@ -40,6 +40,14 @@ class SamplerBenchArguments:
     repeats: int = field(default=3, metadata={"help": "Timed runs per setting (median)."})
     threads: int = field(default=0, metadata={"help": "torch threads (0: default)."})
     dtype: str = field(default="float32", metadata={"help": "Model and sampler dtype: float32 or bfloat16."})
+    static_shapes: str = field(
+        default="auto", metadata={"help": "Masked sampler's static-shape path: auto (on for CUDA), true or false."}
+    )
+
+    def __post_init__(self):
+        if self.static_shapes not in ("auto", "true", "false"):
+            raise ValueError(f"--static_shapes must be auto, true or false, got {self.static_shapes!r}.")
+
     output: str = field(
         default="", metadata={"help": "JSON results (default: results/sampler-<preset>-<device>.json)."}
     )
@@ -154,9 +162,9 @@ def main(a: SamplerBenchArguments) -> dict:
             return lambda: naive_algorithm_1(models["mlp"], text, mask, T, a.num_iterations, a.num_steps, 3.0, gens(B))
         if kind == "cfm":
             return lambda: sample_cfm(models["cfm"], text, mask, T, num_steps=a.num_steps, generator=gens(B))
-        return lambda: sample_masked(
-            models[kind], text, mask, T, num_iterations=a.num_iterations, num_steps=a.num_steps, generator=gens(B)
-        )
+        static = {"auto": None, "true": True, "false": False}[a.static_shapes]
+        return lambda: sample_masked(models[kind], text, mask, T, num_iterations=a.num_iterations,
+                                     num_steps=a.num_steps, generator=gens(B), static_shapes=static)  # fmt: skip
 
     # equality of the library sampler and the plain Algorithm 1 (same seeds)
     fast, naive = run("mlp", 4, a.main_seconds)().latents, run("naive", 4, a.main_seconds)()

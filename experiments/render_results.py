@@ -271,32 +271,10 @@ def clap_control() -> str:
         m = r["runs"][n]
         lines.append(_row([label, _delta(m, "verifier"), _delta(m, "clap"), _delta(m, "aesthetics"), _delta(m, "kl"),
                            _f(m["model"].get("mel_frechet"), 1)]))  # fmt: skip
-    d = r["clap_minus_control"]
-    lines.append(
-        _row(
-            [
-                "**CLAP − control**, paired",
-                _bci(d["verifier"]),
-                _bci(d["clap"]),
-                _bci(d["aesthetics"]),
-                _bci(d["kl"]),
-                "",
-            ]
-        )
-    )
-    a = r["aesthetics_minus_control"]
-    lines.append(
-        _row(
-            [
-                "aesthetics − control, paired",
-                _bci(a["verifier"]),
-                _bci(a["clap"]),
-                _bci(a["aesthetics"]),
-                _bci(a["kl"]),
-                "",
-            ]
-        )
-    )
+    for label, key in (("**CLAP − control**, paired", "clap_minus_control"),
+                       ("aesthetics − control, paired", "aesthetics_minus_control")):  # fmt: skip
+        d = r[key]
+        lines.append(_row([label, *[_bci(d[k]) for k in ("verifier", "clap", "aesthetics", "kl")], ""]))
     runs, agree = r["runs"], r["agreement"]
     gain = {n: runs[n]["paired_vs_base"]["verifier"]["mean"] for n in ("control", "clap-topk", "verifier-topk")}
     recovered = _share(gain["clap-topk"] - gain["control"], gain["verifier-topk"] - gain["control"])

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from conftest import gen
 from safetensors.torch import save_file
 
+from bundled.train_synthcaps_aesthetics import WAVLM_SMALL
 from reward_models import combine_scores, load_reward, parse_reward_spec
 from reward_models.aesthetics import AXES, AestheticsReward, build_aesthetics_model
 from reward_models.clap import ClapReward, build_clap
@@ -32,42 +33,13 @@ SMALL_CLAP = {
     },
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
-SMALL_WAVLM = {
-    "extractor_mode": "layer_norm",
+# the bundled quality predictor's WavLM settings, shrunk: only the sizes differ
+SMALL_WAVLM = WAVLM_SMALL | {
     "encoder_layers": 1,
     "encoder_embed_dim": 32,
     "encoder_ffn_embed_dim": 64,
-    "encoder_attention_heads": 2,
-    "activation_fn": "gelu",
-    "dropout": 0.0,
-    "attention_dropout": 0.0,
-    "activation_dropout": 0.0,
-    "encoder_layerdrop": 0.0,
-    "dropout_input": 0.0,
-    "dropout_features": 0.0,
-    "layer_norm_first": False,
     "conv_feature_layers": "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2",
-    "conv_bias": False,
-    "feature_grad_mult": 1.0,
-    "mask_length": 10,
-    "mask_prob": 0.0,
-    "mask_selection": "static",
-    "mask_other": 0.0,
-    "no_mask_overlap": False,
-    "mask_min_space": 1,
-    "mask_channel_length": 10,
-    "mask_channel_prob": 0.0,
-    "mask_channel_selection": "static",
-    "mask_channel_other": 0.0,
-    "no_mask_channel_overlap": False,
-    "mask_channel_min_space": 1,
     "conv_pos": 16,
-    "conv_pos_groups": 4,
-    "relative_position_embedding": True,
-    "num_buckets": 320,
-    "max_distance": 800,
-    "gru_rel_pos": True,
-    "normalize": False,
 }
 AES_CFG = {
     "proj_num_layer": 1,

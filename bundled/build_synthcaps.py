@@ -4,6 +4,7 @@ them; write model cards; optionally install them into `base_model/pretrained/`.
     python bundled/build_synthcaps.py --install true        # the bundled checkpoints (hours on 2 CPU cores)
     python bundled/build_synthcaps.py --stages vae           # one stage; the same command resumes where it stopped
     python bundled/build_synthcaps.py --small true           # a reduced run (seconds), as the test does
+    python bundled/build_synthcaps.py --stages progress --results_dir experiments/results/generator   # so far
 
 Every stage resumes: a finished stage (its `final/` folder exists) is skipped, an unfinished one continues from its
 last complete checkpoint (`--resume_from_checkpoint latest`), so a build can run across sittings. Each flow
@@ -58,11 +59,14 @@ class BuildArguments:
     train_examples: int = field(default=20000, metadata={"help": "SynthCaps training clips for the flow models."})
     hidden_size: int = field(default=192, metadata={"help": "Flow backbone/head width."})
     num_layers: int = field(default=5, metadata={"help": "Flow backbone depth."})
-    mask_ratio_mode: str = field(default="fixed", metadata={"help": "'fixed' (paper, p = --mask_ratio) or 'cosine'."})
+    # 'cosine' (MaskGIT's per-sample ratio) rather than the paper's fixed p = 0.6: decoding starts from a fully masked
+    # canvas, which fixed p = 0.6 never shows the model; see the model card's masking-recipe section.
+    mask_ratio_mode: str = field(default="cosine", metadata={"help": "'cosine' or 'fixed' (paper, p = --mask_ratio)."})
     mask_ratio: float = field(default=0.6, metadata={"help": "Masking ratio p (paper: 0.6)."})
     span_length: int = field(default=4, metadata={"help": "Span length l (paper: 4)."})
     eval_prompts: int = field(default=64, metadata={"help": "Held-out prompts for the measurements."})
     measure_prompts: int = field(default=32, metadata={"help": "Held-out prompts measured at each flow checkpoint."})
+    results_dir: str = field(default="", metadata={"help": "progress: also write build_progress.json here."})
 
 
 def vae_argv(a: BuildArguments, out: Path) -> list[str]:
@@ -182,9 +186,41 @@ class CheckpointMeasure:
         print(f"measured step {step}: {record}", flush=True)
 
 
+def progress(a: BuildArguments, out: Path) -> dict:
+    """A build's record so far, without waiting for it to finish: the finished VAE's decoder ceiling and every flow
+    run's per-checkpoint verifier accuracy (`flow-*/measured.json`, other recipes' runs kept beside it included)."""
+    from base_model import GriffinLimVocoder, MaskAudioFlowPipeline, MelVAE
+    from base_model.data.synthcaps import example
+    from base_model.files import atomic_write_json
+    from bundled.measure_synthcaps import decoder_ceiling
+    from experiments.results_io import publish_json
+    from reward_models.verifier import SynthCapsVerifier
+
+    record: dict = {"settings": {k: v for k, v in vars(a).items() if k != "stages"}, "machine": machine(), "runs": {}}
+    vae = out / "vae" / "final"
+    if (vae / "config.json").is_file():
+        rows = [example(i, "heldout") for i in range(4 if a.small else a.eval_prompts)]
+        pipe = MaskAudioFlowPipeline.from_pretrained("synthcaps")  # only its mel settings and vocoder are used
+        pipe.vae, pipe.vocoder = MelVAE.from_pretrained(vae).eval(), GriffinLimVocoder()
+        record["vae_ceiling"] = {"prompts": len(rows), **decoder_ceiling(pipe, rows, SynthCapsVerifier())[0]}
+    for folder in sorted(out.glob("flow-*")):
+        if (folder / "measured.json").is_file():
+            cfg = next(iter(sorted(folder.glob("checkpoint-*/config.json"))), None)
+            config = json.loads(cfg.read_text()) if cfg else {}
+            masked = config.get("flow_type") == "masked"  # a CFM model masks nothing: its ratio setting is unused
+            record["runs"][folder.name] = {"flow_type": config.get("flow_type"),
+                                           "mask_ratio_mode": config.get("mask_ratio_mode") if masked else None,
+                                           "checkpoints": json.loads((folder / "measured.json").read_text())}  # fmt: skip
+    atomic_write_json(out / "progress.json", record)
+    publish_json(record, a.results_dir, "build_progress.json")
+    return record
+
+
 def main(a: BuildArguments) -> dict:
     out = Path(a.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if "progress" in a.stages:
+        return progress(a, out)
     vae = run_vae(a, out) if "vae" in a.stages else out / "vae" / "final"
     for ft in ("masked", "cfm"):
         if f"flow-{ft}" in a.stages:

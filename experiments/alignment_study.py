@@ -92,15 +92,26 @@ def needed(a: StudyArguments) -> list[str]:
     return [n for n in runs(a) if n in names]
 
 
-def make_rollout(a: StudyArguments, model: str, folder: Path, seed: int) -> str:
+def make_rollout(
+    a,
+    model: str,
+    folder: Path,
+    seed: int,
+    audio_format: str = "none",
+    prompts: str = "synthcaps:train",
+    max_prompts: int = 0,
+    rewards: tuple[str, ...] = ("clap", "aesthetics", "verifier"),
+) -> str:
+    """Rolls out `model` into `folder` with `a.processes` processes (torchrun on CPU), unless it is complete there;
+    `a` needs `rollout_prompts`, `num_generations`, `rollout_cfg_scale` and `processes`."""
     import subprocess
 
     if not (folder / "manifest.json").is_file():
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={a.processes}",
                str(ROOT / "rewardflow" / "rollout.py"), "--model", model, "--output_dir", str(folder),
-               "--max_prompts", str(a.rollout_prompts), "--num_generations", str(a.num_generations),
-               "--cfg_scale", str(a.rollout_cfg_scale), "--seed", str(seed), "--audio_format", "none",
-               "--rewards", "clap", "aesthetics", "verifier"]  # fmt: skip
+               "--prompts", prompts, "--max_prompts", str(max_prompts or a.rollout_prompts),
+               "--num_generations", str(a.num_generations), "--cfg_scale", str(a.rollout_cfg_scale),
+               "--seed", str(seed), "--audio_format", audio_format, "--rewards", *rewards]  # fmt: skip
         print("$ " + " ".join(cmd), flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True)
     return str(folder)
@@ -169,6 +180,7 @@ def degradation_rates(folder: str, a: StudyArguments) -> dict:
 
 def main(a: StudyArguments) -> dict:
     from base_model.files import atomic_write_json
+    from experiments.results_io import publish_json
     from rewardflow.agreement import AgreementConfig, agreement
 
     out = Path(a.output_dir)
@@ -210,10 +222,7 @@ def main(a: StudyArguments) -> dict:
     if "guardrail" in a.questions:
         result["guardrail"] = json.loads((out / "runs" / "clap-topk-guarded" / "guardrail.json").read_text())
     atomic_write_json(out / "results.json", result)
-    if a.results_dir:
-        dest = Path(a.results_dir) if Path(a.results_dir).is_absolute() else ROOT / a.results_dir
-        dest.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(dest / "results.json", result)
+    publish_json(result, a.results_dir)
     return result
 
 

@@ -212,6 +212,25 @@ def generator() -> str:
     return "\n".join(lines) + "\n"
 
 
+def build_progress() -> str:
+    r = _load(RESULTS / "generator" / "build_progress.json")
+    runs = r["runs"]
+    steps = sorted({c["step"] for run in runs.values() for c in run["checkpoints"]})
+    lines = [_row(["run", "recipe", *[f"step {s}" for s in steps]]), "|---|---|" + "---|" * len(steps)]
+    for name, run in runs.items():
+        at = {c["step"]: c["verifier"] for c in run["checkpoints"]}
+        recipe = "CFM (no masking)" if run["flow_type"] == "cfm" else {
+            "fixed": f"masked, fixed p = {r['settings']['mask_ratio']:g}", "cosine": "masked, cosine ratio"}[run["mask_ratio_mode"]]  # fmt: skip
+        lines.append(_row([name, recipe, *[_f(at[s]) if s in at else "—" for s in steps]]))
+    v = r["vae_ceiling"]
+    n = next(iter(runs.values()))["checkpoints"][0]["prompts"]
+    lines.append(f"\nVerifier accuracy of each checkpoint's EMA weights on the first {n} held-out prompts (8 iterations "
+                 f"× 25 steps, CFG 3). The finished VAE's decoder ceiling on {v['prompts']} prompts: "
+                 f"{v['real_mel_vae_vocoder']['verifier']:.3f} (loudness {v['real_mel_vae_vocoder']['loudness']:.3f}, "
+                 f"pitch {v['real_mel_vae_vocoder']['pitch']:.3f}); real audio {v['real_audio']['verifier']:.3f}.")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def decoding_scaling() -> str:
     r = _load(RESULTS / "decoding_scaling" / "results.json")
     cols = ["verifier", "clap", "kl", "fad_clap", "mel_frechet"]
@@ -369,6 +388,48 @@ def guardrail() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _preference() -> dict:
+    return _load(RESULTS / "preference" / "results.json")
+
+
+def preference_agreement() -> str:
+    r = _preference()
+    agree, models = r["agreement"], r["reward_models"]
+    clap = agree["clap"]["top1_gain"][0]
+    lines = [_row(["reward", "labelled pairs", "held-out pair accuracy", "Spearman with the verifier",
+                   "top-1 gain on the verifier", "× CLAP's", "oracle's top-1 gain"]),
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    rows = [("CLAP", "", None, "clap")] + [(f"preference model ({b} pairs)", b, models[b], f"preference-{b}")
+                                          for b in sorted(models, key=int)]  # fmt: skip
+    for label, pairs, info, key in rows:
+        a = agree[key]
+        acc = _f(info.get("heldout_pair_accuracy")) if info else ""
+        lines.append(_row([label, pairs, acc, _bci(a["spearman"]), _bci(a["top1_gain"]),
+                           _share(a["top1_gain"][0], clap) if key != "clap" else "1", _f(a["oracle_gain"][0])]))  # fmt: skip
+    s = r["settings"]
+    lines.append(f"\nSimulated listener: the verifier with error rate {s['error_rate']:g}"
+                 + (f", bias '{s['bias']}' at {s['bias_strength']:g}" if s["bias"] else "")
+                 + f"; {r['labelled_pairs']} pairs labelled on {s['label_prompts']} train prompts × "
+                 f"{s['num_generations']} clips; agreement on {s['fresh_prompts']} fresh held-out prompts.")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def preference_finetune() -> str:
+    r = _preference()
+    lines = [_row(["run", "verifier", "Δ verifier vs base", "Δ verifier vs CLAP-tuned", "Δ CLAP vs base",
+                   "Δ KL vs base", "mel Fréchet"]), "|---|---|---|---|---|---|---|"]  # fmt: skip
+    b = r["base"]
+    lines.append(_row(["base", _f(b["verifier"]), "", "", "", "", _f(b.get("mel_frechet"), 1)]))
+    for label, n in (("CLAP, best of 4", "clap-topk"),
+                     (f"preference model ({r['best_budget']} pairs), best of 4", "preference-topk"),
+                     ("DPO on the listener's pairs", "dpo-preferences")):  # fmt: skip
+        m = r["runs"][n]
+        vs_clap = _bci(m["paired_vs_clap"]["verifier"]) if m.get("paired_vs_clap") else ""
+        lines.append(_row([label, _f(m["model"]["verifier"]), _delta(m, "verifier"), vs_clap, _delta(m, "clap"),
+                           _delta(m, "kl"), _f(m["model"].get("mel_frechet"), 1)]))  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def demo() -> str:
     r = _load(RESULTS / "demo" / "results.json")
     names = list(r["models"])
@@ -397,8 +458,11 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "best-of-n": best_of_n,
     "guardrail": guardrail,
     "demo": demo,
+    "preference-agreement": preference_agreement,
+    "preference-finetune": preference_finetune,
     "decoder-ceiling": decoder_ceiling,
     "generator": generator,
+    "build-progress": build_progress,
     "decoding-scaling": decoding_scaling,
     "masking-ablation": masking_ablation,
     "bench-headline": bench_headline,

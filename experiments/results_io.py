@@ -18,3 +18,14 @@ def publish(out: Path, results_dir: str, names: tuple[str, ...]) -> None:
     for name in names:
         if (out / name).is_file():
             shutil.copyfile(out / name, dest / name)
+
+
+def publish_json(obj: dict, results_dir: str, name: str = "results.json") -> None:
+    """Writes `obj` atomically to `results_dir/name` (relative to the repository root unless absolute); `''` skips."""
+    from base_model.files import atomic_write_json
+
+    if not results_dir:
+        return
+    dest = Path(results_dir) if Path(results_dir).is_absolute() else ROOT / results_dir
+    dest.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(dest / name, obj)

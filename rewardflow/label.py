@@ -131,7 +131,10 @@ def make_handler(server: LabelServer):
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):  # the browser dropped a clip it no longer wants
+                pass
 
         def _json(self, status: int, obj: dict) -> None:
             self._send(status, json.dumps(obj).encode(), "application/json")

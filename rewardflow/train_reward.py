@@ -127,7 +127,7 @@ def fit(model, a, b, t, target, cfg: RewardTrainingConfig) -> list[float]:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,3 +30,24 @@ def text_encoder():
     from base_model.text_encoders import TransformersTextEncoder
 
     return TransformersTextEncoder()
+
+
+# ------------------------------------------------------------------------------------ headless Chromium
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--autoplay-policy=no-user-gesture-required"]  # fmt: skip
+
+
+@pytest.fixture
+def browser():
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} not found: these checks need Debian's chromium (`apt-get install chromium`).")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("these checks need playwright: `pip install playwright` (no browser download: Debian's is used).")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()

@@ -247,3 +247,31 @@ def test_measure_bundled_pair_small(tmp_path):
     assert lo <= report["own_minus_shuffled"][0] <= hi
     with pytest.raises(ValueError, match="--eval_prompts"):
         MeasureArguments(eval_prompts=1)
+
+
+def test_preference_loop_tiny(tmp_path, monkeypatch):
+    """The whole loop on a toy budget: rollout, simulated labels through the page's API, one reward model per budget,
+    the fresh-prompt agreement, the three fine-tunes and their paired comparisons; a rerun resumes."""
+    from experiments.preference_loop import LoopArguments, main
+
+    a = LoopArguments(output_dir=str(tmp_path / "loop"), results_dir=str(tmp_path / "published"), label_prompts=3,
+                      num_generations=3, budgets=[4, 8, 50], fresh_prompts=2, first_prompt=2, eval_prompts=2,
+                      max_steps=2, batch_size=4, processes=1)  # fmt: skip
+    result = main(a)
+    assert result["labelled_pairs"] == 9  # 3 prompts x 3 pairs: the page ran out before 50
+    assert set(result["reward_models"]) == {4, 8} and result["best_budget"] in (4, 8)
+    assert {"clap", "preference-4", "preference-8"} == set(result["agreement"])
+    assert set(result["runs"]) == {"clap-topk", "preference-topk", "dpo-preferences"}
+    assert "verifier" in result["runs"]["dpo-preferences"]["paired_vs_clap"]
+    published = json.loads((tmp_path / "published" / "results.json").read_text())
+    assert published["labelled_pairs"] == 9
+    from experiments import render_results
+
+    (tmp_path / "results" / "preference").mkdir(parents=True)
+    (tmp_path / "published" / "results.json").rename(tmp_path / "results" / "preference" / "results.json")
+    monkeypatch.setattr(render_results, "RESULTS", tmp_path / "results")
+    for name in ("preference-agreement", "preference-finetune"):
+        table = render_results.RENDERERS[name]()
+        assert table.count("\n") >= 4 and "| " in table, name
+    again = main(a)  # everything is on disk: nothing is labelled or trained twice
+    assert again["labelled_pairs"] == 9 and again["agreement"] == json.loads(json.dumps(result["agreement"]))

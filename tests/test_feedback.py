@@ -213,3 +213,36 @@ def test_dpo_moves_likelihood_toward_winners(rollout_dir, tmp_path):
             lr = base.model.eval()(**both, **drawn).loss
         margins.append(float(((lt[:P] - lt[P:]) - (lr[:P] - lr[P:])).mean()))
     assert np.mean(margins) < 0, margins  # winners became likelier than losers, relative to the reference
+
+
+@pytest.mark.slow
+def test_label_page_in_chromium(rollout_dir, tmp_path, browser):
+    """A real browser: the page loads a pair, both clips play, spectrograms show, a click and a key press answer,
+    and each answer is a row in the preferences table."""
+    ro = fresh_copy(rollout_dir, tmp_path)
+    httpd, base = start(ro)
+    page = browser.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(base + "/?labeller=ana")
+    page.wait_for_function("document.getElementById('progress').textContent.startsWith('0 of 4')", timeout=20000)
+    first = page.inner_text("#prompt")
+    page.wait_for_function(
+        "['a', 'b'].every(s => document.getElementById('audio-' + s).readyState >= 1"
+        " && document.getElementById('spec-' + s).complete && document.getElementById('spec-' + s).naturalWidth > 0)",
+        timeout=30000,
+    )
+    durations = page.evaluate("['a', 'b'].map(s => document.getElementById('audio-' + s).duration)")
+    assert all(d > 1.0 for d in durations), durations
+    page.evaluate("document.getElementById('audio-a').play()")
+    page.wait_for_function("document.getElementById('audio-a').currentTime > 0.05", timeout=20000)
+    page.click("#btn-b")
+    page.wait_for_function("document.getElementById('progress').textContent.startsWith('1 of 4')", timeout=20000)
+    assert page.inner_text("#prompt") != first  # cover_prompts: the next pair is another prompt's
+    page.keyboard.press("t")
+    page.wait_for_function("document.getElementById('progress').textContent.startsWith('2 of 4')", timeout=20000)
+    httpd.shutdown()
+    table = load_preferences(ro, answered_only=False)
+    assert sorted(r["choice"] for r in table) == ["b", "tie"] and {r["labeller"] for r in table} == {"ana"}
+    assert errors == []

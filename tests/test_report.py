@@ -59,27 +59,6 @@ def test_mos_page_is_blind_and_scores(eval_dir, tmp_path):
         score_mos(ReportArguments(eval_dir=str(eval_dir), mode="score", answers=[str(bad)]))
 
 
-# ------------------------------------------------------------------------------------ headless Chromium
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--autoplay-policy=no-user-gesture-required"]  # fmt: skip
-
-
-@pytest.fixture
-def browser():
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"{CHROMIUM} not found: these checks need Debian's chromium (`apt-get install chromium`).")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("these checks need playwright: `pip install playwright` (no browser download: Debian's is used).")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
 def _open(browser, page_path: Path):
     page = browser.new_page(accept_downloads=True)
     errors = []

@@ -148,3 +148,13 @@ def test_build_script_small_measures_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     sittings = json.loads((tmp_path / "flow-masked" / "sittings.json").read_text())
     assert len(sittings) == 1
+    # the record so far: the VAE's ceiling and every flow run's checkpoints, also copied to --results_dir
+    cmd_progress = cmd + ["--stages", "progress", "--results_dir", str(tmp_path / "published")]
+    res = subprocess.run(cmd_progress, capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    record = json.loads((tmp_path / "published" / "build_progress.json").read_text())
+    assert (
+        record["vae_ceiling"]["prompts"] == 4 and 0 <= record["vae_ceiling"]["real_mel_vae_vocoder"]["verifier"] <= 1
+    )
+    assert set(record["runs"]) == {"flow-masked", "flow-cfm"}
+    assert record["runs"]["flow-masked"]["checkpoints"] == measured

@@ -43,3 +43,34 @@ def test_flop_table_matches_the_flops_of_real_sampler_runs():
     # the real runs also project the text once and use an unpadded null prompt: a few percent at most
     assert abs(masked - row["masked_gflop"]) < 0.05 * row["masked_gflop"], (masked, row["masked_gflop"])
     assert abs(plain - row["naive_all_frames_gflop"]) < 0.05 * row["naive_all_frames_gflop"], (plain, row)
+
+
+def test_sampler_bench_keeps_its_rows_when_cut_off(tmp_path, monkeypatch):
+    """Every measured row is on disk as soon as it is measured: a run that dies in the length sweep (a lent GPU's
+    time running out) leaves the batch rows, marked incomplete; a whole run is marked complete with its summary."""
+    import json
+
+    import pytest
+
+    from experiments.benchmarks import sampler
+
+    a = sampler.SamplerBenchArguments(preset="tiny", batch_sizes=[1, 2], clip_seconds=[0.5], main_seconds=0.5,
+                                      num_iterations=2, num_steps=2, repeats=1, output=str(tmp_path / "s.json"))  # fmt: skip
+    report = sampler.main(a)
+    assert report["complete"] and report["summary"]["at_batch"] == 2
+    assert json.loads((tmp_path / "s.json").read_text())["complete"] is True
+
+    timed, calls = sampler.timed, []
+
+    def dies_in_the_length_sweep(fn, repeats, device):
+        calls.append(1)
+        if len(calls) > 9:  # the matmul peak, 4 samplers x 2 batch sizes, then the length sweep
+            raise KeyboardInterrupt
+        return timed(fn, repeats, device)
+
+    monkeypatch.setattr(sampler, "timed", dies_in_the_length_sweep)
+    with pytest.raises(KeyboardInterrupt):
+        sampler.main(a)
+    partial = json.loads((tmp_path / "s.json").read_text())
+    assert partial["complete"] is False and partial["summary"] is None
+    assert sorted(partial["results"]["batch"]) == ["1", "2"] and partial["results"]["length"] == {}

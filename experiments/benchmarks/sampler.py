@@ -176,6 +176,19 @@ def main(a: SamplerBenchArguments) -> dict:
 
     peak = matmul_peak(device, dtype)
     results: dict = {"batch": {}, "length": {}}
+    dev_name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
+    tag = "cuda" if device.type == "cuda" else "cpu"
+    out = Path(a.output or ROOT / "experiments/benchmarks/results" / f"sampler-{a.preset}-{tag}-{a.dtype}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(summary: dict | None) -> dict:
+        """Written after every measured row, so a run cut off (a lent GPU's time running out) still leaves its rows;
+        `complete` is true only once the summary is in."""
+        report = {"settings": asdict(a), "device": dev_name, "torch": torch.__version__, "complete": summary is not None,
+                  "summary": summary, "results": results, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+        atomic_write_text(out, json.dumps(report, indent=2, default=str))
+        return report
+
     for B in a.batch_sizes:
         row = {k: timed(run(k, B, a.main_seconds), a.repeats, device) for k in ("naive", "mlp", "transformer", "cfm")}
         flops = count_flops(run("mlp", B, a.main_seconds))
@@ -183,8 +196,10 @@ def main(a: SamplerBenchArguments) -> dict:
         row["mlp_flops_per_s"] = flops / row["mlp"]
         row["cfm_flops"] = count_flops(run("cfm", B, a.main_seconds))
         results["batch"][B] = row
+        save(None)
     for s in a.clip_seconds:
         results["length"][s] = {k: timed(run(k, 1, s), a.repeats, device) for k in ("mlp", "cfm")}
+        save(None)
 
     Bmax = max(a.batch_sizes)
     big = results["batch"][Bmax]
@@ -197,7 +212,6 @@ def main(a: SamplerBenchArguments) -> dict:
         "equal_to_naive_max_abs_diff": max_diff,
         "at_batch": Bmax,
     }
-    dev_name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
     print(f"\nsampler, {a.preset} preset, {a.dtype}, {a.main_seconds} s clips, {a.num_iterations} iterations x {a.num_steps} steps, "
           f"CFG 3, {dev_name}")  # fmt: skip
     print("| batch | naive Alg. 1 s | masked (MLP head) s | speed-up | masked (transformer head) s | CFM 25 steps s |"
@@ -213,18 +227,7 @@ def main(a: SamplerBenchArguments) -> dict:
     print("| clip seconds (batch 1) | masked s | CFM s |\n|---|---|---|")
     for s, r in results["length"].items():
         print(f"| {s} | {r['mlp']:.3f} | {r['cfm']:.3f} |")
-    report = {
-        "settings": asdict(a),
-        "device": dev_name,
-        "torch": torch.__version__,
-        "summary": summary,
-        "results": results,
-        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    tag = "cuda" if device.type == "cuda" else "cpu"
-    out = Path(a.output or ROOT / "experiments/benchmarks/results" / f"sampler-{a.preset}-{tag}-{a.dtype}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(report, indent=2, default=str))
+    report = save(summary)
     return report
 
 

@@ -78,8 +78,11 @@ def label(a: LoopArguments, rollout: str) -> int:
     from rewardflow.rollout_table import load_rollout
 
     name = f"verifier-e{a.error_rate:g}" + (f"-{a.bias}{a.bias_strength:g}" if a.bias else "")
-    answered = [r for r in load_preferences(rollout, answered_only=False) if r["labeller"] == f"simulated:{name}"]
-    todo = max(a.budgets) - len(answered)
+
+    def answered() -> int:
+        return sum(r["labeller"] == f"simulated:{name}" for r in load_preferences(rollout, answered_only=False))
+
+    todo = max(a.budgets) - answered()
     if todo > 0:
         attrs = {r["prompt_id"]: r["attributes"] for r in load_rollout(rollout)}
         httpd = serve(LabelConfig(rollout=rollout, port=0, seed=a.seed))
@@ -87,16 +90,16 @@ def label(a: LoopArguments, rollout: str) -> int:
             host, port = httpd.server_address[:2]
             listener = SimulatedListener(f"http://{host}:{port}", attrs, name=name, error_rate=a.error_rate,
                                          bias=a.bias or None, bias_strength=a.bias_strength, seed=a.seed)  # fmt: skip
-            step = 100
-            while todo > 0:  # in chunks, so the log shows progress
-                got = listener.label(min(step, todo))
+            while todo > 0:  # in chunks of 100, so the log shows progress
+                want = min(100, todo)
+                got = listener.label(want)
                 todo -= got
                 print(f"labelled {max(a.budgets) - todo} pairs", flush=True)
-                if got < min(step, todo + got):
+                if got < want:
                     break  # the page has no more pairs
         finally:
             httpd.shutdown()
-    return len([r for r in load_preferences(rollout, answered_only=False) if r["labeller"] == f"simulated:{name}"])
+    return answered()
 
 
 def train_reward_models(a: LoopArguments, rollout: str, out: Path, labelled: int) -> dict[int, dict]:

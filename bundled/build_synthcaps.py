@@ -231,7 +231,10 @@ def main(a: BuildArguments) -> dict:
         return {}
     from bundled.measure_synthcaps import measure_build, write_cards
 
-    report = measure_build(out / "flow-masked" / "final", out / "flow-cfm" / "final", a, out)
+    finals = [out / "flow-masked" / "final", out / "flow-cfm" / "final"]
+    report = reusable_report(out / "report.json", finals, a)
+    if report is None:
+        report = measure_build(*finals, a, out)
     write_cards(a, out, report, flow_argv, vae_argv)
     if a.install:
         dest = ROOT / "base_model" / "pretrained"
@@ -244,6 +247,18 @@ def main(a: BuildArguments) -> dict:
             shutil.copytree(folder, dest / name)
     print(json.dumps(report, indent=2))
     return report
+
+
+def reusable_report(path: Path, finals: list[Path], a: BuildArguments) -> dict | None:
+    """The measure stage's earlier report when it is newer than both final checkpoints and measured the same
+    prompts, so that a rerun (e.g. to `--install`) does not spend ten minutes measuring the same models again."""
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    weights = [f for d in finals for f in d.rglob("*.safetensors")]
+    if not weights or report.get("eval_prompts") != (4 if a.small else a.eval_prompts):
+        return None
+    return report if path.stat().st_mtime > max(f.stat().st_mtime for f in weights) else None
 
 
 def machine() -> str:

@@ -64,15 +64,16 @@ def test_cli_on_a_rollout(tmp_path):
     from rewardflow.rollout import make_parser as rollout_parser
 
     out = tmp_path / "r"
-    argv = ["--output_dir", str(out), "--max_prompts", "3", "--num_generations", "3", "--num_iterations", "1"]
-    argv += ["--num_steps", "2", "--batch_size", "9", "--rewards", "verifier", "--audio_format", "none"]
+    # enough steps that a prompt's clips differ on the verifier (with 2 steps they can all tie: nothing to rank)
+    argv = ["--output_dir", str(out), "--max_prompts", "3", "--num_generations", "3", "--num_iterations", "2"]
+    argv += ["--num_steps", "4", "--batch_size", "9", "--rewards", "verifier", "--audio_format", "none"]
     rollout_main(*rollout_parser().parse_args_and_config(args=argv))
     (cfg,) = make_parser().parse_args_and_config(args=["--rollout", str(out), "--rewards", "verifier", "verifier:-1"])
     result = main(cfg)
     saved = json.loads((out / "agreement-verifier.json").read_text())
-    assert saved["rewards"] == result["rewards"] and saved["rows"] == 9
+    assert json.dumps(saved["rewards"]) == json.dumps(result["rewards"]) and saved["rows"] == 9  # NaN-safe
     same, reverse = result["rewards"]["verifier"], result["rewards"]["verifier:-1"]
-    assert same["top1_gain"] == same["oracle_gain"] and same["top1_gain"][0] >= 0
+    assert same["prompts_ranked"] > 0 and same["top1_gain"] == same["oracle_gain"] and same["top1_gain"][0] > 0
     assert reverse["top1_gain"][0] <= 0 and "| verifier:-1 |" in result["table"]
     (bad,) = make_parser().parse_args_and_config(args=["--rollout", str(out), "--referee", "nope"])
     with pytest.raises(ValueError, match="Available: verifier"):

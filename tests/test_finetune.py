@@ -247,7 +247,8 @@ def test_resume_warns_on_changed_objective_and_stops_on_changed_shape(rollout_di
     state = json.loads(run_file.read_text())
     state["model_config"]["hidden_size"] = 999
     run_file.write_text(json.dumps(state))
-    with pytest.raises(ValueError, match="hidden_size: 999 -> 128"):
+    bundled = json.loads((ROOT / "base_model/pretrained/synthcaps/flow/config.json").read_text())["hidden_size"]
+    with pytest.raises(ValueError, match=f"hidden_size: 999 -> {bundled}"):
         run(rollout_dir, out, "--resume_from_checkpoint", "latest")
 
 

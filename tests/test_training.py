@@ -148,6 +148,11 @@ def test_build_script_small_measures_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     sittings = json.loads((tmp_path / "flow-masked" / "sittings.json").read_text())
     assert len(sittings) == 1
+    # measuring again finds the report newer than both models and reuses it; retraining a model would not
+    made = (tmp_path / "report.json").stat().st_mtime_ns
+    again = subprocess.run(cmd + ["--stages", "measure"], capture_output=True, text=True, cwd=ROOT)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "report.json").stat().st_mtime_ns == made
     # the record so far: the VAE's ceiling and every flow run's checkpoints, also copied to --results_dir
     cmd_progress = cmd + ["--stages", "progress", "--results_dir", str(tmp_path / "published")]
     res = subprocess.run(cmd_progress, capture_output=True, text=True, cwd=ROOT)

@@ -209,7 +209,10 @@ def main(a: StudyArguments) -> dict:
                                   ("control", finals["control"]))}  # fmt: skip
     if "clap_vs_control" in a.questions:
         result["clap_minus_control"] = paired_difference(a, report, finals["clap-topk"], finals["control"])
-        result["aesthetics_minus_control"] = paired_difference(a, report, finals["aesthetics-topk"], finals["control"])
+        if "aesthetics-topk" in finals:
+            result["aesthetics_minus_control"] = paired_difference(
+                a, report, finals["aesthetics-topk"], finals["control"]
+            )
     if "best_of_n" in a.questions:
         result["best_of_n"] = {}
         for n in a.best_of:

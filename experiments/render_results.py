@@ -450,6 +450,17 @@ def demo() -> str:
     return "\n".join(lines) + "\n"
 
 
+def synthmusic_verifier() -> str:
+    r = _load(RESULTS / "synthmusic" / "results.json")["splits"]
+    attrs = ["verifier", "tempo", "rhythm", "key", "mode", "timbre", "dynamics", "parts"]
+    lines = [_row(["split", "audio", *attrs]), "|" + "---|" * (len(attrs) + 2)]
+    for split, row in r.items():
+        for name, key in (("real", "real_audio"), ("real → mel → vocoder", "real_mel_vocoder"),
+                          ("real, another clip's attributes (chance)", "shuffled_attributes")):  # fmt: skip
+            lines.append(_row([f"{split} ({row['clips']} clips)", name, *[_f(row[key].get(a)) for a in attrs]]))
+    return "\n".join(lines) + "\n"
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "oracle": oracle,
     "clap-control": clap_control,
@@ -470,6 +481,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "vocoder-sweep": vocoder_sweep,
     "generation-scaling": generation_scaling,
     "clap-level-probe": clap_level_probe,
+    "synthmusic-verifier": synthmusic_verifier,
 }
 
 

@@ -7,7 +7,7 @@
 
 Names: `clap` (laion-clap; bundled SynthCaps CLAP when no checkpoint is given), `aesthetics` (audiobox-aesthetics;
 bundled SynthCaps quality predictor when no checkpoint is given), `verifier` (SynthCaps attributes, signal
-analysis), `preference:<dir>` (a Bradley–Terry head trained on listeners' judgements), a dotted path `package.module:function` for your own reward, or a composition such as
+analysis), `music_verifier` (SynthMusic attributes, signal analysis), `preference:<dir>` (a Bradley–Terry head trained on listeners' judgements), a dotted path `package.module:function` for your own reward, or a composition such as
 `"clap:1,aesthetics:0.5"` (a weighted sum, optionally standardised per reward).
 """
 
@@ -34,6 +34,10 @@ def _load_single(name: str, **options) -> RewardModel:
         from .verifier import SynthCapsVerifier
 
         return SynthCapsVerifier()
+    if name == "music_verifier":
+        from .music_verifier import SynthMusicVerifier
+
+        return SynthMusicVerifier()
     if name.startswith("preference:"):
         from .preference import PreferenceReward
 
@@ -41,7 +45,7 @@ def _load_single(name: str, **options) -> RewardModel:
     if ":" in name and name.partition(":")[2].isidentifier():
         return FunctionReward(name)
     raise ValueError(
-        f"Unknown reward {name!r}: use 'clap', 'aesthetics', 'verifier', 'package.module:function', or a "
+        f"Unknown reward {name!r}: use 'clap', 'aesthetics', 'verifier', 'music_verifier', 'package.module:function', or a "
         "weighted composition like 'clap:1,aesthetics:0.5'."
     )
 

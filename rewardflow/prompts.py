@@ -16,19 +16,23 @@ def load_prompts(
     """Prompt rows `first_prompt ... first_prompt + max_prompts - 1` (all after `first_prompt` when 0).
 
     Args:
-        source: `"synthcaps:<split>"` or a caption table (`.csv`, `.jsonl`, a datasets folder or a Hub id).
+        source: `"synthcaps:<split>"`, `"synthmusic:<split>"` or a caption table (`.csv`, `.jsonl`, a datasets folder or a Hub id).
         caption_column / id_column: the table's caption and id columns (ids default to the row number).
 
     Raises `ValueError`, naming the flag, for a missing column, empty prompts, duplicate ids or an empty range.
     """
     if max_prompts < 0 or first_prompt < 0:
         raise ValueError(f"--max_prompts and --first_prompt must be >= 0, got {max_prompts} and {first_prompt}.")
-    if source.startswith("synthcaps:"):
-        from base_model.data.synthcaps import SPLITS, example
+    corpus = source.split(":", 1)[0]
+    if corpus in ("synthcaps", "synthmusic") and ":" in source:
+        from importlib import import_module
 
+        module = import_module(f"base_model.data.{corpus}")
+        SPLITS, example = module.SPLITS, module.example
         split = source.split(":", 1)[1]
         if split not in SPLITS:
-            raise ValueError(f"--prompts {source!r}: SynthCaps has the splits {', '.join(SPLITS)}.")
+            name = {"synthcaps": "SynthCaps", "synthmusic": "SynthMusic"}[corpus]
+            raise ValueError(f"--prompts {source!r}: {name} has the splits {', '.join(SPLITS)}.")
         stop = first_prompt + (max_prompts or 1000)
         rows = [example(i, split) for i in range(first_prompt, stop)]
         prompts = [

@@ -277,3 +277,21 @@ def test_preference_loop_tiny(tmp_path, monkeypatch):
     assert again["labelled_pairs"] == 9 and json.dumps(again["agreement"]) == json.dumps(
         result["agreement"]
     )  # NaN-safe
+
+
+def test_synthmusic_verifier_calibration_tiny(tmp_path, monkeypatch):
+    """The music verifier's calibration on a few clips: real audio reads back, the table renders from the JSON."""
+    import pytest
+
+    from experiments import render_results
+    from experiments.synthmusic_verifier import MusicVerifierArguments, main
+
+    with pytest.raises(ValueError, match="--clips"):
+        main(MusicVerifierArguments(clips=1))
+    result = main(MusicVerifierArguments(clips=4, results_dir=str(tmp_path / "results" / "synthmusic")))
+    for split in ("train", "heldout"):
+        row = result["splits"][split]
+        assert row["clips"] == 4 and row["real_audio"]["verifier"] >= 0.9
+        assert 0 <= row["shuffled_attributes"]["verifier"] <= 1 and 0 <= row["real_mel_vocoder"]["verifier"] <= 1
+    monkeypatch.setattr(render_results, "RESULTS", tmp_path / "results")
+    assert render_results.RENDERERS["synthmusic-verifier"]().count("\n") == 8

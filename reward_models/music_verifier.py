@@ -21,7 +21,7 @@ import math
 import numpy as np
 import torch
 
-from base_model.data.synthmusic import MODES, PITCH_CLASSES, TEMPI
+from base_model.data.synthmusic import MODES, PITCH_CLASSES, TEMPI, active_rms_db  # the corpus' loudness
 
 from .base import RewardModel
 
@@ -51,13 +51,6 @@ def _frames(x: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     n = 1 + (len(x) - n_fft) // hop
     idx = np.arange(n_fft)[None, :] + hop * np.arange(n)[:, None]
     return x[idx] * np.hanning(n_fft)[None, :]
-
-
-def active_rms_db(x: np.ndarray, frame: int = 1024) -> float:
-    """RMS (dBFS) over frames with energy above 5 % of the loudest (the corpus' loudness definition)."""
-    n = len(x) // frame * frame
-    e = (x[:n].reshape(-1, frame) ** 2).mean(1) if n else np.array([np.mean(x**2)])
-    return float(10 * np.log10(e[e > 0.05 * e.max()].mean() + 1e-20))
 
 
 def onsets(x: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .synthcaps import _rms, active_rms_db, finish_clip
+
 SAMPLE_RATE = 16000
 DEFAULT_SECONDS = 4.0
 
@@ -171,17 +173,6 @@ def render_note(timbre: str, f0: float, n: int, rng: np.random.Generator) -> np.
     return x * env
 
 
-def _rms(x: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(x**2)) + 1e-12)
-
-
-def active_rms_db(x: np.ndarray, frame: int = 1024) -> float:
-    """RMS (dBFS) over frames with energy above 5 % of the loudest (SynthCaps' loudness definition)."""
-    n = len(x) // frame * frame
-    e = (x[:n].reshape(-1, frame) ** 2).mean(1) if n else np.array([np.mean(x**2)])
-    return float(10 * np.log10(e[e > 0.05 * e.max()].mean() + 1e-20))
-
-
 def render_audio(attrs: dict, seed: int, seconds: float = DEFAULT_SECONDS) -> np.ndarray:
     """Renders a clip (float32 mono at 16 kHz) from its attributes; deterministic in `seed`."""
     rng = np.random.default_rng(seed)
@@ -212,9 +203,7 @@ def render_audio(attrs: dict, seed: int, seconds: float = DEFAULT_SECONDS) -> np
         ramp = 10 ** (np.linspace(-18.0, 0.0, n) / 20)  # an 18 dB swell over the clip
         x *= ramp if dyn == "crescendo" else ramp[::-1]
     x *= 10 ** ((DYNAMICS_DB[dyn] - active_rms_db(x)) / 20)
-    knee, a = 0.7, np.abs(x)  # the soft-knee limiter SynthCaps uses
-    x = np.where(a > knee, np.sign(x) * (knee + 0.29 * np.tanh((a - knee) / 0.29)), x)
-    return x.astype(np.float32)
+    return finish_clip(x, "none", rng).astype(np.float32)  # SynthCaps' soft-knee limiter, no degradation
 
 
 # -------------------------------------------------------------------------------------------------- corpus

@@ -287,13 +287,15 @@ def clap_control() -> str:
     lines = [_row(["run", "Δ verifier", "Δ CLAP", "Δ aesthetics", "Δ KL", "mel Fréchet"]), "|---|---|---|---|---|---|"]
     for label, n in (("uniform weights (the control)", "control"), ("CLAP, best of 4", "clap-topk"),
                      ("aesthetics, best of 4", "aesthetics-topk"), ("verifier, best of 4 (oracle)", "verifier-topk")):  # fmt: skip
+        if n not in r["runs"]:  # a study run with only some of the questions
+            continue
         m = r["runs"][n]
         lines.append(_row([label, _delta(m, "verifier"), _delta(m, "clap"), _delta(m, "aesthetics"), _delta(m, "kl"),
                            _f(m["model"].get("mel_frechet"), 1)]))  # fmt: skip
     for label, key in (("**CLAP − control**, paired", "clap_minus_control"),
                        ("aesthetics − control, paired", "aesthetics_minus_control")):  # fmt: skip
-        d = r[key]
-        lines.append(_row([label, *[_bci(d[k]) for k in ("verifier", "clap", "aesthetics", "kl")], ""]))
+        if key in r:
+            lines.append(_row([label, *[_bci(r[key][k]) for k in ("verifier", "clap", "aesthetics", "kl")], ""]))
     runs, agree = r["runs"], r["agreement"]
     gain = {n: runs[n]["paired_vs_base"]["verifier"]["mean"] for n in ("control", "clap-topk", "verifier-topk")}
     recovered = _share(gain["clap-topk"] - gain["control"], gain["verifier-topk"] - gain["control"])

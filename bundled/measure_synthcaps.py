@@ -70,7 +70,7 @@ def measure_build(masked: Path, cfm: Path, a, out: Path) -> dict:
     from base_model.data.synthcaps import example
     from base_model.files import atomic_write_json
     from reward_models.verifier import SynthCapsVerifier
-    from rewardflow.metrics import bootstrap_interval
+    from rewardflow.metrics import bootstrap_interval, derangement
 
     verifier = SynthCapsVerifier()
     rows = [example(i, "heldout") for i in range(4 if a.small else a.eval_prompts)]
@@ -81,9 +81,7 @@ def measure_build(masked: Path, cfm: Path, a, out: Path) -> dict:
               "cfg_scale": 3.0, "decoder_ceiling": ceiling}  # fmt: skip
     masked_m, own, wav = measure_pipeline(pipe, rows, verifier, real, 8, steps)
     # Shuffled control: the same clips checked against another prompt's attributes (a derangement, fixed seed).
-    order = np.random.default_rng(0).permutation(len(rows))
-    perm = np.empty(len(rows), dtype=int)
-    perm[order] = np.roll(order, 1)  # each clip meets the prompt before it in a random cycle: never its own
+    perm = derangement(len(rows))
     shuffled = verifier(
         wav, 16000, [rows[i]["caption"] for i in perm], attributes=[rows[i]["attributes"] for i in perm]
     )

@@ -42,6 +42,7 @@ def main(a: MusicVerifierArguments) -> dict:
     from base_model.data.synthmusic import example, render_audio
     from experiments.results_io import publish_json
     from reward_models.music_verifier import SynthMusicVerifier
+    from rewardflow.metrics import derangement
 
     if a.clips < 2:
         raise ValueError(f"--clips must be at least 2 (a derangement needs two clips), got {a.clips}.")
@@ -54,9 +55,7 @@ def main(a: MusicVerifierArguments) -> dict:
         wav = torch.from_numpy(np.stack([render_audio(r["attributes"], r["seed"]) for r in rows]))
         with torch.inference_mode():
             vocoded = torch.cat([vocoder(mel(wav[i : i + 32])) for i in range(0, len(wav), 32)])
-        order = np.random.default_rng(0).permutation(len(rows))
-        perm = np.empty(len(rows), dtype=int)
-        perm[order] = np.roll(order, 1)  # a random cycle: never a clip's own attributes
+        perm = derangement(len(rows))  # never a clip's own attributes
         result["splits"][split] = {
             "clips": len(rows),
             "real_audio": _accuracy(verifier, wav, attrs),

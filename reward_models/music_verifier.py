@@ -21,7 +21,7 @@ import math
 import numpy as np
 import torch
 
-from base_model.data.synthmusic import MODES, PITCH_CLASSES, TEMPI, active_rms_db  # the corpus' loudness
+from base_model.data.synthmusic import DEGREE_WEIGHTS, MODES, PITCH_CLASSES, TEMPI, active_rms_db
 
 from .base import RewardModel
 
@@ -34,8 +34,6 @@ KK_MINOR = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69,
 def _corpus_profile(scale: tuple[int, ...]) -> np.ndarray:
     """How often SynthMusic's melodies use each pitch class of a scale (tonic first): tonic (and its octave), third
     and fifth favoured, as `note_events` draws them."""
-    from base_model.data.synthmusic import DEGREE_WEIGHTS
-
     out = np.zeros(12)
     for degree, w in zip((*scale, 12), DEGREE_WEIGHTS):
         out[degree % 12] += w
@@ -101,8 +99,10 @@ def spectral_features(x: np.ndarray, sr: int = SAMPLE_RATE) -> dict:
     active = total > 1e-3 * total.max()  # -30 dB: the quiet start of a crescendo still counts
     band = (freqs >= 250.0) & (freqs <= 1000.0)
     lo_bin = int(np.argmax(band))
+    above = freqs >= 250.0  # the melody and its harmonics; the bass sits below
+    fb = freqs[above]
     profile = np.zeros(12)
-    mid, high, melody = [], [], []
+    mid, high = [], []
     for row, on in zip(P, active):
         if not on:
             continue
@@ -112,12 +112,10 @@ def spectral_features(x: np.ndarray, sr: int = SAMPLE_RATE) -> dict:
         f0 = (k + float(np.clip(shift, -0.5, 0.5))) * df
         midi = 69 + 12 * np.log2(f0 / 440.0)
         profile[int(round(midi)) % 12] += 1.0  # frames, i.e. duration: a plucked note counts as long as it lasts
-        body = row[(freqs >= 250.0)]
-        fb = freqs[freqs >= 250.0]
+        body = row[above]
         e = body.sum()
         mid.append(body[(fb > 1.5 * f0) & (fb <= 4.5 * f0)].sum() / e)
         high.append(body[fb > 4.5 * f0].sum() / e)
-        melody.append(e)
     bass = P[:, freqs < 200.0].sum() / P.sum()
     return {
         "profile": profile / max(profile.sum(), 1e-12),

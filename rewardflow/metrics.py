@@ -30,6 +30,15 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return max(fd, 0.0)  # non-negative by definition; round-off can dip a hair below 0 for identical sets
 
 
+def derangement(n: int, seed: int = 0) -> np.ndarray:
+    """A permutation of `range(n)` (n >= 2) that moves every index: each i goes to the one before it in a random
+    cycle. Pairs each clip with another clip's prompt for a shuffled-prompt control, never its own."""
+    order = np.random.default_rng(seed).permutation(n)
+    perm = np.empty(n, dtype=int)
+    perm[order] = np.roll(order, 1)
+    return perm
+
+
 def bootstrap_interval(values: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """Mean of `values` and its 95% percentile-bootstrap interval (non-finite values excluded; NaNs when none left).
 

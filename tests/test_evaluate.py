@@ -164,3 +164,11 @@ def test_first_prompt_skips_prompts_and_their_reference_clips(tmp_path, renders)
         load_eval_prompts(EvaluateConfig(max_prompts=0, first_prompt=5, **common))
     with pytest.raises(ValueError, match="--first_prompt must be >= 0"):
         EvaluateConfig(first_prompt=-1)
+
+
+def test_derangement_moves_every_clip():
+    from rewardflow.metrics import derangement
+
+    for n in (2, 3, 64):
+        perm = derangement(n)
+        assert sorted(perm.tolist()) == list(range(n)) and (perm != np.arange(n)).all()

@@ -306,6 +306,27 @@ def clap_control() -> str:
     return "\n".join(lines) + "\n"
 
 
+def rollout_guidance() -> str:
+    """The same study runs tuned on a CFG 3 rollout (`results.json`) and on a CFG 1 rollout (`rollout_cfg1.json`),
+    all evaluated at CFG 3."""
+    by_cfg = {3: _alignment(), 1: _load(RESULTS / "alignment" / "rollout_cfg1.json")}
+    lines = [_row(["tuned on", "rollout CFG", "Δ verifier vs base", "Δ CLAP", "Δ KL", "mel Fréchet (base "
+                   f"{by_cfg[1]['base']['mel_frechet']:.1f})"]), "|---|---|---|---|---|---|"]  # fmt: skip
+    for label, n in (("uniform weights (the control)", "control"), ("CLAP, best of 4", "clap-topk"),
+                     ("verifier, best of 4 (oracle)", "verifier-topk")):  # fmt: skip
+        for cfg, r in by_cfg.items():
+            m = r["runs"][n]
+            lines.append(_row([label, cfg, _delta(m, "verifier"), _delta(m, "clap"), _delta(m, "kl"),
+                               _f(m["model"].get("mel_frechet"), 1)]))  # fmt: skip
+    gains = []
+    for cfg, r in by_cfg.items():
+        a = r["agreement"]
+        gains.append(f"CFG {cfg}: oracle {a['verifier']['top1_gain'][0]:+.3f}, CLAP {a['clap']['top1_gain'][0]:+.3f}")
+    lines.append("\nBest of 4 on the rollout itself (the agreement diagnostic's top-1 gain on the verifier): "
+                 + "; ".join(gains) + ".")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def aesthetics() -> str:
     r = _alignment()
     deg = r["degradation"]
@@ -466,6 +487,7 @@ def synthmusic_verifier() -> str:
 RENDERERS: dict[str, Callable[[], str]] = {
     "oracle": oracle,
     "clap-control": clap_control,
+    "rollout-guidance": rollout_guidance,
     "aesthetics": aesthetics,
     "tau": tau,
     "best-of-n": best_of_n,

@@ -65,28 +65,35 @@ class VAEModelArguments:
 class CorpusArguments:
     dataset: str = field(
         default="synthcaps",
-        metadata={"help": "'synthcaps', or an AudioCaps-style table: datasets folder/Hub id, or .csv/.jsonl."},
+        metadata={
+            "help": "'synthcaps', 'synthmusic', or an AudioCaps-style table: datasets folder/Hub id, .csv/.jsonl."
+        },
     )
     audio_column: str = field(default="audio", metadata={"help": "Audio column of a caption table."})
     caption_column: str = field(default="caption", metadata={"help": "Caption column of a caption table."})
-    num_train_examples: int = field(default=4000, metadata={"help": "Training clips (SynthCaps: the first N)."})
+    num_train_examples: int = field(
+        default=4000, metadata={"help": "Training clips (SynthCaps, SynthMusic: the first N)."}
+    )
     num_eval_examples: int = field(default=200, metadata={"help": "Held-out clips for metrics."})
     clip_seconds: float = field(default=4.0, metadata={"help": "Clip length in seconds."})
-    corpus_seed: int = field(default=0, metadata={"help": "SynthCaps corpus seed."})
+    corpus_seed: int = field(default=0, metadata={"help": "SynthCaps or SynthMusic corpus seed."})
     cache_dir: str = field(default="", metadata={"help": "Cache for mels/latents (default ~/.cache/rewardflow)."})
 
 
 def corpus_mels(data: CorpusArguments, split: str, n: int, frames_multiple: int):
-    """Log-mels and captions for SynthCaps or a caption table."""
+    """Log-mels and captions for SynthCaps, SynthMusic or a caption table."""
     from base_model.data.synthcaps import SynthCapsConfig
+    from base_model.data.synthmusic import SynthMusicConfig
     from base_model.mel import MelSpectrogram
-    from base_model.training import DEFAULT_CACHE, synthcaps_mels
+    from base_model.training import DEFAULT_CACHE, synthcaps_mels, synthmusic_mels
 
-    if data.dataset == "synthcaps":
-        mels, rows = synthcaps_mels(
+    procedural = {"synthcaps": (synthcaps_mels, SynthCapsConfig), "synthmusic": (synthmusic_mels, SynthMusicConfig)}
+    if data.dataset in procedural:
+        mels_of, config = procedural[data.dataset]
+        mels, rows = mels_of(
             split,
             n,
-            SynthCapsConfig(data.corpus_seed, data.clip_seconds),
+            config(data.corpus_seed, data.clip_seconds),
             cache_dir=Path(data.cache_dir) if data.cache_dir else DEFAULT_CACHE,
             frames_multiple=frames_multiple,
         )
@@ -118,7 +125,7 @@ def main(args: VAETrainingConfig, model_args: VAEModelArguments, data: CorpusArg
             model_args.codec_clips, data.clip_seconds, cache_dir=cache, frames_multiple=model_args.downsample_factor
         )
         train_mels = np.concatenate([train_mels, extra[..., : train_mels.shape[-1]]])
-    eval_split = "validation" if data.dataset == "synthcaps" else "train"
+    eval_split = "validation" if data.dataset in ("synthcaps", "synthmusic") else "train"
     eval_mels, _, _ = corpus_mels(data, eval_split, data.num_eval_examples, model_args.downsample_factor)
     config = MelVAEConfig(
         hidden_channels=model_args.hidden_channels,

@@ -79,6 +79,31 @@ def synthcaps_mels(
     return cached_mels(path, num_examples, render, mel_config, frames_multiple), rows
 
 
+def synthmusic_mels(
+    split: str,
+    num_examples: int,
+    config=None,
+    mel_config: MelConfig | None = None,
+    cache_dir: Path = DEFAULT_CACHE,
+    frames_multiple: int = 1,
+) -> tuple[np.ndarray, list[dict]]:
+    """Log-mels of the first `num_examples` SynthMusic clips of a split (see [`cached_mels`]), and their rows."""
+    from .data import synthmusic
+
+    config, mel_config = config or synthmusic.SynthMusicConfig(), mel_config or MelConfig()
+    rows = [synthmusic.example(i, split, config) for i in range(num_examples)]
+    key = (
+        synthmusic.corpus_fingerprint(split, num_examples, config)
+        + hashlib.sha1(json.dumps(mel_config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    )
+    path = Path(cache_dir) / f"synthmusic-mels-{key}.npz"
+
+    def render(i):
+        return synthmusic.render_audio(rows[i]["attributes"], rows[i]["seed"], config.seconds)
+
+    return cached_mels(path, num_examples, render, mel_config, frames_multiple), rows
+
+
 def codec_mels(
     num_examples: int,
     seconds: float,

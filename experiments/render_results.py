@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from collections.abc import Callable
@@ -443,8 +444,10 @@ def preference_finetune() -> str:
                    "Δ KL vs base", "mel Fréchet"]), "|---|---|---|---|---|---|---|"]  # fmt: skip
     b = r["base"]
     lines.append(_row(["base", _f(b["verifier"]), "", "", "", "", _f(b.get("mel_frechet"), 1)]))
-    for label, n in (("CLAP, best of 4", "clap-topk"),
-                     (f"preference model ({r['best_budget']} pairs), best of 4", "preference-topk"),
+    n_clips = r["settings"]["num_generations"]
+    kept = f"best {math.ceil(0.25 * n_clips)} of {n_clips}"  # the loop's top-k runs keep a quarter, rounded up
+    for label, n in ((f"CLAP, {kept}", "clap-topk"),
+                     (f"preference model ({r['best_budget']} pairs), {kept}", "preference-topk"),
                      ("DPO on the listener's pairs", "dpo-preferences")):  # fmt: skip
         m = r["runs"][n]
         vs_clap = _bci(m["paired_vs_clap"]["verifier"]) if m.get("paired_vs_clap") else ""
@@ -479,8 +482,10 @@ def synthmusic_verifier() -> str:
     lines = [_row(["split", "audio", *attrs]), "|" + "---|" * (len(attrs) + 2)]
     for split, row in r.items():
         for name, key in (("real", "real_audio"), ("real → mel → vocoder", "real_mel_vocoder"),
+                          ("real → mel → SynthCaps VAE → vocoder", "real_mel_vae_vocoder"),
                           ("real, another clip's attributes (chance)", "shuffled_attributes")):  # fmt: skip
-            lines.append(_row([f"{split} ({row['clips']} clips)", name, *[_f(row[key].get(a)) for a in attrs]]))
+            if key in row:
+                lines.append(_row([f"{split} ({row['clips']} clips)", name, *[_f(row[key].get(a)) for a in attrs]]))
     return "\n".join(lines) + "\n"
 
 

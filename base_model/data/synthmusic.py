@@ -23,6 +23,7 @@ The rows have SynthCaps' shape, so every loader, rollout and evaluation that tak
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -250,3 +251,9 @@ def load_synthmusic(split: str = "train", num_examples: int = 1000, config: Synt
         },
         info=datasets.DatasetInfo(description=f"SynthMusic {split} (seed {config.seed}, {config.seconds} s clips)"),
     )
+
+
+def corpus_fingerprint(split: str, num_examples: int, config: SynthMusicConfig) -> str:
+    """A short hash naming a corpus slice, used to key caches of mels and latents (apart from SynthCaps' keys)."""
+    key = {"corpus": "synthmusic", "split": split, "n": num_examples, "seed": config.seed, "seconds": config.seconds}
+    return hashlib.sha1(json.dumps({**key, "v": 1}).encode()).hexdigest()[:12]

@@ -24,17 +24,23 @@ from .vae import MelVAE
 from .vocoders import Vocoder, load_vocoder
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
-BUNDLED_PIPELINES = {"synthcaps": PRETRAINED_DIR / "synthcaps", "synthcaps-cfm": PRETRAINED_DIR / "synthcaps-cfm"}
+BUNDLED_PIPELINES = {
+    name: PRETRAINED_DIR / name for name in ("synthcaps", "synthcaps-cfm", "synthmusic", "synthmusic-cfm")
+}
 
 
 def resolve_pipeline_path(name_or_path: str | os.PathLike) -> Path:
-    """`"synthcaps"` (bundled) or a folder with `pipeline.json`, checked to be a complete, readable pipeline folder
+    """A bundled name (`"synthcaps"`; `"synthmusic"` once built) or a folder with `pipeline.json`, checked to be a complete, readable pipeline folder
     (its `flow/` a MaskAudioFlow and `vae/` a mel VAE, each with a readable `model.safetensors`) before anything
     loads, so a wrong or damaged folder fails at once with what to do."""
     path = BUNDLED_PIPELINES.get(str(name_or_path), Path(name_or_path))
     if not (path / "pipeline.json").is_file():
         if str(name_or_path) in BUNDLED_PIPELINES:
-            hint = "the bundled checkpoint is missing from this checkout; rebuild it with `python bundled/build_synthcaps.py`"
+            corpus = str(name_or_path).removesuffix("-cfm")
+            hint = (
+                "the bundled checkpoint is missing from this checkout; build it with "
+                f"`python bundled/build_synthcaps.py --corpus {corpus} --output_dir outputs/build-{corpus} --install true`"
+            )
         elif path.is_file():
             hint = "that is a file; pass the pipeline's folder"
         else:

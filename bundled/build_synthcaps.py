@@ -1,19 +1,21 @@
-"""Rebuild the bundled SynthCaps generator from scratch: the mel VAE, MaskAudioFlow and its CFM baseline; measure
-them; write model cards; optionally install them into `base_model/pretrained/`.
+"""Rebuild a bundled generator from scratch (SynthCaps, or SynthMusic with `--corpus synthmusic`): the mel VAE,
+MaskAudioFlow and its CFM baseline; measure them; write model cards; optionally install them into
+`base_model/pretrained/` (as `synthcaps` and `synthcaps-cfm`, or `synthmusic` and `synthmusic-cfm`).
 
     python bundled/build_synthcaps.py --install true        # the bundled checkpoints (hours on 2 CPU cores)
     python bundled/build_synthcaps.py --stages vae           # one stage; the same command resumes where it stopped
     python bundled/build_synthcaps.py --small true           # a reduced run (seconds), as the test does
     python bundled/build_synthcaps.py --stages progress --results_dir experiments/results/generator   # so far
+    python bundled/build_synthcaps.py --corpus synthmusic --output_dir outputs/build-synthmusic   # the music pair
 
 Every stage resumes: a finished stage (its `final/` folder exists) is skipped, an unfinished one continues from its
 last complete checkpoint (`--resume_from_checkpoint latest`), so a build can run across sittings. Each flow
-checkpoint is measured on the way (`<output_dir>/flow-<type>/measured.json`: SynthCaps verifier accuracy of the EMA
+checkpoint is measured on the way (`<output_dir>/flow-<type>/measured.json`: the corpus verifier's accuracy of the EMA
 weights on held-out prompts).
 
 What the final measurement writes (each model card and `<output_dir>/report.json`):
 * the decoder's ceiling per stage: real held-out audio, real audio -> mel -> vocoder, real audio -> mel -> VAE ->
-  vocoder (SynthCaps verifier accuracy, per attribute);
+  vocoder (the corpus verifier's accuracy, per attribute);
 * MaskAudioFlow on held-out-composition prompts at 8 iterations x 25 steps, CFG 3: verifier accuracy of clips
   generated for their own prompt, of the same clips checked against shuffled prompts, and the paired difference
   with its 95 % interval; mel Fréchet distance to real held-out audio;
@@ -50,13 +52,13 @@ class BuildArguments:
     seed: int = field(default=0, metadata={"help": "Training seed."})
     # --- the VAE
     vae_steps: int = field(default=4000, metadata={"help": "VAE training steps."})
-    vae_examples: int = field(default=16000, metadata={"help": "SynthCaps train clips the VAE sees."})
+    vae_examples: int = field(default=16000, metadata={"help": "Corpus train clips the VAE sees."})
     codec_clips: int = field(default=16000, metadata={"help": "Caption-less codec clips the VAE also sees."})
     vae_hidden: int = field(default=32, metadata={"help": "VAE width (conv2d channels at full resolution)."})
     vae_crop_frames: int = field(default=64, metadata={"help": "VAE training crops (mel frames; 64 = 1 s)."})
     # --- the flow models
     flow_steps: int = field(default=6000, metadata={"help": "Flow training steps (each of the two models)."})
-    train_examples: int = field(default=20000, metadata={"help": "SynthCaps training clips for the flow models."})
+    train_examples: int = field(default=20000, metadata={"help": "Corpus training clips for the flow models."})
     hidden_size: int = field(default=192, metadata={"help": "Flow backbone/head width."})
     num_layers: int = field(default=5, metadata={"help": "Flow backbone depth."})
     # 'cosine' (MaskGIT's per-sample ratio) rather than the paper's fixed p = 0.6: decoding starts from a fully masked
@@ -67,12 +69,19 @@ class BuildArguments:
     eval_prompts: int = field(default=64, metadata={"help": "Held-out prompts for the measurements."})
     measure_prompts: int = field(default=32, metadata={"help": "Held-out prompts measured at each flow checkpoint."})
     results_dir: str = field(default="", metadata={"help": "progress: also write build_progress.json here."})
+    corpus: str = field(default="synthcaps", metadata={"help": "synthcaps, or synthmusic (installs `synthmusic`)."})
+
+    def __post_init__(self):
+        from bundled.measure_synthcaps import CORPORA
+
+        if self.corpus not in CORPORA:
+            raise ValueError(f"--corpus must be one of {', '.join(CORPORA)}, got {self.corpus!r}.")
 
 
 def vae_argv(a: BuildArguments, out: Path) -> list[str]:
     steps = 10 if a.small else a.vae_steps
     return [
-        "--output_dir", str(out / "vae"), "--max_steps", str(steps), "--seed", str(a.seed),
+        "--output_dir", str(out / "vae"), "--dataset", a.corpus, "--max_steps", str(steps), "--seed", str(a.seed),
         "--num_train_examples", str(64 if a.small else a.vae_examples),
         "--codec_clips", str(16 if a.small else a.codec_clips),
         "--num_eval_examples", "16" if a.small else "200", "--logging_steps", "10" if a.small else "100",
@@ -86,7 +95,7 @@ def flow_argv(a: BuildArguments, out: Path, vae: Path, flow_type: str) -> list[s
     h = "32" if a.small else str(a.hidden_size)
     steps = 10 if a.small else a.flow_steps
     return [
-        "--output_dir", str(out / f"flow-{flow_type}"), "--vae", str(vae), "--flow_type", flow_type,
+        "--output_dir", str(out / f"flow-{flow_type}"), "--dataset", a.corpus, "--vae", str(vae), "--flow_type", flow_type,
         "--max_steps", str(steps), "--seed", str(a.seed), "--num_train_examples", str(64 if a.small else a.train_examples),
         "--preset", "tiny", "--hidden_size", h, "--head_hidden_size", h, "--num_layers", str(2 if a.small else a.num_layers),
         "--head_layers", "3", "--mask_ratio_mode", a.mask_ratio_mode, "--mask_ratio", str(a.mask_ratio),
@@ -145,7 +154,9 @@ def run_flow(a: BuildArguments, out: Path, vae: Path, flow_type: str) -> Path:
 
     final = out / f"flow-{flow_type}" / "final"
     if not (final / "pipeline.json").is_file():
-        measure = CheckpointMeasure(out / f"flow-{flow_type}", vae, 4 if a.small else a.measure_prompts, a.small)
+        measure = CheckpointMeasure(
+            out / f"flow-{flow_type}", vae, 4 if a.small else a.measure_prompts, a.small, a.corpus
+        )
         pretrain.main(
             *pretrain.make_parser().parse_args_and_config(args=flow_argv(a, out, vae, flow_type)), measure=measure
         )
@@ -155,16 +166,16 @@ def run_flow(a: BuildArguments, out: Path, vae: Path, flow_type: str) -> Path:
 class CheckpointMeasure:
     """Verifier accuracy of a flow checkpoint's EMA weights on held-out prompts, appended to `measured.json`."""
 
-    def __init__(self, folder: Path, vae: Path, prompts: int, small: bool):
-        self.file, self.vae, self.n, self.small = folder / "measured.json", vae, prompts, small
+    def __init__(self, folder: Path, vae: Path, prompts: int, small: bool, corpus: str = "synthcaps"):
+        self.file, self.vae, self.n, self.small, self.corpus = folder / "measured.json", vae, prompts, small, corpus
 
     def __call__(self, step: int, model) -> None:
         from base_model import GriffinLimVocoder, MaskAudioFlowPipeline, MelVAE
-        from base_model.data.synthcaps import example
         from base_model.files import atomic_write_json
         from base_model.text_encoders import load_text_encoder
-        from reward_models.verifier import SynthCapsVerifier
+        from bundled.measure_synthcaps import corpus_parts
 
+        example, _, verifier = corpus_parts(self.corpus)
         rows = [example(i, "heldout") for i in range(self.n)]
         pipe = MaskAudioFlowPipeline(
             model,
@@ -176,9 +187,7 @@ class CheckpointMeasure:
         out = pipe(
             [r["caption"] for r in rows], num_steps=4 if self.small else 25, seed=list(range(1000, 1000 + self.n))
         )
-        acc = SynthCapsVerifier()(
-            out.waveforms, 16000, [r["caption"] for r in rows], attributes=[r["attributes"] for r in rows]
-        )
+        acc = verifier(out.waveforms, 16000, [r["caption"] for r in rows], attributes=[r["attributes"] for r in rows])
         record = {"step": step, "verifier": round(float(acc["verifier"].nanmean()), 4), "prompts": self.n,
                   "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
         history = json.loads(self.file.read_text()) if self.file.is_file() else []
@@ -190,19 +199,18 @@ def progress(a: BuildArguments, out: Path) -> dict:
     """A build's record so far, without waiting for it to finish: the finished VAE's decoder ceiling and every flow
     run's per-checkpoint verifier accuracy (`flow-*/measured.json`, other recipes' runs kept beside it included)."""
     from base_model import GriffinLimVocoder, MaskAudioFlowPipeline, MelVAE
-    from base_model.data.synthcaps import example
     from base_model.files import atomic_write_json
-    from bundled.measure_synthcaps import decoder_ceiling
+    from bundled.measure_synthcaps import corpus_parts, decoder_ceiling
     from experiments.results_io import publish_json
-    from reward_models.verifier import SynthCapsVerifier
 
+    example, _, verifier = corpus_parts(a.corpus)
     record: dict = {"settings": {k: v for k, v in vars(a).items() if k != "stages"}, "machine": machine(), "runs": {}}
     vae = out / "vae" / "final"
     if (vae / "config.json").is_file():
         rows = [example(i, "heldout") for i in range(4 if a.small else a.eval_prompts)]
         pipe = MaskAudioFlowPipeline.from_pretrained("synthcaps")  # only its mel settings and vocoder are used
         pipe.vae, pipe.vocoder = MelVAE.from_pretrained(vae).eval(), GriffinLimVocoder()
-        record["vae_ceiling"] = {"prompts": len(rows), **decoder_ceiling(pipe, rows, SynthCapsVerifier())[0]}
+        record["vae_ceiling"] = {"prompts": len(rows), **decoder_ceiling(pipe, rows, verifier, a.corpus)[0]}
     for folder in sorted(out.glob("flow-*")):
         if (folder / "measured.json").is_file():
             cfg = next(iter(sorted(folder.glob("checkpoint-*/config.json"))), None)
@@ -239,8 +247,8 @@ def main(a: BuildArguments) -> dict:
     if a.install:
         dest = ROOT / "base_model" / "pretrained"
         for name, folder in (
-            ("synthcaps", out / "flow-masked" / "final"),
-            ("synthcaps-cfm", out / "flow-cfm" / "final"),
+            (a.corpus, out / "flow-masked" / "final"),
+            (f"{a.corpus}-cfm", out / "flow-cfm" / "final"),
         ):
             if (dest / name).exists():
                 shutil.rmtree(dest / name)

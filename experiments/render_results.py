@@ -308,21 +308,23 @@ def clap_control() -> str:
 
 
 def rollout_guidance() -> str:
-    """The same study runs tuned on a CFG 3 rollout (`results.json`) and on a CFG 1 rollout (`rollout_cfg1.json`),
-    all evaluated at CFG 3."""
-    by_cfg = {3: _alignment(), 1: _load(RESULTS / "alignment" / "rollout_cfg1.json")}
-    lines = [_row(["tuned on", "rollout CFG", "Δ verifier vs base", "Δ CLAP", "Δ KL", "mel Fréchet (base "
-                   f"{by_cfg[1]['base']['mel_frechet']:.1f})"]), "|---|---|---|---|---|---|"]  # fmt: skip
-    for label, n in (("uniform weights (the control)", "control"), ("CLAP, best of 4", "clap-topk"),
-                     ("verifier, best of 4 (oracle)", "verifier-topk")):  # fmt: skip
-        for cfg, r in by_cfg.items():
+    """The same study runs tuned on a CFG 3 rollout (`results.json`), on a CFG 1 rollout (`rollout_cfg1.json`) and on
+    a CFG 1 rollout of four times the prompts (`rollout_cfg1_768.json`), all evaluated at CFG 3."""
+    studies = [_alignment()] + [
+        _load(RESULTS / "alignment" / f) for f in ("rollout_cfg1.json", "rollout_cfg1_768.json")
+    ]
+    label = {id(r): f"CFG {r['settings']['rollout_cfg_scale']:g}, {r['settings']['rollout_prompts']} prompts"
+             for r in studies}  # fmt: skip
+    lines = [_row(["tuned on", "rollout", "Δ verifier vs base", "Δ CLAP", "Δ KL", "mel Fréchet (base "
+                   f"{studies[0]['base']['mel_frechet']:.1f})"]), "|---|---|---|---|---|---|"]  # fmt: skip
+    for name, n in (("uniform weights (the control)", "control"), ("CLAP, best of 4", "clap-topk"),
+                    ("verifier, best of 4 (oracle)", "verifier-topk")):  # fmt: skip
+        for r in studies:
             m = r["runs"][n]
-            lines.append(_row([label, cfg, _delta(m, "verifier"), _delta(m, "clap"), _delta(m, "kl"),
+            lines.append(_row([name, label[id(r)], _delta(m, "verifier"), _delta(m, "clap"), _delta(m, "kl"),
                                _f(m["model"].get("mel_frechet"), 1)]))  # fmt: skip
-    gains = []
-    for cfg, r in by_cfg.items():
-        a = r["agreement"]
-        gains.append(f"CFG {cfg}: oracle {a['verifier']['top1_gain'][0]:+.3f}, CLAP {a['clap']['top1_gain'][0]:+.3f}")
+    gains = [f"{label[id(r)]}: oracle {r['agreement']['verifier']['top1_gain'][0]:+.3f}, CLAP "
+             f"{r['agreement']['clap']['top1_gain'][0]:+.3f}" for r in studies]  # fmt: skip
     lines.append("\nBest of 4 on the rollout itself (the agreement diagnostic's top-1 gain on the verifier): "
                  + "; ".join(gains) + ".")  # fmt: skip
     return "\n".join(lines) + "\n"

@@ -293,5 +293,7 @@ def test_synthmusic_verifier_calibration_tiny(tmp_path, monkeypatch):
         row = result["splits"][split]
         assert row["clips"] == 4 and row["real_audio"]["verifier"] >= 0.9
         assert 0 <= row["shuffled_attributes"]["verifier"] <= 1 and 0 <= row["real_mel_vocoder"]["verifier"] <= 1
+        assert 0 <= row["real_mel_vae_vocoder"]["verifier"] <= 1 and row["vae_mel_l1"] > 0  # the bundled VAE's trip
     monkeypatch.setattr(render_results, "RESULTS", tmp_path / "results")
-    assert render_results.RENDERERS["synthmusic-verifier"]().count("\n") == 8
+    table = render_results.RENDERERS["synthmusic-verifier"]()
+    assert table.count("\n") == 10 and table.count("SynthCaps VAE") == 2  # header, rule, four rows per split

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback
 
-from .data.synthcaps import SynthCapsConfig, corpus_fingerprint, example, render_audio, render_codec_clip
+from .data.synthcaps import SynthCapsConfig, render_codec_clip
 from .mel import MelConfig, MelSpectrogram
 
 DEFAULT_CACHE = Path(os.environ.get("REWARDFLOW_CACHE", Path.home() / ".cache" / "rewardflow"))
@@ -56,6 +56,23 @@ def cached_mels(path: Path, num_examples: int, render, mel_config: MelConfig, fr
     return mels[..., :F]
 
 
+def _corpus_mels(corpus, prefix, split, num_examples, config, mel_config, cache_dir, frames_multiple):
+    """Log-mels and rows of the first `num_examples` clips of a corpus module's split (its `example`,
+    `render_audio` and `corpus_fingerprint`), cached as `<prefix>-mels-<key>.npz` (see [`cached_mels`])."""
+    mel_config = mel_config or MelConfig()
+    rows = [corpus.example(i, split, config) for i in range(num_examples)]
+    key = (
+        corpus.corpus_fingerprint(split, num_examples, config)
+        + hashlib.sha1(json.dumps(mel_config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    )
+    path = Path(cache_dir) / f"{prefix}-mels-{key}.npz"
+
+    def render(i):
+        return corpus.render_audio(rows[i]["attributes"], rows[i]["seed"], config.seconds)
+
+    return cached_mels(path, num_examples, render, mel_config, frames_multiple), rows
+
+
 def synthcaps_mels(
     split: str,
     num_examples: int,
@@ -65,18 +82,10 @@ def synthcaps_mels(
     frames_multiple: int = 1,
 ) -> tuple[np.ndarray, list[dict]]:
     """Log-mels of the first `num_examples` SynthCaps clips of a split (see [`cached_mels`]), and their rows."""
-    config, mel_config = config or SynthCapsConfig(), mel_config or MelConfig()
-    rows = [example(i, split, config) for i in range(num_examples)]
-    key = (
-        corpus_fingerprint(split, num_examples, config)
-        + hashlib.sha1(json.dumps(mel_config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
-    )
-    path = Path(cache_dir) / f"synthcaps-mels-{key}.npz"
+    from .data import synthcaps
 
-    def render(i):
-        return render_audio(rows[i]["attributes"], rows[i]["seed"], config.seconds)
-
-    return cached_mels(path, num_examples, render, mel_config, frames_multiple), rows
+    config = config or SynthCapsConfig()
+    return _corpus_mels(synthcaps, "synthcaps", split, num_examples, config, mel_config, cache_dir, frames_multiple)
 
 
 def synthmusic_mels(
@@ -90,18 +99,8 @@ def synthmusic_mels(
     """Log-mels of the first `num_examples` SynthMusic clips of a split (see [`cached_mels`]), and their rows."""
     from .data import synthmusic
 
-    config, mel_config = config or synthmusic.SynthMusicConfig(), mel_config or MelConfig()
-    rows = [synthmusic.example(i, split, config) for i in range(num_examples)]
-    key = (
-        synthmusic.corpus_fingerprint(split, num_examples, config)
-        + hashlib.sha1(json.dumps(mel_config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
-    )
-    path = Path(cache_dir) / f"synthmusic-mels-{key}.npz"
-
-    def render(i):
-        return synthmusic.render_audio(rows[i]["attributes"], rows[i]["seed"], config.seconds)
-
-    return cached_mels(path, num_examples, render, mel_config, frames_multiple), rows
+    config = config or synthmusic.SynthMusicConfig()
+    return _corpus_mels(synthmusic, "synthmusic", split, num_examples, config, mel_config, cache_dir, frames_multiple)
 
 
 def codec_mels(

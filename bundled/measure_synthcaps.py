@@ -38,7 +38,9 @@ def corpus_parts(corpus: str):
     return example, render_audio, Verifier()
 
 
-def _accuracy(verifier, wav, rows) -> dict:
+def accuracy_by_attribute(verifier, wav, rows) -> tuple[dict, np.ndarray]:
+    """The verifier's mean over clips, overall and per attribute (`{"verifier": ..., "<attribute>": ...}`), and its
+    per-clip overall score."""
     s = verifier(wav, 16000, [r["caption"] for r in rows], attributes=[r["attributes"] for r in rows])
     return {k.removeprefix("verifier/"): round(float(v.nanmean()), 4) for k, v in s.items()}, s["verifier"].numpy()
 
@@ -53,9 +55,9 @@ def decoder_ceiling(pipe, rows, verifier, corpus: str = "synthcaps") -> dict:
     with torch.inference_mode():
         vae_mel = pipe.vae.decode(pipe.vae.encode(mel))
     return {
-        "real_audio": _accuracy(verifier, real, rows)[0],
-        "real_mel_vocoder": _accuracy(verifier, pipe.vocoder(mel), rows)[0],
-        "real_mel_vae_vocoder": _accuracy(verifier, pipe.vocoder(vae_mel), rows)[0],
+        "real_audio": accuracy_by_attribute(verifier, real, rows)[0],
+        "real_mel_vocoder": accuracy_by_attribute(verifier, pipe.vocoder(mel), rows)[0],
+        "real_mel_vae_vocoder": accuracy_by_attribute(verifier, pipe.vocoder(vae_mel), rows)[0],
         "vae_mel_l1": round(float((vae_mel - mel).abs().mean()), 4),
     }, real
 
@@ -70,7 +72,7 @@ def measure_pipeline(
     start = time.perf_counter()
     out = pipe(prompts, seed=list(range(1000, 1000 + len(rows))), num_iterations=num_iterations, num_steps=steps)
     seconds = time.perf_counter() - start
-    acc, per_clip = _accuracy(verifier, out.waveforms, rows)
+    acc, per_clip = accuracy_by_attribute(verifier, out.waveforms, rows)
     mel_fn = MelSpectrogram()
     n = min(out.waveforms.shape[1], real.shape[1])
     fd = frechet_distance(mel_statistics(mel_fn(out.waveforms[:, :n])), mel_statistics(mel_fn(real[:, :n])))

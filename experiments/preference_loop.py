@@ -48,6 +48,7 @@ class LoopArguments:
     max_steps: int = field(default=600, metadata={"help": "Fine-tuning steps of every run."})
     batch_size: int = field(default=16, metadata={"help": "Fine-tuning batch."})
     learning_rate: float = field(default=1e-4, metadata={"help": "Fine-tuning learning rate."})
+    top_k: float = field(default=0.25, metadata={"help": "Share of each prompt's clips the top-k runs keep."})
     beta: float = field(default=1.0, metadata={"help": "Reference term weight β of every run."})
     dpo_beta: float = field(default=2000.0, metadata={"help": "β of the DPO run (TangoFlux: 2000)."})
     first_prompt: int = field(default=128, metadata={"help": "First held-out prompt of the final evaluation."})
@@ -67,6 +68,8 @@ class LoopArguments:
                 f"--fresh_prompts {self.fresh_prompts} overlaps the evaluation prompts from --first_prompt "
                 f"{self.first_prompt}: keep fresh_prompts <= first_prompt."
             )
+        if not 0 < self.top_k <= 1:
+            raise ValueError(f"--top_k must be in (0, 1], got {self.top_k}.")
         self.budgets = sorted(set(self.budgets))
 
 
@@ -183,7 +186,7 @@ def main(a: LoopArguments) -> dict:
         argv = ["--output_dir", rollout, "--rescore", "true", "--rewards", f"preference:{models[best]['path']}"]
         rollout_main(*rollout_parser().parse_args_and_config(args=argv))
         atomic_write_json(marker, {"path": models[best]["path"]})
-    topk = {"weighting": "topk", "top_k": 0.25}
+    topk = {"weighting": "topk", "top_k": a.top_k}
     runs = {
         "clap-topk": {"reward": "clap", **topk},
         "preference-topk": {"reward": "preference", **topk},

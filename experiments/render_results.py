@@ -283,6 +283,11 @@ def oracle() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _run_cells(m: dict, keys: tuple[str, ...]) -> list[str]:
+    """A study run's paired differences from the base for `keys`, then its mel Fréchet distance."""
+    return [*(_delta(m, k) for k in keys), _f(m["model"].get("mel_frechet"), 1)]
+
+
 def clap_control() -> str:
     r = _alignment()
     lines = [_row(["run", "Δ verifier", "Δ CLAP", "Δ aesthetics", "Δ KL", "mel Fréchet"]), "|---|---|---|---|---|---|"]
@@ -290,9 +295,7 @@ def clap_control() -> str:
                      ("aesthetics, best of 4", "aesthetics-topk"), ("verifier, best of 4 (oracle)", "verifier-topk")):  # fmt: skip
         if n not in r["runs"]:  # a study run with only some of the questions
             continue
-        m = r["runs"][n]
-        lines.append(_row([label, _delta(m, "verifier"), _delta(m, "clap"), _delta(m, "aesthetics"), _delta(m, "kl"),
-                           _f(m["model"].get("mel_frechet"), 1)]))  # fmt: skip
+        lines.append(_row([label, *_run_cells(r["runs"][n], ("verifier", "clap", "aesthetics", "kl"))]))
     for label, key in (("**CLAP − control**, paired", "clap_minus_control"),
                        ("aesthetics − control, paired", "aesthetics_minus_control")):  # fmt: skip
         if key in r:
@@ -320,9 +323,7 @@ def rollout_guidance() -> str:
     for name, n in (("uniform weights (the control)", "control"), ("CLAP, best of 4", "clap-topk"),
                     ("verifier, best of 4 (oracle)", "verifier-topk")):  # fmt: skip
         for r in studies:
-            m = r["runs"][n]
-            lines.append(_row([name, label[id(r)], _delta(m, "verifier"), _delta(m, "clap"), _delta(m, "kl"),
-                               _f(m["model"].get("mel_frechet"), 1)]))  # fmt: skip
+            lines.append(_row([name, label[id(r)], *_run_cells(r["runs"][n], ("verifier", "clap", "kl"))]))
     gains = [f"{label[id(r)]}: oracle {r['agreement']['verifier']['top1_gain'][0]:+.3f}, CLAP "
              f"{r['agreement']['clap']['top1_gain'][0]:+.3f}" for r in studies]  # fmt: skip
     lines.append("\nBest of 4 on the rollout itself (the agreement diagnostic's top-1 gain on the verifier): "
@@ -447,7 +448,7 @@ def preference_finetune() -> str:
     b = r["base"]
     lines.append(_row(["base", _f(b["verifier"]), "", "", "", "", _f(b.get("mel_frechet"), 1)]))
     n_clips = r["settings"]["num_generations"]
-    kept = f"best {math.ceil(0.25 * n_clips)} of {n_clips}"  # the loop's top-k runs keep a quarter, rounded up
+    kept = f"best {math.ceil(r['settings']['top_k'] * n_clips)} of {n_clips}"  # the top-k runs round up
     for label, n in ((f"CLAP, {kept}", "clap-topk"),
                      (f"preference model ({r['best_budget']} pairs), {kept}", "preference-topk"),
                      ("DPO on the listener's pairs", "dpo-preferences")):  # fmt: skip
@@ -479,12 +480,14 @@ def demo() -> str:
 
 
 def synthmusic_verifier() -> str:
-    r = _load(RESULTS / "synthmusic" / "results.json")["splits"]
+    result = _load(RESULTS / "synthmusic" / "results.json")
+    r, vae = result["splits"], result["settings"]["vae"]
+    vae = {"synthcaps": "SynthCaps", "synthmusic": "SynthMusic"}.get(vae, f"`{vae}`")  # bundled names read as corpora
     attrs = ["verifier", "tempo", "rhythm", "key", "mode", "timbre", "dynamics", "parts"]
     lines = [_row(["split", "audio", *attrs]), "|" + "---|" * (len(attrs) + 2)]
     for split, row in r.items():
         for name, key in (("real", "real_audio"), ("real → mel → vocoder", "real_mel_vocoder"),
-                          ("real → mel → SynthCaps VAE → vocoder", "real_mel_vae_vocoder"),
+                          (f"real → mel → {vae} VAE → vocoder", "real_mel_vae_vocoder"),
                           ("real, another clip's attributes (chance)", "shuffled_attributes")):  # fmt: skip
             if key in row:
                 lines.append(_row([f"{split} ({row['clips']} clips)", name, *[_f(row[key].get(a)) for a in attrs]]))

@@ -4,9 +4,10 @@ path (mel -> vocoder) keep them? The music verifier's calibration, before any mu
     python experiments/synthmusic_verifier.py --results_dir experiments/results/synthmusic
 
 Per attribute, on `--clips` real clips of each split: the verifier on the rendered audio, on the same audio through
-the default mel front end and vocoder, through mel -> `--vae` (encode, decode) -> vocoder (the ceiling of a music
-generator built on that VAE), and on the rendered audio checked against another clip's attributes (a derangement:
-what a clip that ignores its prompt would score, i.e. chance for this corpus).
+the `--vae` pipeline's mel front end and vocoder, through mel -> its VAE (encode, decode) -> vocoder (the ceiling of
+a music generator built on that decoder; `bundled/measure_synthcaps.decoder_ceiling`), and on the rendered audio
+checked against another clip's attributes (a derangement: what a clip that ignores its prompt would score, i.e.
+chance for this corpus).
 """
 
 from __future__ import annotations
@@ -17,69 +18,48 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-ATTRIBUTES = ("tempo", "rhythm", "key", "mode", "timbre", "dynamics", "parts")
 
 
 @dataclass
 class MusicVerifierArguments:
     clips: int = field(default=200, metadata={"help": "Real clips per split (train and heldout)."})
     vae: str = field(
-        default="synthcaps", metadata={"help": "Pipeline name or folder whose VAE round-trips ('' skips)."}
+        default="synthcaps",
+        metadata={"help": "Pipeline name or folder whose mel front end, VAE and vocoder make the round trips."},
     )
     results_dir: str = field(default="", metadata={"help": "Where results.json goes ('' skips)."})
 
-
-def _accuracy(verifier, wav, attrs) -> dict:
-    s = verifier(wav, 16000, [""] * len(attrs), attributes=attrs)
-    return {k.removeprefix("verifier/"): round(float(np.nanmean(v.numpy())), 4) for k, v in s.items()}
+    def __post_init__(self):
+        if self.clips < 2:
+            raise ValueError(f"--clips must be at least 2 (a derangement needs two clips), got {self.clips}.")
+        if not self.vae:
+            raise ValueError("--vae needs a pipeline name or folder (e.g. synthcaps): its decoder is measured.")
 
 
 def main(a: MusicVerifierArguments) -> dict:
-    import torch
-
-    from base_model import GriffinLimVocoder, MelSpectrogram
-    from base_model.data.synthmusic import example, render_audio
+    from base_model import MaskAudioFlowPipeline
+    from base_model.data.synthmusic import example
+    from bundled.measure_synthcaps import accuracy_by_attribute, decoder_ceiling
     from experiments.results_io import publish_json
     from reward_models.music_verifier import SynthMusicVerifier
     from rewardflow.metrics import derangement
 
-    if a.clips < 2:
-        raise ValueError(f"--clips must be at least 2 (a derangement needs two clips), got {a.clips}.")
-    verifier, mel, vocoder = SynthMusicVerifier(), MelSpectrogram(), GriffinLimVocoder()
-    vae = None
-    if a.vae:
-        from base_model.pipeline import resolve_pipeline_path
-        from base_model.vae import MelVAE
-
-        vae = MelVAE.from_pretrained(resolve_pipeline_path(a.vae) / "vae").eval()
+    verifier, pipe = SynthMusicVerifier(), MaskAudioFlowPipeline.from_pretrained(a.vae)
     start = time.perf_counter()
     result: dict = {"settings": asdict(a), "splits": {}}
     for split in ("train", "heldout"):
         rows = [example(i, split) for i in range(a.clips)]
-        attrs = [r["attributes"] for r in rows]
-        wav = torch.from_numpy(np.stack([render_audio(r["attributes"], r["seed"]) for r in rows]))
-        with torch.inference_mode():
-            mels = [mel(wav[i : i + 32]) for i in range(0, len(wav), 32)]
-            vocoded = torch.cat([vocoder(m) for m in mels])
+        ceiling, real = decoder_ceiling(pipe, rows, verifier, corpus="synthmusic")
         perm = derangement(len(rows))  # never a clip's own attributes
-        row = {
+        shuffled = [{"caption": "", "attributes": rows[i]["attributes"]} for i in perm]
+        result["splits"][split] = {
             "clips": len(rows),
-            "real_audio": _accuracy(verifier, wav, attrs),
-            "real_mel_vocoder": _accuracy(verifier, vocoded, attrs),
-            "shuffled_attributes": _accuracy(verifier, wav, [attrs[i] for i in perm]),
+            **{k: v for k, v in ceiling.items() if k != "vae_mel_l1"},
+            "shuffled_attributes": accuracy_by_attribute(verifier, real, shuffled)[0],
+            "vae_mel_l1": ceiling["vae_mel_l1"],
         }
-        if vae is not None:
-            with torch.inference_mode():
-                cut = [m[..., : m.shape[-1] // vae.downsample_factor * vae.downsample_factor] for m in mels]
-                back = [vae.decode(vae.encode(m)) for m in cut]
-                row["real_mel_vae_vocoder"] = _accuracy(verifier, torch.cat([vocoder(m) for m in back]), attrs)
-            row["vae_mel_l1"] = round(float(torch.cat([(b - m).abs().flatten() for b, m in zip(back, cut)]).mean()), 4)
-        result["splits"][split] = row
     result["seconds"] = round(time.perf_counter() - start, 1)
     publish_json(result, a.results_dir)
     print(json.dumps(result, indent=2))

@@ -287,7 +287,9 @@ def test_synthmusic_verifier_calibration_tiny(tmp_path, monkeypatch):
     from experiments.synthmusic_verifier import MusicVerifierArguments, main
 
     with pytest.raises(ValueError, match="--clips"):
-        main(MusicVerifierArguments(clips=1))
+        MusicVerifierArguments(clips=1)
+    with pytest.raises(ValueError, match="--vae"):
+        MusicVerifierArguments(vae="")
     result = main(MusicVerifierArguments(clips=4, results_dir=str(tmp_path / "results" / "synthmusic")))
     for split in ("train", "heldout"):
         row = result["splits"][split]

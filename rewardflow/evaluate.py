@@ -318,6 +318,9 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         }
     report["paired_vs_first"] = _paired(cfg, per_clip, keys, rows)
     report["per_prompt"] = per_prompt_means(cfg, per_clip, rows)
+    by_attribute = {name: verifier_by_attribute(scores, keys) for name, scores in per_clip.items()}
+    if any(by_attribute.values()):
+        report["verifier_by_attribute"] = by_attribute
     report["table"] = format_table(report)
     print(report["table"])
     _write(cfg, report)
@@ -358,6 +361,19 @@ def _summarise(scores: dict, keys: list) -> dict:
             out["verifier"] = "n/a: prompts carry no SynthCaps attributes"
         else:
             raise RuntimeError(f"every {col} score is NaN/inf: the reward model failed on these clips.")
+    return out
+
+
+def verifier_by_attribute(scores: dict, keys: list) -> dict:
+    """`{attribute: {"accuracy": mean, "checked": clips}}` of the verifier's per-attribute checks, over the clips whose
+    prompt names the attribute (the others score NaN); empty when the verifier did not run."""
+    out = {}
+    for col in scores[keys[0]]:
+        if col.startswith("reward/verifier/"):
+            v = np.array([scores[k][col] for k in keys], dtype=np.float64)
+            checked = int(np.isfinite(v).sum())
+            if checked:
+                out[col.removeprefix("reward/verifier/")] = {"accuracy": float(np.nanmean(v)), "checked": checked}
     return out
 
 

@@ -99,6 +99,9 @@ def test_model_against_its_copy_and_best_of(tmp_path, monkeypatch):
         assert math.isfinite(m[key]), key
         assert report["paired_vs_first"][str(copy)][key] == {"mean": 0.0, "ci95": [0.0, 0.0]}
     assert m["kl"] > 0 and m["fd_classifier"] > 0  # generated clips are not their references
+    by_attr = report["verifier_by_attribute"]
+    assert by_attr["synthcaps"] == by_attr[str(copy)] and by_attr["synthcaps"]["type"]["checked"] == 4  # every clip
+    assert all(0 <= v["accuracy"] <= 1 and 1 <= v["checked"] <= 4 for v in by_attr["synthcaps"].values())
     assert "synthcaps-classifier" in report["metric_info"]["kl"]
     assert "synthcaps-classifier" in report["metric_info"]["fd_classifier"]
     assert "laion" in report["metric_info"]["fad_clap"] or "clap" in report["metric_info"]["fad_clap"]
@@ -128,6 +131,7 @@ def test_file_order_changes_no_metric_and_missing_references_say_why(tmp_path, r
     a = evaluate(*common, "--prompts", str(_caption_table(tmp_path / "a", rows)))
     b = evaluate(*common, "--prompts", str(_caption_table(tmp_path / "b", rows[::-1])))
     ma, mb = a["models"]["synthcaps"], b["models"]["synthcaps"]
+    assert "verifier_by_attribute" not in a  # no verifier among --rewards: nothing per attribute
     # Each clip is generated at another batch position, so BLAS may sum in another order (it does on some AMD EPYC
     # machines): the clips agree to float32 round-off, not bitwise. Stated tolerances: 1e-4 relative, and 1e-3 for
     # KL, whose log of near-zero label probabilities magnifies round-off (seen: 1.6e-4).

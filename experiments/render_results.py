@@ -331,6 +331,32 @@ def rollout_guidance() -> str:
     return "\n".join(lines) + "\n"
 
 
+def oracle_steps() -> str:
+    """One oracle fine-tune at several checkpoints (`oracle_steps.json`), per verifier attribute, and what the kept
+    clips of its rollout win on."""
+    r = _load(RESULTS / "alignment" / "oracle_steps.json")
+    ev, sel = r["evaluation"], r["rollout_selection"]
+    attrs = [k for k in sel if k != "verifier"]
+    base = r["base"]
+    lines = [_row(["model", "Δ verifier vs base", "Δ CLAP", "Δ KL", "mel Fréchet", *attrs]),
+             "|" + "---|" * (len(attrs) + 5)]  # fmt: skip
+    by_attr = ev["verifier_by_attribute"]
+    for label, name in [("base", base), *((f"oracle, step {s['step']}", s["pipeline"]) for s in r["steps"].values())]:
+        d = ev["paired_vs_first"].get(name, {})
+        cells = [_bci(d[k]) if k in d else "" for k in ("verifier", "clap", "kl")]
+        lines.append(_row([label, *cells, _f(ev["models"][name].get("mel_frechet"), 1),
+                           *[_f(by_attr[name].get(a, {}).get("accuracy")) for a in attrs]]))  # fmt: skip
+    lines += ["", "The rollout it was tuned on (train prompts, 4 clips each):", "",
+              _row(["clips", "verifier", *attrs]), "|" + "---|" * (len(attrs) + 2)]  # fmt: skip
+    lines.append(_row(["all", _f(sel["verifier"]["all"]), *[_f(sel[a]["all"]) for a in attrs]]))
+    lines.append(
+        _row(["each prompt's best (kept)", _f(sel["verifier"]["best"]), *[_f(sel[a]["best"]) for a in attrs]])
+    )
+    lines.append(_row(["variance within prompts", _f(sel["verifier"]["within_prompt_share"], 2),
+                       *[_f(sel[a]["within_prompt_share"], 2) for a in attrs]]))  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def aesthetics() -> str:
     r = _alignment()
     deg = r["degradation"]
@@ -498,6 +524,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "oracle": oracle,
     "clap-control": clap_control,
     "rollout-guidance": rollout_guidance,
+    "oracle-steps": oracle_steps,
     "aesthetics": aesthetics,
     "tau": tau,
     "best-of-n": best_of_n,

@@ -463,3 +463,31 @@ def test_guard_rule_and_early_stop():
                {"step": 2, "clap": 0.3, "mel_frechet": 11.5}]  # fmt: skip
     assert rule.best(history)["step"] == 2  # step 1 is better on the reward but breaks the bound
     assert GuardRule(select="clap", max_increase=0.0).best(history)["step"] == 0  # only the start qualifies
+
+
+def test_oracle_steps_measures_checkpoints_as_pipelines(rollout_dir, tmp_path):
+    """`experiments/oracle_steps.py`: a checkpoint becomes a loadable pipeline with its own flow weights, bad
+    folders are refused before any work, and the rollout's kept clips are scored per attribute."""
+    from safetensors.torch import load_file
+
+    from base_model import MaskAudioFlowPipeline
+    from base_model.pipeline import resolve_pipeline_path
+    from experiments.oracle_steps import OracleStepsArguments, checkpoint_pipeline, rollout_selection
+
+    out = tmp_path / "ft"
+    run(rollout_dir, out, "--max_steps", "2", "--save_steps", "1")
+    with pytest.raises(ValueError, match="--checkpoints"):
+        OracleStepsArguments(checkpoints=[str(out / "final")])  # a pipeline, not a checkpoint
+    OracleStepsArguments(checkpoints=[str(out / "checkpoint-2")])
+    folder = checkpoint_pipeline(out / "checkpoint-2")
+    assert checkpoint_pipeline(out / "checkpoint-2") == folder  # made once
+    pipe = MaskAudioFlowPipeline.from_pretrained(folder)
+    ckpt = load_file(str(out / "checkpoint-2" / "model.safetensors"))
+    base = load_file(str(resolve_pipeline_path("synthcaps") / "flow" / "model.safetensors"))
+    mine = pipe.model.state_dict()
+    assert all(torch.equal(mine[k], v) for k, v in ckpt.items())
+    assert any(not torch.equal(ckpt[k], base[k]) for k in base)  # two steps moved it away from the base
+    sel = rollout_selection(str(rollout_dir))
+    assert sel["verifier"]["checked"] == 8 and sel["verifier"]["best"] >= sel["verifier"]["all"]
+    share = sel["type"]["within_prompt_share"]  # None when every clip scored the same
+    assert sel["type"]["checked"] == 8 and (share is None or 0 <= share <= 1)

@@ -357,6 +357,26 @@ def oracle_steps() -> str:
     return "\n".join(lines) + "\n"
 
 
+def real_clips() -> str:
+    """The oracle's recipe on real renders of the rollout's prompts (`real_clips.json`) next to the oracle itself."""
+    r = _load(RESULTS / "alignment" / "real_clips.json")
+    evs = r["evaluations"]
+    names = list(evs["heldout"]["models"])
+    label = {names[0]: "base", r["tuned"]: f"tuned on real renders (verifier {r['real_table']['verifier']:.2f})"}
+    label |= {n: "tuned on its own best of 4 (the oracle)" for n in r["settings"]["compare"]}
+    attrs = list(evs["heldout"]["verifier_by_attribute"][names[0]])
+    lines = [_row(["prompts", "model", "Δ verifier vs base", "Δ CLAP", "Δ KL", "mel Fréchet", *attrs]),
+             "|" + "---|" * (len(attrs) + 6)]  # fmt: skip
+    for title, key in (("held-out", "heldout"), ("tuned on (fresh seeds)", "trained_prompts")):
+        ev = evs[key]
+        for n in names:
+            d = ev["paired_vs_first"].get(n, {})
+            lines.append(_row([title, label[n], *[_bci(d[k]) if k in d else "" for k in ("verifier", "clap", "kl")],
+                               _f(ev["models"][n].get("mel_frechet"), 1),
+                               *[_f(ev["verifier_by_attribute"][n].get(a, {}).get("accuracy")) for a in attrs]]))  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def aesthetics() -> str:
     r = _alignment()
     deg = r["degradation"]
@@ -525,6 +545,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "clap-control": clap_control,
     "rollout-guidance": rollout_guidance,
     "oracle-steps": oracle_steps,
+    "real-clips": real_clips,
     "aesthetics": aesthetics,
     "tau": tau,
     "best-of-n": best_of_n,

@@ -491,3 +491,27 @@ def test_oracle_steps_measures_checkpoints_as_pipelines(rollout_dir, tmp_path):
     assert sel["verifier"]["checked"] == 8 and sel["verifier"]["best"] >= sel["verifier"]["all"]
     share = sel["type"]["within_prompt_share"]  # None when every clip scored the same
     assert sel["type"]["checked"] == 8 and (share is None or 0 <= share <= 1)
+
+
+def test_real_clip_control_table_holds_real_renders_of_the_same_prompts(rollout_dir, tmp_path):
+    """`experiments/real_clip_control.py`: the copy keeps every prompt and seed, its latents decode real renders
+    (the verifier passes them, unlike the tiny model's clips), and finetune.py trains on it."""
+    import pandas as pd
+
+    from experiments.real_clip_control import RealClipArguments, real_table
+
+    with pytest.raises(ValueError, match="--rollout"):
+        RealClipArguments(rollout=str(tmp_path))
+    table = real_table(rollout_dir, tmp_path / "real", "synthcaps")
+
+    def read(folder):
+        return pd.concat([pd.read_parquet(f) for f in sorted((folder / "data").glob("*.parquet"))], ignore_index=True)
+
+    gen, real = read(rollout_dir), read(table)
+    assert list(real["prompt_id"]) == list(gen["prompt_id"]) and list(real["seed"]) == list(gen["seed"])
+    assert (real["latent"] != gen["latent"]).all() and list(real["latent_shape"].map(list)) == list(
+        gen["latent_shape"].map(list)
+    )
+    assert real["reward/verifier"].mean() >= 0.8 > gen["reward/verifier"].mean()
+    m = run(table, tmp_path / "ft", "--weighting", "topk", "--top_k", "0.5")
+    assert math.isfinite(m["train_loss"])

@@ -3,6 +3,8 @@ this generator, measured by fine-tuning on real SynthCaps renders of the rollout
 
     python experiments/real_clip_control.py --rollout outputs/alignment-cfg1/rollout \\
         --output_dir outputs/alignment-cfg1/real-clips --compare outputs/alignment-cfg1/runs/verifier-topk/final \\
+        outputs/alignment-cfg1/runs/verifier-topk-rounds/round-2/final \\
+        --compare_labels "the oracle, round 1 (its own best of 4)" "the oracle, round 2" \\
         --results_json experiments/results/alignment/real_clips.json
 
 A copy of `--rollout` where every row's latent is the VAE latent of a real render of the row's prompt (its
@@ -37,9 +39,15 @@ class RealClipArguments:
     compare: list[str] = field(
         default_factory=list, metadata={"help": "Other tuned pipelines evaluated alongside (e.g. the oracle's)."}
     )
+    compare_labels: list[str] = field(default_factory=list, metadata={"help": "Their names in the table."})
     results_json: str = field(default="", metadata={"help": "Where the result goes ('' skips)."})
 
     def __post_init__(self):
+        if self.compare_labels and len(self.compare_labels) != len(self.compare):
+            raise ValueError(
+                f"--compare_labels names {len(self.compare_labels)} models, --compare {len(self.compare)}."
+            )
+        self.compare_labels = self.compare_labels or list(self.compare)
         if not (Path(self.rollout) / "manifest.json").is_file():
             raise ValueError(f"--rollout {self.rollout!r} is not a finished rollout (no manifest.json).")
 

@@ -502,6 +502,8 @@ def test_real_clip_control_table_holds_real_renders_of_the_same_prompts(rollout_
 
     with pytest.raises(ValueError, match="--rollout"):
         RealClipArguments(rollout=str(tmp_path))
+    with pytest.raises(ValueError, match="--compare_labels"):
+        RealClipArguments(rollout=str(rollout_dir), compare=["a"], compare_labels=["x", "y"])
     table = real_table(rollout_dir, tmp_path / "real", "synthcaps")
 
     def read(folder):

@@ -98,6 +98,7 @@ def rollout_selection(rollout: str) -> dict:
 
 def main(a: OracleStepsArguments) -> dict:
     from base_model.files import atomic_write_json
+    from experiments.results_io import evaluation_summary
     from rewardflow.evaluate import EvaluateConfig, evaluate
 
     ckpts = [Path(c) for c in a.checkpoints]
@@ -117,8 +118,7 @@ def main(a: OracleStepsArguments) -> dict:
         "steps": {str(c): {"step": int(c.name.split("-")[-1]), "pipeline": m} for c, m in zip(ckpts, models[1:])},
         "base": info["model"],
         "rollout_selection": rollout_selection(info["rollout"]),
-        "evaluation": {k: report[k] for k in ("settings", "metric_info", "models", "paired_vs_first")}
-        | {"verifier_by_attribute": report["verifier_by_attribute"]},
+        "evaluation": evaluation_summary(report),
     }
     if a.results_json:
         atomic_write_json(Path(a.results_json), result)

@@ -93,6 +93,7 @@ def real_table(rollout: Path, out: Path, model: str) -> Path:
 
 def main(a: RealClipArguments) -> dict:
     from base_model.files import atomic_write_json
+    from experiments.results_io import evaluation_summary
     from rewardflow.evaluate import EvaluateConfig, evaluate
     from rewardflow.finetune import finetune
     from rewardflow.finetune_config import RewardFlowConfig
@@ -117,9 +118,7 @@ def main(a: RealClipArguments) -> dict:
         if report is None or report["settings"]["models"] != models:
             report = evaluate(EvaluateConfig(models=models, prompts=prompts, first_prompt=first, max_prompts=n,
                                              output_json=str(path)))  # fmt: skip
-        evaluations[name] = {k: report[k] for k in ("settings", "metric_info", "models", "paired_vs_first")} | {
-            "verifier_by_attribute": report["verifier_by_attribute"]
-        }
+        evaluations[name] = evaluation_summary(report)
     import pandas as pd
 
     df = pd.concat([pd.read_parquet(f) for f in sorted((table / "data").glob("*.parquet"))], ignore_index=True)

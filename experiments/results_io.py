@@ -29,3 +29,10 @@ def publish_json(obj: dict, results_dir: str, name: str = "results.json") -> Non
     dest = Path(results_dir) if Path(results_dir).is_absolute() else ROOT / results_dir
     dest.mkdir(parents=True, exist_ok=True)
     atomic_write_json(dest / name, obj)
+
+
+def evaluation_summary(report: dict) -> dict:
+    """The parts of an `evaluate` report a committed result keeps: settings, metric descriptions, per-model means,
+    paired differences and per-attribute verifier accuracy (not the per-prompt arrays or the printed table)."""
+    keys = ("settings", "metric_info", "models", "paired_vs_first", "verifier_by_attribute")
+    return {k: report[k] for k in keys if k in report}

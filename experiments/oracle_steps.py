@@ -56,12 +56,16 @@ class OracleStepsArguments:
 
 
 def checkpoint_pipeline(ckpt: Path) -> str:
-    """`<run>/pipelines/<checkpoint-N>`: the run's base pipeline with the checkpoint's flow weights."""
+    """`<run>/pipelines/<checkpoint-N>`: the run's base pipeline with the checkpoint's flow weights. Made again when the
+    checkpoint's weights differ from those it was made from (a restarted run rewrites checkpoint-N)."""
+    from base_model.files import atomic_write_json, file_hash
     from base_model.pipeline import resolve_pipeline_path
 
     run = ckpt.parent
     out = run / "pipelines" / ckpt.name
-    if out.is_dir():  # made by the rename below, so complete
+    source = {"checkpoint": str(ckpt), "weights": file_hash(ckpt / "model.safetensors")}
+    made = out / "made_from.json"
+    if made.is_file() and json.loads(made.read_text()) == source:  # written last, so the folder is complete
         return str(out)
     base = resolve_pipeline_path(json.loads((run / "finetune_run.json").read_text())["model"])
     tmp = out.with_name(f".{out.name}.tmp")
@@ -69,6 +73,7 @@ def checkpoint_pipeline(ckpt: Path) -> str:
     shutil.copytree(base, tmp, ignore=shutil.ignore_patterns("README.md", "metrics.json"))
     for name in ("model.safetensors", "config.json"):
         shutil.copyfile(ckpt / name, tmp / "flow" / name)
+    atomic_write_json(tmp / "made_from.json", source)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return str(out)

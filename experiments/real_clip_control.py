@@ -61,6 +61,7 @@ def real_table(rollout: Path, out: Path, model: str) -> Path:
     from base_model import MaskAudioFlowPipeline, MelSpectrogram
     from base_model.data.synthcaps import render_audio
     from reward_models.verifier import SynthCapsVerifier
+    from rewardflow.rollout_table import put_column
 
     if (out / "manifest.json").is_file():
         return out
@@ -85,13 +86,15 @@ def real_table(rollout: Path, out: Path, model: str) -> Path:
         keep = [c for c in table.column_names if not c.startswith("reward/") or c in cols]
         table = table.select(keep)
         for name, values in cols.items():
-            table = table.set_column(table.column_names.index(name), name, values)
+            table = put_column(table, name, values)
         pq.write_table(table, shard)
     tmp.rename(out)
     return out
 
 
 def main(a: RealClipArguments) -> dict:
+    import pandas as pd
+
     from base_model.files import atomic_write_json
     from experiments.results_io import evaluation_summary
     from rewardflow.evaluate import EvaluateConfig, evaluate
@@ -114,12 +117,11 @@ def main(a: RealClipArguments) -> dict:
     for name, prompts, first, n in (("heldout", "synthcaps:heldout", a.first_prompt, a.eval_prompts),
                                     ("trained_prompts", made["prompts"], 0, made["max_prompts"])):  # fmt: skip
         path = out / f"eval-{name}.json"
+        cfg = EvaluateConfig(models=models, prompts=prompts, first_prompt=first, max_prompts=n, output_json=str(path))
         report = json.loads(path.read_text()) if path.is_file() else None
-        if report is None or report["settings"]["models"] != models:
-            report = evaluate(EvaluateConfig(models=models, prompts=prompts, first_prompt=first, max_prompts=n,
-                                             output_json=str(path)))  # fmt: skip
+        if report is None or report["settings"] != asdict(cfg):  # read back only when made with these settings
+            report = evaluate(cfg)
         evaluations[name] = evaluation_summary(report)
-    import pandas as pd
 
     df = pd.concat([pd.read_parquet(f) for f in sorted((table / "data").glob("*.parquet"))], ignore_index=True)
     result = {

@@ -363,7 +363,7 @@ def real_clips() -> str:
     evs = r["evaluations"]
     names = list(evs["heldout"]["models"])
     label = {names[0]: "base", r["tuned"]: f"tuned on real renders (verifier {r['real_table']['verifier']:.2f})"}
-    label |= dict(zip(r["settings"]["compare"], r["settings"].get("compare_labels") or r["settings"]["compare"]))
+    label |= dict(zip(r["settings"]["compare"], r["settings"]["compare_labels"]))
     attrs = list(evs["heldout"]["verifier_by_attribute"][names[0]])
     lines = [_row(["prompts", "model", "Δ verifier vs base", "Δ CLAP", "Δ KL", "mel Fréchet", *attrs]),
              "|" + "---|" * (len(attrs) + 6)]  # fmt: skip

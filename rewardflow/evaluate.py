@@ -318,7 +318,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         }
     report["paired_vs_first"] = _paired(cfg, per_clip, keys, rows)
     report["per_prompt"] = per_prompt_means(cfg, per_clip, rows)
-    by_attribute = {name: verifier_by_attribute(scores, keys) for name, scores in per_clip.items()}
+    by_attribute = {name: verifier_by_attribute(scores, keys, cfg.bootstrap) for name, scores in per_clip.items()}
     if any(by_attribute.values()):
         report["verifier_by_attribute"] = by_attribute
     report["table"] = format_table(report)
@@ -364,16 +364,26 @@ def _summarise(scores: dict, keys: list) -> dict:
     return out
 
 
-def verifier_by_attribute(scores: dict, keys: list) -> dict:
-    """`{attribute: {"accuracy": mean, "checked": clips}}` of the verifier's per-attribute checks, over the clips whose
-    prompt names the attribute (the others score NaN); empty when the verifier did not run."""
+def verifier_by_attribute(scores: dict, keys: list, n: int = 2000) -> dict:
+    """`{attribute: {"accuracy": mean, "ci95": [lo, hi], "checked": clips}}` of the verifier's per-attribute checks,
+    over the clips whose prompt names the attribute (the others score NaN). The interval bootstraps over prompts
+    (each prompt's clips averaged first: they share the attribute and are not independent); empty when the verifier
+    did not run."""
     out = {}
+    ids = sorted({p for p, _ in keys})
     for col in scores[keys[0]]:
         if col.startswith("reward/verifier/"):
             v = np.array([scores[k][col] for k in keys], dtype=np.float64)
             checked = int(np.isfinite(v).sum())
             if checked:
-                out[col.removeprefix("reward/verifier/")] = {"accuracy": float(np.nanmean(v)), "checked": checked}
+                by_prompt = {p: [] for p in ids}
+                for k, x in zip(keys, v):
+                    if np.isfinite(x):
+                        by_prompt[k[0]].append(x)
+                _, lo, hi = bootstrap_interval(np.array([np.mean(x) for x in by_prompt.values() if x]), n)
+                out[col.removeprefix("reward/verifier/")] = {
+                    "accuracy": float(np.nanmean(v)), "ci95": [lo, hi], "checked": checked,
+                }  # fmt: skip
     return out
 
 

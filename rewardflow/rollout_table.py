@@ -107,6 +107,13 @@ def reward_summary(ds, max_nan_fraction: float, out: Path) -> dict:
     return summary
 
 
+def put_column(table, name: str, values):
+    """`table` (a `pyarrow.Table`) with column `name` replaced in place, or appended when it has none."""
+    if name in table.column_names:
+        return table.set_column(table.column_names.index(name), name, values)
+    return table.append_column(name, values)
+
+
 def write_manifest(out: Path, shards: list[Path], rows: int) -> None:
     atomic_write_json(out / "manifest.json", {"shards": [p.name for p in shards], "rows": rows}, sort_keys=True)
 

@@ -11,7 +11,7 @@ import soundfile as sf
 import torch
 
 from rewardflow.embeddings import EmbeddingCache
-from rewardflow.evaluate import main, make_parser, paired_interval
+from rewardflow.evaluate import main, make_parser, paired_interval, verifier_by_attribute
 from rewardflow.metrics import frechet_distance
 
 FAST = ["--num_steps", "2", "--num_iterations", "2", "--bootstrap", "200", "--cache_dir", "none"]
@@ -41,6 +41,21 @@ def renders():
     from base_model.data.synthcaps import example, render_audio
 
     return torch.from_numpy(np.stack([render_audio(e["attributes"], e["seed"]) for e in map(example, range(24))]))
+
+
+def test_verifier_by_attribute_counts_checked_clips_and_bootstraps_over_prompts():
+    nan = float("nan")
+    keys = [(p, s) for p in range(4) for s in range(2)]
+    # "mood" named by prompts 0-1 only; "type" by all four, right on prompts 0 and 2 only
+    mood = {0: [1.0, 0.0], 1: [1.0, 1.0], 2: [nan, nan], 3: [nan, nan]}
+    scores = {(p, s): {"reward/verifier/mood": mood[p][s], "reward/verifier/type": float(p % 2 == 0)} for p, s in keys}
+    out = verifier_by_attribute(scores, keys, n=500)
+    assert out["mood"]["checked"] == 4 and out["mood"]["accuracy"] == 0.75
+    assert out["type"]["checked"] == 8 and out["type"]["accuracy"] == 0.5
+    lo, hi = out["type"]["ci95"]
+    assert 0.0 <= lo < 0.5 < hi <= 1.0  # four prompts of 0 or 1: the interval is wide, not a clip-level one
+    same = {k: {"reward/verifier/type": 1.0} for k in keys}
+    assert verifier_by_attribute(same, keys, n=100)["type"]["ci95"] == [1.0, 1.0]
 
 
 def test_fad_is_zero_against_itself_and_grows_with_noise(clap, renders):
@@ -102,6 +117,7 @@ def test_model_against_its_copy_and_best_of(tmp_path, monkeypatch):
     by_attr = report["verifier_by_attribute"]
     assert by_attr["synthcaps"] == by_attr[str(copy)] and by_attr["synthcaps"]["type"]["checked"] == 4  # every clip
     assert all(0 <= v["accuracy"] <= 1 and 1 <= v["checked"] <= 4 for v in by_attr["synthcaps"].values())
+    assert all(v["ci95"][0] <= v["accuracy"] <= v["ci95"][1] for v in by_attr["synthcaps"].values())
     assert "synthcaps-classifier" in report["metric_info"]["kl"]
     assert "synthcaps-classifier" in report["metric_info"]["fd_classifier"]
     assert "laion" in report["metric_info"]["fad_clap"] or "clap" in report["metric_info"]["fad_clap"]

@@ -19,6 +19,7 @@ from transformers import TrainerCallback
 
 from rewardflow.finetune import main, make_parser
 from rewardflow.objectives import effective_sample_size, finite_rows, resolve_reward, reward_weights
+from rewardflow.rollout_table import put_column
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--max_steps", "3", "--per_device_train_batch_size", "4", "--logging_steps", "1", "--save_steps", "100"]
@@ -116,9 +117,7 @@ def edit_table(src: Path, dst: Path, fn) -> Path:
 
 def set_column(table: pa.Table, name: str, values) -> pa.Table:
     values = pa.array(list(values), type=table.schema.field(name).type if name in table.column_names else None)
-    if name in table.column_names:
-        return table.set_column(table.column_names.index(name), name, values)
-    return table.append_column(name, values)
+    return put_column(table, name, values)
 
 
 def run(rollout, out, *extra, callbacks=None):
@@ -480,7 +479,16 @@ def test_oracle_steps_measures_checkpoints_as_pipelines(rollout_dir, tmp_path):
         OracleStepsArguments(checkpoints=[str(out / "final")])  # a pipeline, not a checkpoint
     OracleStepsArguments(checkpoints=[str(out / "checkpoint-2")])
     folder = checkpoint_pipeline(out / "checkpoint-2")
-    assert checkpoint_pipeline(out / "checkpoint-2") == folder  # made once
+    stamp = (Path(folder) / "flow" / "model.safetensors").stat().st_mtime_ns
+    assert checkpoint_pipeline(out / "checkpoint-2") == folder  # made once: read back
+    assert (Path(folder) / "flow" / "model.safetensors").stat().st_mtime_ns == stamp
+    weights = out / "checkpoint-2" / "model.safetensors"
+    shutil.copyfile(weights, tmp_path / "step-2.safetensors")
+    shutil.copyfile(out / "checkpoint-1" / "model.safetensors", weights)  # as a restarted run rewrites checkpoint-N
+    checkpoint_pipeline(out / "checkpoint-2")
+    assert (Path(folder) / "flow" / "model.safetensors").read_bytes() == weights.read_bytes()  # made again
+    shutil.copyfile(tmp_path / "step-2.safetensors", weights)
+    assert checkpoint_pipeline(out / "checkpoint-2") == folder
     pipe = MaskAudioFlowPipeline.from_pretrained(folder)
     ckpt = load_file(str(out / "checkpoint-2" / "model.safetensors"))
     base = load_file(str(resolve_pipeline_path("synthcaps") / "flow" / "model.safetensors"))

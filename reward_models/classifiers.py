@@ -4,6 +4,9 @@
   probabilities (event types, pitch bands, tempi, sweep directions, noise colours, structure, fade, loudness,
   degradation). The bundled one (`reward_models/pretrained/synthcaps-classifier/`) is trained by
   `bundled/train_synthcaps_classifier.py`; `load_classifier("synthcaps")` loads it offline.
+* The same net trained on SynthMusic's 30 labels (tempo, key, mode, rhythm, timbre, dynamics, parts):
+  `reward_models/pretrained/synthmusic-classifier/`, `load_classifier("synthmusic")`, by
+  `bundled/train_synthcaps_classifier.py --corpus synthmusic`.
 * `PannsClassifier`: PANNs Cnn14 (527 AudioSet labels), the classifier AudioLDM's evaluation uses for KL, from a
   local checkpoint (`Cnn14_mAP=0.431.pth` at 32 kHz or `Cnn14_16k_mAP=0.438.pth`), built with laion-clap's copy of
   the PANNs model code. `load_classifier("panns:/path/Cnn14_mAP=0.431.pth")`. Its 2048-d clip embedding gives a
@@ -31,6 +34,10 @@ from reward_models.base import file_hash, resample
 logger = logging.getLogger(__name__)
 
 BUNDLED_CLASSIFIER = Path(__file__).resolve().parent / "pretrained" / "synthcaps-classifier"
+BUNDLED_CLASSIFIERS = {
+    "synthcaps": BUNDLED_CLASSIFIER,
+    "synthmusic": BUNDLED_CLASSIFIER.with_name("synthmusic-classifier"),
+}
 
 
 def synthcaps_labels() -> list[str]:
@@ -61,6 +68,31 @@ def synthcaps_targets(attributes: dict, labels: list[str]) -> np.ndarray:
     if unknown:
         raise ValueError(f"attributes {sorted(unknown)} are not among the classifier's labels.")
     return np.array([lab in on for lab in labels], dtype=np.float32)
+
+
+def synthmusic_labels() -> list[str]:
+    """The 30 `attribute=value` labels of SynthMusic, in a fixed order."""
+    from base_model.data.synthmusic import DYNAMICS_DB, MODES, PITCH_CLASSES, RHYTHMS, TEMPI, TIMBRES
+
+    groups = {"tempo": tuple(TEMPI), "key": PITCH_CLASSES, "mode": tuple(MODES), "rhythm": RHYTHMS,
+              "timbre": TIMBRES, "dynamics": tuple(DYNAMICS_DB), "parts": ("1", "2")}  # fmt: skip
+    return [f"{k}={v}" for k, values in groups.items() for v in values]
+
+
+def synthmusic_targets(attributes: dict, labels: list[str]) -> np.ndarray:
+    """Multi-hot target of one SynthMusic example's attributes over `labels` (its key whether or not the caption
+    names it: the audio is in that key either way)."""
+    on = {f"{k}={attributes[k]}" for k in ("tempo", "key", "mode", "rhythm", "timbre", "dynamics", "parts")}
+    unknown = on - set(labels)
+    if unknown:
+        raise ValueError(f"attributes {sorted(unknown)} are not among the classifier's labels.")
+    return np.array([lab in on for lab in labels], dtype=np.float32)
+
+
+CORPUS_LABELS = {
+    "synthcaps": (synthcaps_labels, synthcaps_targets),
+    "synthmusic": (synthmusic_labels, synthmusic_targets),
+}
 
 
 def kl_divergence(p_ref: np.ndarray, p_gen: np.ndarray, eps: float = 1e-6) -> np.ndarray:
@@ -170,22 +202,25 @@ class _Resampling:
 
 
 class SynthCapsAttributeClassifier(_Resampling):
-    """Waveforms -> SynthCaps label probabilities and embeddings, through the project's 16 kHz log-mel front end."""
+    """Waveforms -> SynthCaps (or SynthMusic) label probabilities and embeddings, through the project's 16 kHz log-mel
+    front end."""
 
-    def __init__(self, path: str | os.PathLike = BUNDLED_CLASSIFIER, device: str | torch.device = "cpu"):
+    def __init__(
+        self, path: str | os.PathLike = BUNDLED_CLASSIFIER, device: str | torch.device = "cpu", corpus="synthcaps"
+    ):
         from base_model.mel import MelSpectrogram
 
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(
-                f"no SynthCaps classifier at {path} (config.json + model.safetensors); build it with "
-                "`python bundled/train_synthcaps_classifier.py --install true`."
+                f"no {corpus} classifier at {path} (config.json + model.safetensors); build it with "
+                f"`python bundled/train_synthcaps_classifier.py --corpus {corpus} --install true`."
             )
         self.model = SynthCapsClassifier.from_pretrained(path).to(device).eval()
         self.labels = list(self.model.config.labels)
         self.mel = MelSpectrogram().to(device)
         self.device, self.sample_rate = device, self.mel.config.sample_rate
-        self.model_id = "synthcaps-classifier"
+        self.model_id = f"{corpus}-classifier"
         self.checkpoint_hash = file_hash(path / "model.safetensors")
 
     @torch.inference_mode()
@@ -251,12 +286,15 @@ class PannsClassifier(_Resampling):
 
 
 def load_classifier(spec: str = "synthcaps", device: str | torch.device = "cpu"):
-    """`'synthcaps'` (bundled), `'synthcaps:<folder>'`, or `'panns:<Cnn14 checkpoint file>'`."""
+    """`'synthcaps'` / `'synthmusic'` (bundled), `'synthcaps:<folder>'` / `'synthmusic:<folder>'`, or
+    `'panns:<Cnn14 checkpoint file>'`."""
     kind, _, arg = spec.partition(":")
-    if kind == "synthcaps":
-        return SynthCapsAttributeClassifier(arg or BUNDLED_CLASSIFIER, device)
+    if kind in BUNDLED_CLASSIFIERS:
+        return SynthCapsAttributeClassifier(arg or BUNDLED_CLASSIFIERS[kind], device, corpus=kind)
     if kind == "panns":
         if not arg:
             raise ValueError("'panns' needs a checkpoint file: panns:/path/to/Cnn14_mAP=0.431.pth")
         return PannsClassifier(arg, device)
-    raise ValueError(f"unknown classifier {spec!r}; use 'synthcaps', 'synthcaps:<folder>' or 'panns:<checkpoint>'.")
+    raise ValueError(
+        f"unknown classifier {spec!r}; use 'synthcaps', 'synthmusic' (optionally ':<folder>') or 'panns:<checkpoint>'."
+    )

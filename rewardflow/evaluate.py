@@ -5,11 +5,12 @@
     python rewardflow/evaluate.py --models my_pipeline/ --prompts audiocaps_test.csv --audio_column audio \
         --id_column youtube_id --clap_checkpoint 630k-audioset-best.pt --aesthetics_checkpoint checkpoint.pt
     python rewardflow/evaluate.py --models synthcaps --best_of 4 --rerank_reward clap      # reported as best-of-4
+    python rewardflow/evaluate.py --models synthmusic --prompts synthmusic:heldout --rewards clap aesthetics music_verifier
 
-Per model: CLAP score (checkpoint named), aesthetics and its four axes, the SynthCaps verifier's attribute accuracy,
+Per model: CLAP score (checkpoint named), aesthetics and its four axes, the corpus verifier's attribute accuracy,
 FAD over CLAP audio embeddings (the embedding model named), a Fréchet distance over mel statistics, the paper's KL
-between classifier label distributions of each clip and its prompt's reference clip (the bundled SynthCaps attribute
-classifier offline, PANNs Cnn14 with `--kl_classifier panns:<checkpoint>`) with a Fréchet distance over that
+between classifier label distributions of each clip and its prompt's reference clip (the bundled SynthCaps or SynthMusic
+attribute classifier offline, PANNs Cnn14 with `--kl_classifier panns:<checkpoint>`) with a Fréchet distance over that
 classifier's embeddings, and seconds per clip. Every model generates the same prompts with the same per-clip seeds, derived from the prompt id, so clips are
 paired by `(prompt_id, sample_index)`, never by order: each later model's difference to the first comes with a 95%
 bootstrap interval over prompts. A metric that cannot be computed says why (`n/a: <reason>`); failures raise.
@@ -51,7 +52,9 @@ class EvaluateConfig(RewardArguments, SamplingConfig):
     models: list[str] = field(
         default_factory=lambda: ["synthcaps"], metadata={"help": "Pipelines to compare (folders or bundled names)."}
     )
-    prompts: str = field(default="synthcaps:heldout", metadata={"help": "'synthcaps:<split>' or a caption table."})
+    prompts: str = field(
+        default="synthcaps:heldout", metadata={"help": "'synthcaps:<split>', 'synthmusic:<split>' or a caption table."}
+    )
     caption_column: str = field(default="caption", metadata={"help": "Caption column of a prompt table."})
     id_column: str = field(default="", metadata={"help": "Prompt id column (default: the row number)."})
     audio_column: str = field(
@@ -70,8 +73,9 @@ class EvaluateConfig(RewardArguments, SamplingConfig):
     kl_classifier: str = field(
         default="auto",
         metadata={
-            "help": "Classifier for KL and its Fréchet distance: 'auto' (the bundled SynthCaps classifier on "
-            "SynthCaps prompts), 'synthcaps[:<folder>]', 'panns:<Cnn14 .pth file>', or 'none'."
+            "help": "Classifier for KL and its Fréchet distance: 'auto' (the bundled SynthCaps or SynthMusic "
+            "classifier on that corpus's prompts), 'synthcaps[:<folder>]', 'synthmusic[:<folder>]', "
+            "'panns:<Cnn14 .pth file>', or 'none'."
         },
     )
     best_of: int = field(default=1, metadata={"help": "Generate N per clip and keep the best by --rerank_reward."})
@@ -109,16 +113,21 @@ def load_eval_prompts(cfg: EvaluateConfig) -> tuple[list[dict], dict[str, np.nda
     from rewardflow.prompts import load_prompts
 
     rows = load_prompts(cfg.prompts, cfg.max_prompts, cfg.caption_column, cfg.id_column, cfg.first_prompt)
-    if cfg.prompts.startswith("synthcaps:"):
-        from base_model.data.synthcaps import example, render_audio
+    corpus = procedural_corpus(cfg.prompts)
+    if corpus:  # the corpus renders each prompt's own reference clip
+        from importlib import import_module
 
+        module = import_module(f"base_model.data.{corpus}")
         split = cfg.prompts.split(":", 1)[1]
-        ex = {e["id"]: e for e in (example(i, split) for i in range(cfg.first_prompt, cfg.first_prompt + len(rows)))}
-        return (
-            rows,
-            {r["prompt_id"]: render_audio(ex[r["prompt_id"]]["attributes"], ex[r["prompt_id"]]["seed"]) for r in rows},
-            "",
-        )
+        ex = {
+            e["id"]: e
+            for e in (module.example(i, split) for i in range(cfg.first_prompt, cfg.first_prompt + len(rows)))
+        }
+        reference = {
+            r["prompt_id"]: module.render_audio(ex[r["prompt_id"]]["attributes"], ex[r["prompt_id"]]["seed"])
+            for r in rows
+        }
+        return rows, reference, ""
     if not cfg.audio_column:
         return rows, None, "n/a: no reference audio (pass --audio_column for a caption table with audio)"
     from base_model.data.captions import load_caption_audio
@@ -138,6 +147,12 @@ def load_eval_prompts(cfg: EvaluateConfig) -> tuple[list[dict], dict[str, np.nda
     return rows, dict(zip(corpus.ids, corpus.audio)), ""
 
 
+def procedural_corpus(prompts: str) -> str:
+    """`"synthcaps"` or `"synthmusic"` for `--prompts <corpus>:<split>`, else `""` (a caption table)."""
+    corpus = prompts.split(":", 1)[0]
+    return corpus if ":" in prompts and corpus in ("synthcaps", "synthmusic") else ""
+
+
 def paired_interval(a: np.ndarray, b: np.ndarray, n: int, seed: int = 0) -> tuple[float, float, float]:
     """Mean of `b - a` over paired prompts and its 95% percentile-bootstrap interval (NaN pairs excluded)."""
     return bootstrap_interval(np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64), n, seed)
@@ -150,10 +165,10 @@ def load_kl_classifier(cfg: EvaluateConfig, device) -> tuple[object | None, str]
     spec = cfg.kl_classifier
     if spec == "none":
         return None, "n/a: switched off (--kl_classifier none)"
-    if spec == "auto":
-        if not cfg.prompts.startswith("synthcaps:"):
+    if spec == "auto":  # a procedural corpus's own bundled classifier
+        spec = procedural_corpus(cfg.prompts)
+        if not spec:
             return None, KL_NO_CLASSIFIER
-        spec = "synthcaps"
     return load_classifier(spec, device), ""
 
 

@@ -3,6 +3,7 @@ and one score column per reward output (`reward/<name>`)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,13 +37,32 @@ class RewardArguments:
                 raise FileNotFoundError(f"{flag} {path}: no such file or folder. Pass the checkpoint's path.")
 
 
+def prompt_corpus(attributes: str | dict) -> str:
+    """`"synthcaps"`, `"synthmusic"` or `""`: which procedural corpus a prompt row's attributes come from."""
+    attrs = json.loads(attributes) if isinstance(attributes, str) and attributes else attributes
+    if not attrs:
+        return ""
+    return "synthmusic" if "tempo" in attrs else "synthcaps"
+
+
+VERIFIERS = {"synthcaps": "verifier", "synthmusic": "music_verifier"}
+
+
 def check_rewards_apply(names: list[str], prompts: list[dict]) -> None:
-    """The SynthCaps verifier scores only prompts with SynthCaps attributes: asking for it on a caption table would
-    give a column of NaN after all the generation, so it is refused before."""
-    if "verifier" in names and not any(p.get("attributes") for p in prompts):
+    """A verifier scores only prompts with its own corpus's attributes (SynthCaps: `verifier`, SynthMusic:
+    `music_verifier`): asking for one on other prompts would give NaN or fail after all the generation, so it is
+    refused before."""
+    corpora = {prompt_corpus(p.get("attributes")) for p in prompts} - {""}
+    for corpus, name in VERIFIERS.items():
+        if name not in names or corpus in corpora:
+            continue
+        fix = (
+            f"use --rewards ... {VERIFIERS[next(iter(corpora))]} for these {next(iter(corpora))} prompts"
+            if corpora
+            else f"drop {name!r} from --rewards, or use --prompts {corpus}:<split>"
+        )
         raise ValueError(
-            "--rewards verifier needs SynthCaps prompts (it checks a clip against its prompt's attributes) and these "
-            "prompts have none: drop 'verifier' from --rewards, or use --prompts synthcaps:<split>."
+            f"--rewards {name} checks a clip against {corpus} prompt attributes and these prompts have none: {fix}."
         )
 
 

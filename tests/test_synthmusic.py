@@ -128,3 +128,51 @@ def test_training_corpus_takes_synthmusic(tmp_path):
     np.testing.assert_array_equal(again, mels)
     caps = corpus_mels(CorpusArguments(clip_seconds=1.0, cache_dir=str(tmp_path)), "validation", 3, 4)[1]
     assert caps != captions and len(list(tmp_path.glob("*.npz"))) == 2
+
+
+def test_verifiers_are_refused_on_the_other_corpus_before_any_work():
+    from rewardflow.prompts import load_prompts
+    from rewardflow.scoring import check_rewards_apply
+
+    music, caps = load_prompts("synthmusic:heldout", 2), load_prompts("synthcaps:heldout", 2)
+    check_rewards_apply(["clap", "music_verifier"], music)
+    check_rewards_apply(["verifier"], caps)
+    with pytest.raises(ValueError, match="--rewards verifier .* music_verifier for these synthmusic prompts"):
+        check_rewards_apply(["clap", "verifier"], music)
+    with pytest.raises(ValueError, match="--rewards music_verifier .* verifier for these synthcaps prompts"):
+        check_rewards_apply(["music_verifier"], caps)
+    table = [{**p, "attributes": ""} for p in caps]
+    with pytest.raises(ValueError, match="drop 'music_verifier' from --rewards"):
+        check_rewards_apply(["music_verifier"], table)
+
+
+def test_music_classifier_labels_and_evaluation_on_music_prompts(tmp_path):
+    """SynthMusic prompts in `evaluate`: each prompt's reference is its own render, KL comes from the bundled
+    SynthMusic classifier (a clip against its own reference scores ~0, against another prompt's more), and the music
+    verifier's attributes are reported."""
+    from reward_models.classifiers import load_classifier, synthmusic_labels, synthmusic_targets
+    from rewardflow.evaluate import EvaluateConfig, evaluate, load_eval_prompts
+
+    labels = synthmusic_labels()
+    assert len(labels) == len(set(labels)) == 30
+    attrs = [example(i, "heldout")["attributes"] for i in range(6)]
+    assert all(synthmusic_targets(a, labels).sum() == 7 for a in attrs)
+    with pytest.raises(ValueError, match="not among the classifier's labels"):
+        synthmusic_targets({**attrs[0], "timbre": "kazoo"}, labels)
+    cfg = EvaluateConfig(models=["synthcaps"], prompts="synthmusic:heldout", max_prompts=6, first_prompt=2)
+    rows, reference, why = load_eval_prompts(cfg)
+    assert why == "" and [r["prompt_id"] for r in rows] == list(reference)
+    ex = example(2, "heldout")
+    assert np.array_equal(reference[ex["id"]], render_audio(ex["attributes"], ex["seed"]))
+    clf = load_classifier("synthmusic")
+    assert clf.labels == labels and clf.model_id == "synthmusic-classifier"
+    probs = clf.probs(torch.from_numpy(np.stack(list(reference.values()))), 16000).numpy()
+    truth = np.stack([synthmusic_targets(json.loads(r["attributes"]), labels) for r in rows])
+    assert ((probs > 0.5) == truth).mean() > 0.9  # it reads real renders' labels
+    report = evaluate(
+        EvaluateConfig(models=["synthcaps"], prompts="synthmusic:heldout", max_prompts=2, first_prompt=2,
+                       rewards=["music_verifier"], output_json=str(tmp_path / "r.json"), cache_dir="none")
+    )  # fmt: skip
+    m = report["models"]["synthcaps"]
+    assert 0 <= m["verifier"] <= 1 and m["kl"] > 0 and "synthmusic-classifier" in report["metric_info"]["kl"]
+    assert set(report["verifier_by_attribute"]["synthcaps"]) >= {"tempo", "mode", "timbre"}

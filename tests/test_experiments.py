@@ -230,6 +230,35 @@ def test_alignment_study_tiny(tmp_path, monkeypatch):
         assert table.count("\n") >= 3 and "| " in table, name
 
 
+def test_music_alignment_tiny(tmp_path, monkeypatch):
+    """The music loop on a toy budget (the bundled SynthCaps pipeline stands in for the SynthMusic one): a SynthMusic
+    rollout scored by the music verifier, runs against the control, the held-out evaluation, committed JSON."""
+    import pytest
+
+    from experiments.music_alignment import MusicAlignmentArguments, main
+
+    with pytest.raises(ValueError, match="--runs"):
+        MusicAlignmentArguments(runs=["clap-exp"])
+    a = MusicAlignmentArguments(output_dir=str(tmp_path / "music"), results_dir=str(tmp_path / "published"),
+                                model="synthcaps", runs=["control", "verifier-topk"], rollout_prompts=3,
+                                num_generations=2, max_steps=2, batch_size=4, eval_prompts=3, processes=1)  # fmt: skip
+    result = main(a)
+    rollout = tmp_path / "music" / "rollout"
+    assert json.loads((rollout / "run.json").read_text())["settings"]["prompts"] == "synthmusic:train"
+    assert result["rollout"]["prompts"] == "synthmusic:train" and "verifier" in result["agreement"]
+    ev = result["evaluation"]
+    assert ev["settings"]["prompts"] == "synthmusic:heldout" and list(ev["models"]) == [
+        "synthcaps",
+        *result["runs"].values(),
+    ]
+    assert {"tempo", "mode", "timbre"} <= set(ev["verifier_by_attribute"]["synthcaps"])
+    assert set(result["versus_control"]) == {"verifier-topk"}
+    assert set(result["versus_control"]["verifier-topk"]) == {"verifier", "clap", "aesthetics", "kl"}
+    assert json.loads((tmp_path / "published" / "results.json").read_text())["runs"] == result["runs"]
+    again = main(a)  # everything read back
+    assert again["evaluation"] == result["evaluation"]
+
+
 def test_measure_bundled_pair_small(tmp_path):
     """The generator's measurement of any masked/CFM pair writes what the generator tables render."""
     import pytest

@@ -34,7 +34,9 @@ REWARDS = ("clap", "aesthetics", "music_verifier")
 @dataclass
 class MusicAlignmentArguments:
     output_dir: str = field(default="outputs/music-alignment", metadata={"help": "Rollout, runs, evaluation."})
-    results_dir: str = field(default="experiments/results/music", metadata={"help": "Committed JSON ('' skips)."})
+    results_dir: str = field(
+        default="experiments/results/synthmusic", metadata={"help": "Where music_alignment.json goes ('' skips)."}
+    )
     model: str = field(default="synthmusic", metadata={"help": "The base pipeline."})
     runs: list[str] = field(default_factory=lambda: list(RUNS), metadata={"help": f"Which of {', '.join(RUNS)}."})
     rollout_prompts: int = field(default=192, metadata={"help": "SynthMusic train prompts rolled out."})
@@ -98,7 +100,7 @@ def main(a: MusicAlignmentArguments) -> dict:
         "versus_control": versus_control,
     }
     atomic_write_json(out / "results.json", result)
-    publish_json(result, a.results_dir)
+    publish_json(result, a.results_dir, "music_alignment.json")
     print(report["table"])
     return result
 

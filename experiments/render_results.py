@@ -168,8 +168,9 @@ def decoder_ceiling() -> str:
     return "\n".join(lines) + "\n"
 
 
-def generator() -> str:
-    r = _load(RESULTS / "generator" / "report.json")
+def generator(folder: str = "generator") -> str:
+    """A bundled pair's measurement (`<folder>/report.json`, copied from its build's `report.json`)."""
+    r = _load(RESULTS / folder / "report.json")
     m, c = r["masked_8_iterations"], r["cfm_25_steps"]
     lines = [_row(["", "verifier accuracy", "mel Fréchet distance", "s / clip"]), "|---|---|---|---|"]
     lines.append(_row(["real held-out audio", _f(r["decoder_ceiling"]["real_audio"]["verifier"]), "0", ""]))
@@ -540,6 +541,39 @@ def synthmusic_verifier() -> str:
     return "\n".join(lines) + "\n"
 
 
+MUSIC_RUNS = {"control": "uniform weights (the control)", "clap-topk": "CLAP, best of 4",
+              "aesthetics-topk": "aesthetics, best of 4", "verifier-topk": "music verifier, best of 4 (oracle)"}  # fmt: skip
+
+
+def music_alignment() -> str:
+    """The alignment loop on SynthMusic (`synthmusic/music_alignment.json`): each run against the base and the
+    control, per verifier attribute, and the agreement diagnostic's prediction."""
+    r = _load(RESULTS / "synthmusic" / "music_alignment.json")
+    ev, runs = r["evaluation"], r["runs"]
+    base = r["settings"]["model"]
+    attrs = list(ev["verifier_by_attribute"][base])
+    keys = ("verifier", "clap", "aesthetics", "kl")
+    lines = [_row(["model", "verifier", *(f"Δ {k} vs base" for k in keys), "mel Fréchet", *attrs]),
+             "|" + "---|" * (len(attrs) + 7)]  # fmt: skip
+    for label, folder in (("base", base), *((MUSIC_RUNS[n], runs[n]) for n in MUSIC_RUNS if n in runs)):
+        d = ev["paired_vs_first"].get(folder, {})
+        m = ev["models"][folder]
+        lines.append(_row([label, _f(m["verifier"]), *(_bci(d[k]) if k in d else "" for k in keys),
+                           _f(m.get("mel_frechet"), 1),
+                           *(_f(ev["verifier_by_attribute"][folder].get(a, {}).get("accuracy")) for a in attrs)]))  # fmt: skip
+    for name, diff in r["versus_control"].items():
+        lines.append(_row([f"{MUSIC_RUNS[name]} − control, paired", "", *(_bci(diff[k]) for k in keys), "",
+                           *[""] * len(attrs)]))  # fmt: skip
+    agree = r["agreement"]
+    gains = ", ".join(f"{n} {agree[n]['top1_gain'][0]:+.3f}" for n in ("clap", "aesthetics", "verifier") if n in agree)
+    lines.append(f"\n{ev['settings']['max_prompts']} held-out-composition prompts from {ev['settings']['first_prompt']},"
+                 f" one clip each, CFG {ev['settings']['cfg_scale']:g}; rollout {r['settings']['rollout_prompts']} train "
+                 f"prompts × {r['settings']['num_generations']} at CFG {r['settings']['rollout_cfg_scale']:g}, "
+                 f"{r['settings']['max_steps']} steps per run. Best of {r['settings']['num_generations']} on the rollout "
+                 f"by each reward gains, on the music verifier (the agreement diagnostic's top-1 gain): {gains}.")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "oracle": oracle,
     "clap-control": clap_control,
@@ -564,6 +598,8 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "generation-scaling": generation_scaling,
     "clap-level-probe": clap_level_probe,
     "synthmusic-verifier": synthmusic_verifier,
+    "synthmusic-generator": lambda: generator("synthmusic"),
+    "music-alignment": music_alignment,
 }
 
 

@@ -254,9 +254,17 @@ def test_music_alignment_tiny(tmp_path, monkeypatch):
     assert {"tempo", "mode", "timbre"} <= set(ev["verifier_by_attribute"]["synthcaps"])
     assert set(result["versus_control"]) == {"verifier-topk"}
     assert set(result["versus_control"]["verifier-topk"]) == {"verifier", "clap", "aesthetics", "kl"}
-    assert json.loads((tmp_path / "published" / "results.json").read_text())["runs"] == result["runs"]
+    assert json.loads((tmp_path / "published" / "music_alignment.json").read_text())["runs"] == result["runs"]
     again = main(a)  # everything read back
     assert again["evaluation"] == result["evaluation"]
+    from experiments import render_results
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "published").rename(tmp_path / "results" / "synthmusic")
+    monkeypatch.setattr(render_results, "RESULTS", tmp_path / "results")
+    table = render_results.RENDERERS["music-alignment"]()
+    assert table.count("\n| ") == 4 and "music verifier, best of 4 (oracle) − control" in table
+    assert {"tempo", "mode", "timbre"} <= set(table.splitlines()[0].replace(" ", "").split("|"))
 
 
 def test_measure_bundled_pair_small(tmp_path):

@@ -203,6 +203,10 @@ def main(a: StudyArguments) -> dict:
                                 "train": json.loads(train.read_text()) if train.is_file() else None}  # fmt: skip
     result["base"] = report["models"][a.model]
     result["metric_info"] = report["metric_info"]
+    if "oracle" in a.questions and a.oracle_rounds > 1:  # does each round add to the last?
+        result["oracle_round_gains"] = {
+            f"round-{k}": paired_difference(a, report, rounds[k], rounds[k - 1]) for k in range(2, a.oracle_rounds + 1)
+        }
     if "aesthetics" in a.questions:
         result["degradation"] = {n: degradation_rates(f, a) for n, f in
                                  (("base", a.model), ("aesthetics-topk", finals["aesthetics-topk"]),

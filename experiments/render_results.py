@@ -269,18 +269,25 @@ def _delta(run: dict, key: str) -> str:
 
 
 def oracle() -> str:
-    r = _alignment()
-    names = ["verifier-topk"] + sorted(n for n in r["runs"] if n.startswith("oracle-round-"))
+    """The oracle's online rounds on the guided (`results.json`) and the unguided (`rollout_cfg1.json`) rollout, each
+    round against the base and, where the study measured it, against the round before."""
     lines = [
-        _row(["model", "verifier", "Δ verifier vs base", "Δ CLAP", "KL", "mel Fréchet"]),
-        "|---|---|---|---|---|---|",
-    ]
-    b = r["base"]
-    lines.append(_row(["base", _f(b["verifier"]), "", "", _f(b.get("kl")), _f(b.get("mel_frechet"), 1)]))
-    for i, n in enumerate(names, 1):
-        m = r["runs"][n]
-        lines.append(_row([f"verifier as reward, round {i}", _f(m["model"]["verifier"]), _delta(m, "verifier"),
-                           _delta(m, "clap"), _f(m["model"].get("kl")), _f(m["model"].get("mel_frechet"), 1)]))  # fmt: skip
+        _row(["rollout", "model", "verifier", "Δ verifier vs base", "Δ verifier vs previous round", "Δ CLAP", "KL",
+              "mel Fréchet"]),
+        "|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for rollout, name in (("CFG 3", "results.json"), ("CFG 1", "rollout_cfg1.json")):
+        r = _load(RESULTS / "alignment" / name)
+        names = ["verifier-topk"] + sorted(n for n in r["runs"] if n.startswith("oracle-round-"))
+        b, gains = r["base"], r.get("oracle_round_gains", {})
+        lines.append(
+            _row([rollout, "base", _f(b["verifier"]), "", "", "", _f(b.get("kl")), _f(b.get("mel_frechet"), 1)])
+        )
+        for i, n in enumerate(names, 1):
+            m, gain = r["runs"][n], gains.get(f"round-{i}", {}).get("verifier")
+            lines.append(_row([rollout, f"verifier as reward, round {i}", _f(m["model"]["verifier"]),
+                               _delta(m, "verifier"), _bci(gain) if gain else "", _delta(m, "clap"),
+                               _f(m["model"].get("kl")), _f(m["model"].get("mel_frechet"), 1)]))  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -1,6 +1,7 @@
 """Experiment scripts at toy size: each writes its result with every figure or an explicit n/a."""
 
 import json
+import shutil
 
 
 def test_decoding_scaling_tiny(tmp_path):
@@ -215,6 +216,7 @@ def test_alignment_study_tiny(tmp_path, monkeypatch):
     for name, run in result["runs"].items():
         assert 0 <= run["model"]["verifier"] <= 1 and "verifier" in run["paired_vs_base"], name
     assert set(result["clap_minus_control"]) == {"verifier", "clap", "aesthetics", "kl"}
+    assert set(result["oracle_round_gains"]) == {"round-2"} and "verifier" in result["oracle_round_gains"]["round-2"]
     assert 0 <= result["degradation"]["base"]["degraded"] <= 1
     assert set(result["best_of_n"]) == {"clap-2", "verifier-2", "clap-2-matched"}
     assert [r["step"] for r in result["guardrail"]["history"]] == [0, 1, 2]
@@ -224,10 +226,15 @@ def test_alignment_study_tiny(tmp_path, monkeypatch):
 
     (tmp_path / "results" / "alignment").mkdir(parents=True)
     (tmp_path / "published" / "results.json").rename(tmp_path / "results" / "alignment" / "results.json")
+    shutil.copyfile(
+        tmp_path / "results" / "alignment" / "results.json", tmp_path / "results" / "alignment" / "rollout_cfg1.json"
+    )
     monkeypatch.setattr(render_results, "RESULTS", tmp_path / "results")
     for name in ("oracle", "clap-control", "aesthetics", "tau", "best-of-n", "guardrail"):
         table = render_results.RENDERERS[name]()
         assert table.count("\n") >= 3 and "| " in table, name
+    rows = [r for r in render_results.oracle().splitlines() if r.startswith("| CFG 1 | verifier as reward, round 2 |")]
+    assert len(rows) == 1 and "[" in rows[0].split(" | ")[4]  # round 2 against round 1, with its interval
 
 
 def test_music_alignment_tiny(tmp_path, monkeypatch):

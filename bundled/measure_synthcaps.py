@@ -147,6 +147,20 @@ def _sittings(folder: Path) -> list[dict]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
+REAL_MUSIC_RUN = [
+    "",
+    "## What a real music run needs (LP-MusicCaps / MusicCaps)",
+    "",
+    "The same scripts take a caption table with audio by path (`docs/synthmusic.md`). A real run needs: the clips "
+    "themselves (MusicCaps lists YouTube ids; LP-MusicCaps-MC adds captions to them, `caption_writing` column), "
+    "resampled to 16 kHz; a VAE trained on them (`base_model/train_vae.py --dataset <table> --audio_column path`), "
+    "since this one has only heard SynthMusic; the `base` preset and 10 s clips rather than this `tiny` 4 s one, "
+    "which on 2 CPU cores is out of reach (plan on a GPU); a music CLAP for the reward and FAD (laion-clap's "
+    "`music_audioset_epoch_15_esc_90.14.pt`, `--clap_checkpoint`), and PANNs Cnn14 for KL (`--kl_classifier "
+    "panns:<checkpoint>`), since the bundled SynthCaps CLAP and the SynthMusic classifier know only these corpora.",
+]
+
+
 def write_cards(a, out: Path, report: dict, flow_argv, vae_argv) -> None:
     """A model card in each flow model's final folder (and the VAE's): commands, hardware, steps, every metric."""
     from base_model.files import atomic_write_text
@@ -198,6 +212,7 @@ def write_cards(a, out: Path, report: dict, flow_argv, vae_argv) -> None:
             "```",
             "",
             "Toy model for offline development and tests; not a model of real-world audio.",
+            *(REAL_MUSIC_RUN if a.corpus == "synthmusic" else []),
         ]
         atomic_write_text(folder / "README.md", "\n".join(lines) + "\n")
         for png in ("generated_vs_real.png", "vae_round_trip.png"):

@@ -28,8 +28,6 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -234,19 +232,12 @@ def main(a: StudyArguments) -> dict:
 
 
 def paired_difference(a: StudyArguments, report: dict, first: str, second: str) -> dict:
-    """`first - second` per score, paired by prompt with a 95 % bootstrap interval, from their differences to the
-    base (the evaluation's per-prompt means are not kept, so this re-reads the per-clip JSON it wrote)."""
-    from rewardflow.metrics import bootstrap_interval
+    """`first - second` per score, paired by prompt with a 95 % bootstrap interval, from the evaluation's per-prompt
+    means (re-read from the JSON it wrote, which a read-back report carries as well)."""
+    from experiments.results_io import paired_between
 
     clips = json.loads((Path(a.output_dir) / "eval-main.json").read_text()).get("per_prompt")
-    if not clips:
-        return {}
-    out = {}
-    for col in ("verifier", "clap", "aesthetics", "kl"):
-        x, y = np.asarray(clips[first][col]), np.asarray(clips[second][col])
-        mean, lo, hi = bootstrap_interval(x - y)
-        out[col] = {"mean": mean, "ci95": [lo, hi]}
-    return out
+    return paired_between(clips, first, second) if clips else {}
 
 
 def make_parser():

@@ -60,37 +60,26 @@ class MusicAlignmentArguments:
 
 
 def main(a: MusicAlignmentArguments) -> dict:
-    import numpy as np
-
     from base_model.files import atomic_write_json
     from experiments.alignment_study import finetune_run, make_rollout
-    from experiments.results_io import evaluation_summary, publish_json
+    from experiments.results_io import cached_evaluate, evaluation_summary, paired_between, publish_json
     from rewardflow.agreement import AgreementConfig, agreement
-    from rewardflow.evaluate import EvaluateConfig, evaluate
-    from rewardflow.metrics import bootstrap_interval
+    from rewardflow.evaluate import EvaluateConfig
 
     out = Path(a.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rollout = make_rollout(a, a.model, out / "rollout", a.seed, prompts="synthmusic:train", rewards=REWARDS)
     agree = agreement(AgreementConfig(rollout=rollout, referee="verifier", rewards=["clap", "aesthetics", "verifier"]))
     finals = {name: finetune_run(a, name, dict(RUNS[name]), rollout, out) for name in a.runs}
-    path = out / "eval-heldout.json"
     cfg = EvaluateConfig(models=[a.model, *finals.values()], prompts="synthmusic:heldout", rewards=list(REWARDS),
-                         first_prompt=a.first_prompt, max_prompts=a.eval_prompts, output_json=str(path))  # fmt: skip
-    report = json.loads(path.read_text()) if path.is_file() else None
-    if report is None or report["settings"] != asdict(cfg):  # read back only when made with these settings
-        report = evaluate(cfg)
-    per_prompt = report["per_prompt"]
-    versus_control = {}
-    if "control" in finals:
-        for name, folder in finals.items():
-            if name == "control":
-                continue
-            versus_control[name] = {}
-            for col in ("verifier", "clap", "aesthetics", "kl"):
-                x = np.asarray(per_prompt[folder][col]) - np.asarray(per_prompt[finals["control"]][col])
-                mean, lo, hi = bootstrap_interval(x)
-                versus_control[name][col] = {"mean": mean, "ci95": [lo, hi]}
+                         first_prompt=a.first_prompt, max_prompts=a.eval_prompts,
+                         output_json=str(out / "eval-heldout.json"))  # fmt: skip
+    report = cached_evaluate(cfg)
+    versus_control = {
+        name: paired_between(report["per_prompt"], folder, finals["control"])
+        for name, folder in finals.items()
+        if name != "control" and "control" in finals
+    }
     result = {
         "settings": asdict(a),
         "runs": finals,

@@ -96,8 +96,8 @@ def main(a: RealClipArguments) -> dict:
     import pandas as pd
 
     from base_model.files import atomic_write_json
-    from experiments.results_io import evaluation_summary
-    from rewardflow.evaluate import EvaluateConfig, evaluate
+    from experiments.results_io import cached_evaluate, evaluation_summary
+    from rewardflow.evaluate import EvaluateConfig
     from rewardflow.finetune import finetune
     from rewardflow.finetune_config import RewardFlowConfig
 
@@ -116,12 +116,9 @@ def main(a: RealClipArguments) -> dict:
     evaluations = {}
     for name, prompts, first, n in (("heldout", "synthcaps:heldout", a.first_prompt, a.eval_prompts),
                                     ("trained_prompts", made["prompts"], 0, made["max_prompts"])):  # fmt: skip
-        path = out / f"eval-{name}.json"
-        cfg = EvaluateConfig(models=models, prompts=prompts, first_prompt=first, max_prompts=n, output_json=str(path))
-        report = json.loads(path.read_text()) if path.is_file() else None
-        if report is None or report["settings"] != asdict(cfg):  # read back only when made with these settings
-            report = evaluate(cfg)
-        evaluations[name] = evaluation_summary(report)
+        cfg = EvaluateConfig(models=models, prompts=prompts, first_prompt=first, max_prompts=n,
+                             output_json=str(out / f"eval-{name}.json"))  # fmt: skip
+        evaluations[name] = evaluation_summary(cached_evaluate(cfg))
 
     df = pd.concat([pd.read_parquet(f) for f in sorted((table / "data").glob("*.parquet"))], ignore_index=True)
     result = {

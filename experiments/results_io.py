@@ -36,3 +36,32 @@ def evaluation_summary(report: dict) -> dict:
     paired differences and per-attribute verifier accuracy (not the per-prompt arrays or the printed table)."""
     keys = ("settings", "metric_info", "models", "paired_vs_first", "verifier_by_attribute")
     return {k: report[k] for k in keys if k in report}
+
+
+def cached_evaluate(cfg) -> dict:
+    """`rewardflow.evaluate.evaluate(cfg)`, or its report read back from `cfg.output_json` when that report was made
+    with exactly these settings."""
+    import json
+    from dataclasses import asdict
+
+    from rewardflow.evaluate import evaluate
+
+    path = Path(cfg.output_json)
+    report = json.loads(path.read_text()) if path.is_file() else None
+    if report is None or report["settings"] != asdict(cfg):
+        report = evaluate(cfg)
+    return report
+
+
+def paired_between(per_prompt: dict, first: str, second: str, cols=("verifier", "clap", "aesthetics", "kl")) -> dict:
+    """`first - second` per score from an evaluate report's `per_prompt` means, paired by prompt, with a 95 %
+    bootstrap interval."""
+    import numpy as np
+
+    from rewardflow.metrics import bootstrap_interval
+
+    out = {}
+    for col in cols:
+        mean, lo, hi = bootstrap_interval(np.asarray(per_prompt[first][col]) - np.asarray(per_prompt[second][col]))
+        out[col] = {"mean": mean, "ci95": [lo, hi]}
+    return out

@@ -166,7 +166,9 @@ def write_cards(a, out: Path, report: dict, flow_argv, vae_argv) -> None:
     from base_model.files import atomic_write_text
 
     command = "python bundled/build_synthcaps.py " + " ".join(sys.argv[1:])
-    corpus = {"synthcaps": "SynthCaps", "synthmusic": "SynthMusic"}[a.corpus]
+    from base_model.data import PROCEDURAL
+
+    corpus = PROCEDURAL[a.corpus].name
     vae = out / "vae" / "final"
     vae_metrics = json.loads((vae / "metrics.json").read_text())
     for name, ft in (("MaskAudioFlow", "masked"), ("MaskAudioFlow CFM baseline", "cfm")):

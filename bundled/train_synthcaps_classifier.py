@@ -23,6 +23,7 @@ import torch
 from transformers import TrainingArguments
 from trl import TrlParser
 
+from base_model.data import PROCEDURAL
 from base_model.training import DEFAULT_CACHE, MeanLossTrainer, synthcaps_mels, synthmusic_mels
 from reward_models.classifiers import (
     BUNDLED_CLASSIFIERS,
@@ -32,7 +33,6 @@ from reward_models.classifiers import (
 )
 
 CORPUS_MELS = {"synthcaps": synthcaps_mels, "synthmusic": synthmusic_mels}
-CORPUS_NAMES = {"synthcaps": "SynthCaps", "synthmusic": "SynthMusic"}
 
 
 @dataclass
@@ -147,7 +147,7 @@ def main(args: ClassifierTrainingConfig, cargs: ClassifierArguments) -> dict:
 
 
 def _card(args: ClassifierTrainingConfig, cargs: ClassifierArguments, metrics: dict) -> str:
-    name, n = CORPUS_NAMES[cargs.corpus], len(CORPUS_LABELS[cargs.corpus][0]())
+    name, n = PROCEDURAL[cargs.corpus].name, len(CORPUS_LABELS[cargs.corpus][0]())
     flags = f" --corpus {cargs.corpus}" if cargs.corpus != "synthcaps" else ""
     if cargs.num_train_examples != ClassifierArguments.num_train_examples:
         flags += f" --num_train_examples {cargs.num_train_examples}"

@@ -536,7 +536,11 @@ def demo() -> str:
 def synthmusic_verifier() -> str:
     result = _load(RESULTS / "synthmusic" / "results.json")
     r, vae = result["splits"], result["settings"]["vae"]
-    vae = {"synthcaps": "SynthCaps", "synthmusic": "SynthMusic"}.get(vae, f"`{vae}`")  # bundled names read as corpora
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from base_model.data import PROCEDURAL
+
+    vae = PROCEDURAL[vae].name if vae in PROCEDURAL else f"`{vae}`"  # bundled names read as corpora
     attrs = ["verifier", "tempo", "rhythm", "key", "mode", "timbre", "dynamics", "parts"]
     lines = [_row(["split", "audio", *attrs]), "|" + "---|" * (len(attrs) + 2)]
     for split, row in r.items():

@@ -32,6 +32,7 @@ import torch
 if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from base_model.data import corpus_of_source  # noqa: E402
 from base_model.sampling import SamplingConfig  # noqa: E402
 from rewardflow.metrics import bootstrap_interval  # noqa: E402
 from rewardflow.scoring import RewardArguments  # noqa: E402
@@ -113,11 +114,9 @@ def load_eval_prompts(cfg: EvaluateConfig) -> tuple[list[dict], dict[str, np.nda
     from rewardflow.prompts import load_prompts
 
     rows = load_prompts(cfg.prompts, cfg.max_prompts, cfg.caption_column, cfg.id_column, cfg.first_prompt)
-    corpus = procedural_corpus(cfg.prompts)
-    if corpus:  # the corpus renders each prompt's own reference clip
-        from importlib import import_module
-
-        module = import_module(f"base_model.data.{corpus}")
+    procedural = corpus_of_source(cfg.prompts)
+    if procedural:  # the corpus renders each prompt's own reference clip
+        module = procedural.module
         split = cfg.prompts.split(":", 1)[1]
         ex = {
             e["id"]: e
@@ -147,12 +146,6 @@ def load_eval_prompts(cfg: EvaluateConfig) -> tuple[list[dict], dict[str, np.nda
     return rows, dict(zip(corpus.ids, corpus.audio)), ""
 
 
-def procedural_corpus(prompts: str) -> str:
-    """`"synthcaps"` or `"synthmusic"` for `--prompts <corpus>:<split>`, else `""` (a caption table)."""
-    corpus = prompts.split(":", 1)[0]
-    return corpus if ":" in prompts and corpus in ("synthcaps", "synthmusic") else ""
-
-
 def paired_interval(a: np.ndarray, b: np.ndarray, n: int, seed: int = 0) -> tuple[float, float, float]:
     """Mean of `b - a` over paired prompts and its 95% percentile-bootstrap interval (NaN pairs excluded)."""
     return bootstrap_interval(np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64), n, seed)
@@ -166,9 +159,10 @@ def load_kl_classifier(cfg: EvaluateConfig, device) -> tuple[object | None, str]
     if spec == "none":
         return None, "n/a: switched off (--kl_classifier none)"
     if spec == "auto":  # a procedural corpus's own bundled classifier
-        spec = procedural_corpus(cfg.prompts)
-        if not spec:
+        procedural = corpus_of_source(cfg.prompts)
+        if procedural is None:
             return None, KL_NO_CLASSIFIER
+        spec = procedural.key
     return load_classifier(spec, device), ""
 
 

@@ -23,16 +23,14 @@ def load_prompts(
     """
     if max_prompts < 0 or first_prompt < 0:
         raise ValueError(f"--max_prompts and --first_prompt must be >= 0, got {max_prompts} and {first_prompt}.")
-    corpus = source.split(":", 1)[0]
-    if corpus in ("synthcaps", "synthmusic") and ":" in source:
-        from importlib import import_module
+    from base_model.data import corpus_of_source
 
-        module = import_module(f"base_model.data.{corpus}")
-        SPLITS, example = module.SPLITS, module.example
+    procedural = corpus_of_source(source)
+    if procedural:
+        SPLITS, example = procedural.module.SPLITS, procedural.module.example
         split = source.split(":", 1)[1]
         if split not in SPLITS:
-            name = {"synthcaps": "SynthCaps", "synthmusic": "SynthMusic"}[corpus]
-            raise ValueError(f"--prompts {source!r}: {name} has the splits {', '.join(SPLITS)}.")
+            raise ValueError(f"--prompts {source!r}: {procedural.name} has the splits {', '.join(SPLITS)}.")
         stop = first_prompt + (max_prompts or 1000)
         rows = [example(i, split) for i in range(first_prompt, stop)]
         prompts = [

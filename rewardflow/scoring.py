@@ -3,7 +3,6 @@ and one score column per reward output (`reward/<name>`)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,32 +36,25 @@ class RewardArguments:
                 raise FileNotFoundError(f"{flag} {path}: no such file or folder. Pass the checkpoint's path.")
 
 
-def prompt_corpus(attributes: str | dict) -> str:
-    """`"synthcaps"`, `"synthmusic"` or `""`: which procedural corpus a prompt row's attributes come from."""
-    attrs = json.loads(attributes) if isinstance(attributes, str) and attributes else attributes
-    if not attrs:
-        return ""
-    return "synthmusic" if "tempo" in attrs else "synthcaps"
-
-
-VERIFIERS = {"synthcaps": "verifier", "synthmusic": "music_verifier"}
-
-
 def check_rewards_apply(names: list[str], prompts: list[dict]) -> None:
     """A verifier scores only prompts with its own corpus's attributes (SynthCaps: `verifier`, SynthMusic:
     `music_verifier`): asking for one on other prompts would give NaN or fail after all the generation, so it is
     refused before."""
-    corpora = {prompt_corpus(p.get("attributes")) for p in prompts} - {""}
-    for corpus, name in VERIFIERS.items():
-        if name not in names or corpus in corpora:
+    from base_model.data import PROCEDURAL, corpus_of_attributes
+
+    corpora = {corpus_of_attributes(p.get("attributes")) for p in prompts} - {None}
+    for corpus in PROCEDURAL.values():
+        if corpus.verifier not in names or corpus in corpora:
             continue
+        other = next(iter(corpora), None)
         fix = (
-            f"use --rewards ... {VERIFIERS[next(iter(corpora))]} for these {next(iter(corpora))} prompts"
-            if corpora
-            else f"drop {name!r} from --rewards, or use --prompts {corpus}:<split>"
+            f"use --rewards ... {other.verifier} for these {other.key} prompts"
+            if other
+            else f"drop {corpus.verifier!r} from --rewards, or use --prompts {corpus.key}:<split>"
         )
         raise ValueError(
-            f"--rewards {name} checks a clip against {corpus} prompt attributes and these prompts have none: {fix}."
+            f"--rewards {corpus.verifier} checks a clip against {corpus.key} prompt attributes and these prompts "
+            f"have none: {fix}."
         )
 
 

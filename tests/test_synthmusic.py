@@ -146,6 +146,24 @@ def test_verifiers_are_refused_on_the_other_corpus_before_any_work():
         check_rewards_apply(["music_verifier"], table)
 
 
+def test_one_registry_names_every_procedural_corpus():
+    """Prompt sources and prompt rows are recognised by `base_model.data`'s registry alone: every corpus's own rows
+    map back to it, a caption table to none, and attributes of no known corpus are an error, not a guess."""
+    from base_model.data import PROCEDURAL, corpus_of_attributes, corpus_of_source
+    from rewardflow.prompts import load_prompts
+
+    assert set(PROCEDURAL) == {"synthcaps", "synthmusic"}
+    for key, corpus in PROCEDURAL.items():
+        assert corpus_of_source(f"{key}:heldout") is corpus
+        assert {corpus_of_attributes(p["attributes"]) for p in load_prompts(f"{key}:train", 8)} == {corpus}
+        with pytest.raises(ValueError, match=f"{corpus.name} has the splits"):
+            load_prompts(f"{key}:nosuchsplit", 1)
+    assert corpus_of_source("captions.csv") is None and corpus_of_source("audiocaps:test") is None
+    assert corpus_of_attributes("") is None
+    with pytest.raises(ValueError, match="belong to no procedural corpus"):
+        corpus_of_attributes({"colour": "red"})
+
+
 def test_music_classifier_labels_and_evaluation_on_music_prompts(tmp_path):
     """SynthMusic prompts in `evaluate`: each prompt's reference is its own render, KL comes from the bundled
     SynthMusic classifier (a clip against its own reference scores ~0, against another prompt's more), and the music

@@ -99,6 +99,7 @@ def make_rollout(
     prompts: str = "synthcaps:train",
     max_prompts: int = 0,
     rewards: tuple[str, ...] = ("clap", "aesthetics", "verifier"),
+    first_prompt: int = 0,
 ) -> str:
     """Rolls out `model` into `folder` with `a.processes` processes (torchrun on CPU), unless it is complete there;
     `a` needs `rollout_prompts`, `num_generations`, `rollout_cfg_scale` and `processes`."""
@@ -109,7 +110,8 @@ def make_rollout(
                str(ROOT / "rewardflow" / "rollout.py"), "--model", model, "--output_dir", str(folder),
                "--prompts", prompts, "--max_prompts", str(max_prompts or a.rollout_prompts),
                "--num_generations", str(a.num_generations), "--cfg_scale", str(a.rollout_cfg_scale),
-               "--seed", str(seed), "--audio_format", audio_format, "--rewards", *rewards]  # fmt: skip
+               "--first_prompt", str(first_prompt), "--seed", str(seed), "--audio_format", audio_format,
+               "--rewards", *rewards]  # fmt: skip
         print("$ " + " ".join(cmd), flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True)
     return str(folder)

@@ -45,6 +45,13 @@ class LoopArguments:
     bias: str = field(default="", metadata={"help": "Simulated listener bias: '' or 'louder'."})
     bias_strength: float = field(default=0.0, metadata={"help": "Chance the bias decides an answer."})
     fresh_prompts: int = field(default=128, metadata={"help": "Held-out prompts of the agreement check."})
+    confirm_first_prompt: int = field(
+        default=512, metadata={"help": "First held-out prompt of the confirmation set (after the evaluation's)."}
+    )
+    confirm_prompts: int = field(
+        default=128,
+        metadata={"help": "Held-out prompts of a second agreement check, on prompts no choice saw (0: none)."},
+    )
     max_steps: int = field(default=600, metadata={"help": "Fine-tuning steps of every run."})
     batch_size: int = field(default=16, metadata={"help": "Fine-tuning batch."})
     learning_rate: float = field(default=1e-4, metadata={"help": "Fine-tuning learning rate."})
@@ -67,6 +74,11 @@ class LoopArguments:
             raise ValueError(
                 f"--fresh_prompts {self.fresh_prompts} overlaps the evaluation prompts from --first_prompt "
                 f"{self.first_prompt}: keep fresh_prompts <= first_prompt."
+            )
+        if self.confirm_prompts and self.confirm_first_prompt < self.first_prompt + self.eval_prompts:
+            raise ValueError(
+                f"--confirm_first_prompt {self.confirm_first_prompt} overlaps the evaluation prompts "
+                f"[{self.first_prompt}, {self.first_prompt + self.eval_prompts}): start it at or after their end."
             )
         if not 0 < self.top_k <= 1:
             raise ValueError(f"--top_k must be in (0, 1], got {self.top_k}.")
@@ -106,6 +118,8 @@ def label(a: LoopArguments, rollout: str) -> int:
 
 
 def train_reward_models(a: LoopArguments, rollout: str, out: Path, labelled: int) -> dict[int, dict]:
+    from dataclasses import asdict
+
     from rewardflow.train_reward import RewardTrainingConfig
     from rewardflow.train_reward import main as train_main
 
@@ -115,8 +129,10 @@ def train_reward_models(a: LoopArguments, rollout: str, out: Path, labelled: int
             print(f"budget {budget} skipped: only {labelled} pairs could be labelled", flush=True)
             continue
         folder = out / f"reward-{budget}"
-        if not (folder / "metrics.json").is_file():
-            train_main(RewardTrainingConfig(rollouts=[rollout], output_dir=str(folder), max_pairs=budget, seed=a.seed))
+        cfg = RewardTrainingConfig(rollouts=[rollout], output_dir=str(folder), max_pairs=budget, seed=a.seed)
+        made = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
+        if made.get("settings") != asdict(cfg):  # missing, or made with other trainer settings: (re)train
+            train_main(cfg)
         models[budget] = {"path": str(folder), **json.loads((folder / "metrics.json").read_text())}
     return models
 
@@ -170,29 +186,44 @@ def main(a: LoopArguments) -> dict:
     fresh = make_rollout(study, a.model, out / "rollout-fresh", a.seed + 1, audio_format="flac",
                          prompts="synthcaps:heldout", max_prompts=a.fresh_prompts, rewards=("clap", "verifier"))  # fmt: skip
     agree = fresh_agreement(a, fresh, models)
+    confirm = None
+    if a.confirm_prompts:  # the same check on prompts that no design choice was made on
+        held = make_rollout(study, a.model, out / "rollout-confirm", a.seed + 2, audio_format="flac",
+                            prompts="synthcaps:heldout", max_prompts=a.confirm_prompts,
+                            first_prompt=a.confirm_first_prompt, rewards=("clap", "verifier"))  # fmt: skip
+        confirm = fresh_agreement(a, held, models)
     best = max(models, key=lambda b: agree[f"preference-{b}"]["top1_gain"][0])
     result: dict = {"settings": asdict(a), "labelled_pairs": labelled, "reward_models": models, "agreement": agree,
-                    "best_budget": best, "runs": {}}  # fmt: skip
+                    "agreement_confirm": confirm, "best_budget": best, "runs": {}}  # fmt: skip
     clap_top1 = agree["clap"]["top1_gain"][0]
     result["top1_ratio_vs_clap"] = {
         b: (agree[f"preference-{b}"]["top1_gain"][0] / clap_top1 if clap_top1 > 0 else None) for b in models
     }
+    if confirm:
+        c = confirm["clap"]["top1_gain"][0]
+        result["top1_ratio_vs_clap_confirm"] = {
+            b: (confirm[f"preference-{b}"]["top1_gain"][0] / c if c > 0 else None) for b in models
+        }
     # the preference model as a rollout column, then the three fine-tunes from one rollout
+    from base_model.files import file_hash
     from rewardflow.rollout import main as rollout_main
     from rewardflow.rollout import make_parser as rollout_parser
 
     marker = out / "rollout-label" / "preference-column.json"
-    if not marker.is_file() or json.loads(marker.read_text())["path"] != models[best]["path"]:
+    column = {"path": models[best]["path"], "hash": file_hash(Path(models[best]["path"]) / "model.safetensors")}
+    if not marker.is_file() or json.loads(marker.read_text()) != column:
         argv = ["--output_dir", rollout, "--rescore", "true", "--rewards", f"preference:{models[best]['path']}"]
         rollout_main(*rollout_parser().parse_args_and_config(args=argv))
-        atomic_write_json(marker, {"path": models[best]["path"]})
+        atomic_write_json(marker, column)
     topk = {"weighting": "topk", "top_k": a.top_k}
     runs = {
         "clap-topk": {"reward": "clap", **topk},
         "preference-topk": {"reward": "preference", **topk},
         "dpo-preferences": {"objective": "dpo", "pairs": "preferences", "dpo_beta": a.dpo_beta},
     }
-    finals = {name: finetune_run(study, name, dict(fields), rollout, out) for name, fields in runs.items()}
+    # a run tuned on the preference column is named by that column's model, so a retrained model is a new run
+    folders = {name: name if name != "preference-topk" else f"{name}-{column['hash'][:8]}" for name in runs}
+    finals = {name: finetune_run(study, folders[name], dict(fields), rollout, out) for name, fields in runs.items()}
     report = evaluate_models(study, [a.model, *finals.values()], out, "main")
     result["base"] = report["models"][a.model]
     for name, folder in finals.items():

@@ -475,23 +475,31 @@ def _preference() -> dict:
 
 def preference_agreement() -> str:
     r = _preference()
-    agree, models = r["agreement"], r["reward_models"]
+    agree, models, confirm = r["agreement"], r["reward_models"], r.get("agreement_confirm")
     clap = agree["clap"]["top1_gain"][0]
-    lines = [_row(["reward", "labelled pairs", "held-out pair accuracy", "Spearman with the verifier",
-                   "top-1 gain on the verifier", "× CLAP's", "oracle's top-1 gain"]),
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    head = ["reward", "labelled pairs", "held-out pair accuracy", "Spearman with the verifier",
+            "top-1 gain on the verifier", "× CLAP's", "oracle's top-1 gain"]  # fmt: skip
+    if confirm:
+        head += ["top-1 gain, confirmation prompts", "× CLAP's there"]
+    lines = [_row(head), "|" + "---|" * len(head)]
     rows = [("CLAP", "", None, "clap")] + [(f"preference model ({b} pairs)", b, models[b], f"preference-{b}")
                                           for b in sorted(models, key=int)]  # fmt: skip
     for label, pairs, info, key in rows:
         a = agree[key]
         acc = _f(info.get("heldout_pair_accuracy")) if info else ""
-        lines.append(_row([label, pairs, acc, _bci(a["spearman"]), _bci(a["top1_gain"]),
-                           _share(a["top1_gain"][0], clap) if key != "clap" else "1", _f(a["oracle_gain"][0])]))  # fmt: skip
+        cells = [label, pairs, acc, _bci(a["spearman"]), _bci(a["top1_gain"]),
+                 _share(a["top1_gain"][0], clap) if key != "clap" else "1", _f(a["oracle_gain"][0])]  # fmt: skip
+        if confirm:
+            c = confirm[key]["top1_gain"]
+            cells += [_bci(c), _share(c[0], confirm["clap"]["top1_gain"][0]) if key != "clap" else "1"]
+        lines.append(_row(cells))
     s = r["settings"]
     lines.append(f"\nSimulated listener: the verifier with error rate {s['error_rate']:g}"
                  + (f", bias '{s['bias']}' at {s['bias_strength']:g}" if s["bias"] else "")
                  + f"; {r['labelled_pairs']} pairs labelled on {s['label_prompts']} train prompts × "
-                 f"{s['num_generations']} clips; agreement on {s['fresh_prompts']} fresh held-out prompts.")  # fmt: skip
+                 f"{s['num_generations']} clips; agreement on {s['fresh_prompts']} fresh held-out prompts"
+                 + (f", confirmed on {s['confirm_prompts']} more from held-out prompt {s['confirm_first_prompt']}"
+                    if confirm else "") + ".")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -121,7 +121,7 @@ def rollout(cfg: RolloutConfig) -> dict:
         torch.set_num_threads(cfg.cpu_threads)  # see RolloutConfig.cpu_threads: same bits for any process count
     out = Path(cfg.output_dir)
     # Everything that can be checked is checked before the model loads or anything is generated.
-    prompts = load_prompts(cfg.prompts, cfg.max_prompts, cfg.caption_column, cfg.id_column)
+    prompts = load_prompts(cfg.prompts, cfg.max_prompts, cfg.caption_column, cfg.id_column, cfg.first_prompt)
     cfg.check_rewards()
     check_rewards_apply(cfg.rewards, prompts)
     generator_folder(cfg.model)

@@ -25,6 +25,7 @@ class RolloutConfig(RewardArguments, SamplingConfig):
     caption_column: str = field(default="caption", metadata={"help": "Caption column of a prompt table."})
     id_column: str = field(default="", metadata={"help": "Prompt id column (default: the row number)."})
     max_prompts: int = field(default=64, metadata={"help": "Use the first N prompts (0: all)."})
+    first_prompt: int = field(default=0, metadata={"help": "Skip the prompts before this one."})
     num_generations: int = field(default=2, metadata={"help": "Clips per prompt."})
     seed: int = field(default=0, metadata={"help": "Run seed; each clip's seed derives from it and its ids."})
     output_dir: str = field(default="outputs/rollout", metadata={"help": "Where the table and audio go."})
@@ -52,6 +53,8 @@ class RolloutConfig(RewardArguments, SamplingConfig):
                 raise ValueError(f"--{flag} must be an integer >= 1, got {getattr(self, flag)!r}.")
         if self.max_prompts < 0:
             raise ValueError(f"--max_prompts must be >= 0 (0: every prompt), got {self.max_prompts}.")
+        if self.first_prompt < 0:
+            raise ValueError(f"--first_prompt must be >= 0, got {self.first_prompt}.")
         if not math.isfinite(self.max_nan_fraction) or not 0.0 <= self.max_nan_fraction <= 1.0:
             raise ValueError(f"--max_nan_fraction must be in [0, 1], got {self.max_nan_fraction}.")
 
@@ -60,4 +63,7 @@ class RolloutConfig(RewardArguments, SamplingConfig):
         keys = ("model", "prompts", "caption_column", "id_column", "max_prompts", "num_generations", "seed",
                 "batch_size", "num_iterations", "num_steps", "method", "cfg_scale", "audio_format")  # fmt: skip
         d = asdict(self)
-        return {k: d[k] for k in keys}
+        out = {k: d[k] for k in keys}
+        if self.first_prompt:  # recorded only when set, so rollouts made from the first prompt keep their settings
+            out["first_prompt"] = self.first_prompt
+        return out

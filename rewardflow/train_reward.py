@@ -3,12 +3,19 @@
     python rewardflow/train_reward.py --rollouts outputs/rollout --output_dir outputs/preference-rm
     python rewardflow/rollout.py --output_dir outputs/rollout --rescore true --rewards preference:outputs/preference-rm
 
-A small head over frozen CLAP audio and text embeddings (`reward_models/preference.py`) learns
+Small heads over frozen CLAP audio and text embeddings, and with `--descriptors true` the clip's signal descriptors
+(level, envelope, modulation rates, spectral shape: `reward_models/descriptors.py`), learn
 `P(a preferred to b) = sigmoid(r(a, t) - r(b, t))` from the answered pairs (a tie counts as half a win each way;
-skips are left out). A share of the prompts is held out (`--heldout_fraction`, by prompt, so no held-out pair's
-prompt was trained on) and the held-out pair accuracy is reported. The result is a `save_pretrained` folder with a
-model card and `metrics.json`, loadable as `load_reward("preference:<dir>")` and usable in rollout, fine-tuning
-(`--reward preference`) and the agreement diagnostic.
+skips are left out; `reward_models/preference.py`).
+
+`--ensemble K` trains K heads, each with its own seed and its own held-out share of the prompts
+(`--heldout_fraction`, by prompt, so no held-out pair's prompt was trained on by that head); the model's score is
+their mean. Each head keeps the step with the best pair accuracy on its held-out prompts (checked every 25 steps;
+`--select_step false` keeps the last). That accuracy picked the step, so it is optimistic: the reported
+`heldout_pair_accuracy` is its mean over heads, and fresh prompts (the agreement diagnostic) are the unbiased check.
+The result is a `save_pretrained` folder with a model card and `metrics.json`, loadable as
+`load_reward("preference:<dir>")` and usable in rollout, fine-tuning (`--reward preference`) and the agreement
+diagnostic.
 """
 
 from __future__ import annotations
@@ -37,11 +44,18 @@ class RewardTrainingConfig:
         default="", metadata={"help": "CLAP whose embeddings the head reads (default: bundled)."}
     )
     labellers: list[str] = field(default_factory=list, metadata={"help": "Use only these labellers (default: all)."})
-    hidden_size: int = field(default=128, metadata={"help": "Head width."})
-    steps: int = field(default=600, metadata={"help": "Adam steps (full batch)."})
-    learning_rate: float = field(default=3e-3, metadata={"help": "Adam learning rate."})
-    weight_decay: float = field(default=1e-3, metadata={"help": "AdamW weight decay."})
-    heldout_fraction: float = field(default=0.2, metadata={"help": "Share of prompts held out for pair accuracy."})
+    descriptors: bool = field(
+        default=True, metadata={"help": "Also read the clip's signal descriptors (level, envelope, modulation)."}
+    )
+    ensemble: int = field(default=5, metadata={"help": "Heads, each with its own seed and held-out prompts."})
+    hidden_size: int = field(default=32, metadata={"help": "Head width."})
+    steps: int = field(default=1000, metadata={"help": "Adam steps per head (full batch)."})
+    learning_rate: float = field(default=3e-4, metadata={"help": "Adam learning rate."})
+    weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay."})
+    heldout_fraction: float = field(default=0.2, metadata={"help": "Share of prompts each head holds out."})
+    select_step: bool = field(
+        default=True, metadata={"help": "Keep each head's step with the best held-out pair accuracy."}
+    )
     max_pairs: int = field(default=0, metadata={"help": "Use the first N answered pairs by time (0: all)."})
     seed: int = field(default=0, metadata={"help": "Seed of the split and the head's init."})
 
@@ -50,8 +64,10 @@ class RewardTrainingConfig:
             raise ValueError("--rollouts needs at least one rollout folder with a preferences/ table.")
         if not 0 <= self.heldout_fraction < 1:
             raise ValueError(f"--heldout_fraction must be in [0, 1), got {self.heldout_fraction}.")
-        if self.steps < 1 or self.hidden_size < 1 or self.max_pairs < 0:
-            raise ValueError("--steps and --hidden_size must be >= 1, --max_pairs >= 0.")
+        if self.steps < 1 or self.hidden_size < 1 or self.ensemble < 1 or self.max_pairs < 0:
+            raise ValueError("--steps, --hidden_size and --ensemble must be >= 1, --max_pairs >= 0.")
+        if self.select_step and self.heldout_fraction == 0:
+            raise ValueError("--select_step true picks a step on held-out prompts: set --heldout_fraction > 0.")
 
 
 def pair_table(cfg: RewardTrainingConfig) -> list[dict]:
@@ -80,8 +96,9 @@ def pair_table(cfg: RewardTrainingConfig) -> list[dict]:
     return pairs
 
 
-def embed_pairs(pairs: list[dict], clap) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """CLAP embeddings of every pair's two clips and prompt: `(audio_a, audio_b, text)`, each `(P, E)`."""
+def embed_pairs(pairs: list[dict], clap, with_descriptors: bool = False) -> tuple[torch.Tensor, ...]:
+    """CLAP embeddings of every pair's two clips and prompt: `(audio_a, audio_b, text)`, each `(P, E)`, then with
+    `with_descriptors` the two clips' signal descriptors `(desc_a, desc_b)`, each `(P, D)`."""
     from rewardflow.rollout_table import read_audio
 
     clips, order = {}, []
@@ -104,9 +121,17 @@ def embed_pairs(pairs: list[dict], clap) -> tuple[torch.Tensor, torch.Tensor, to
         emb.update(zip(keys, torch.as_tensor(clap.embed_audio(batch, rate))))
     prompts = sorted({p["prompt"] for p in pairs})
     text = dict(zip(prompts, torch.as_tensor(clap.embed_text(prompts))))
-    a = torch.stack([emb[(p["a"]["rollout"], p["a"]["audio_path"])] for p in pairs]).float()
-    b = torch.stack([emb[(p["b"]["rollout"], p["b"]["audio_path"])] for p in pairs]).float()
-    return a, b, torch.stack([text[p["prompt"]] for p in pairs]).float()
+
+    def side(table: dict, s: str) -> torch.Tensor:
+        return torch.stack([torch.as_tensor(table[(p[s]["rollout"], p[s]["audio_path"])]) for p in pairs]).float()
+
+    out = (side(emb, "a"), side(emb, "b"), torch.stack([text[p["prompt"]] for p in pairs]).float())
+    if with_descriptors:
+        from reward_models.descriptors import descriptors
+
+        desc = {k: descriptors(clips[k][0].numpy(), rate) for k in order}  # each clip as stored, unpadded
+        out += (side(desc, "a"), side(desc, "b"))
+    return out
 
 
 def split_by_prompt(pairs: list[dict], fraction: float, seed: int) -> np.ndarray:
@@ -118,27 +143,49 @@ def split_by_prompt(pairs: list[dict], fraction: float, seed: int) -> np.ndarray
     return np.array([bucket(p["prompt_id"]) < fraction for p in pairs])
 
 
-def fit(model, a, b, t, target, cfg: RewardTrainingConfig) -> list[float]:
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    losses = []
-    for _ in range(cfg.steps):
-        logit = model(a, t) - model(b, t)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, target)
+def fit(model, head: int, train: dict, held: dict | None, cfg: RewardTrainingConfig) -> tuple[list[float], dict]:
+    """Trains one head (`model.heads[head]`) on `train` (`{"a", "b", "t", "da", "db", "target"}`) and keeps the
+    step with the best pair accuracy on `held` (checked every 25 steps) when given. Returns the losses and
+    `{"step", "heldout_pair_accuracy"}`."""
+    net = model.heads[head]
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+    def score(batch, side):
+        return net(model.features(batch[side], batch["t"], batch.get("d" + side))).squeeze(-1)
+
+    losses, best = [], {"step": cfg.steps, "heldout_pair_accuracy": None}
+    kept = None
+    for step in range(1, cfg.steps + 1):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            score(train, "a") - score(train, "b"), train["target"]
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-    return losses
+        if held is not None and (step % 25 == 0 or step == cfg.steps):
+            with torch.no_grad():
+                acc = decided_accuracy(score(held, "a") - score(held, "b"), held["target"])
+            if best["heldout_pair_accuracy"] is None or acc > best["heldout_pair_accuracy"]:
+                best = {"step": step, "heldout_pair_accuracy": acc}
+                kept = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    if kept is not None:
+        net.load_state_dict(kept)
+    return losses, best
 
 
-@torch.no_grad()
-def pair_accuracy(model, a, b, t, target) -> float:
-    """Share of decided pairs (not ties) where the model prefers the labeller's choice; NaN when there are none."""
+def decided_accuracy(margin: torch.Tensor, target: torch.Tensor) -> float:
+    """Share of decided pairs (not ties) whose margin `r(a) - r(b)` sides with the labeller; NaN when none."""
     decided = target != 0.5
     if not decided.any():
         return float("nan")
-    pred = (model(a, t) - model(b, t)) > 0
-    return float((pred[decided] == (target[decided] > 0.5)).float().mean())
+    return float(((margin[decided] > 0) == (target[decided] > 0.5)).float().mean())
+
+
+@torch.no_grad()
+def pair_accuracy(model, a, b, t, target, da=None, db=None) -> float:
+    """The whole model's pair accuracy (the mean of its heads' scores)."""
+    return decided_accuracy(model(a, t, da) - model(b, t, db), target)
 
 
 def main(cfg: RewardTrainingConfig) -> dict:
@@ -146,25 +193,54 @@ def main(cfg: RewardTrainingConfig) -> dict:
     from reward_models.clap import ClapReward
     from reward_models.preference import PreferenceRewardConfig, PreferenceRewardModel
 
-    torch.manual_seed(cfg.seed)
     pairs = pair_table(cfg)  # checked before CLAP loads
     clap = ClapReward(checkpoint=cfg.clap_checkpoint or None)
     start = time.perf_counter()
-    a, b, t = embed_pairs(pairs, clap)
-    target = torch.tensor([p["target"] for p in pairs], dtype=torch.float32)
-    held = split_by_prompt(pairs, cfg.heldout_fraction, cfg.seed)
-    train = ~held
+    a, b, t, *desc = embed_pairs(pairs, clap, with_descriptors=cfg.descriptors)
+    data = {"a": a, "b": b, "t": t, "target": torch.tensor([p["target"] for p in pairs], dtype=torch.float32)}
+    if desc:
+        data["da"], data["db"] = desc
     config = PreferenceRewardConfig(embed_dim=a.shape[1], hidden_size=cfg.hidden_size, clap_checkpoint=cfg.clap_checkpoint,
-                                    clap_model_id=clap.model_id, clap_hash=clap.checkpoint_hash)  # fmt: skip
+                                    clap_model_id=clap.model_id, clap_hash=clap.checkpoint_hash,
+                                    descriptor_dim=desc[0].shape[1] if desc else 0, num_heads=cfg.ensemble)  # fmt: skip
+    torch.manual_seed(cfg.seed)
     model = PreferenceRewardModel(config)
-    losses = fit(model, a[train], b[train], t[train], target[train], cfg)
+    if desc:  # standardised by the statistics of every clip in the table
+        every = torch.cat(desc)
+        model.descriptor_mean.copy_(every.mean(0))
+        model.descriptor_scale.copy_(every.std(0).clamp_min(1e-6))
+    heads = []
+    for k in range(cfg.ensemble):
+        seed = cfg.seed + k
+        torch.manual_seed(seed)
+        for layer in model.heads[k]:
+            if isinstance(layer, torch.nn.Linear):
+                layer.reset_parameters()
+        held = torch.from_numpy(split_by_prompt(pairs, cfg.heldout_fraction, seed))
+        part = lambda mask: {key: v[mask] for key, v in data.items()}  # noqa: E731
+        held_part = part(held) if held.any() else None
+        losses, best = fit(model, k, part(~held), held_part if cfg.select_step else None, cfg)
+        if not cfg.select_step and held_part is not None:
+            with torch.no_grad():
+                net = model.heads[k]
+                sa = net(model.features(held_part["a"], held_part["t"], held_part.get("da"))).squeeze(-1)
+                sb = net(model.features(held_part["b"], held_part["t"], held_part.get("db"))).squeeze(-1)
+                best["heldout_pair_accuracy"] = decided_accuracy(sa - sb, held_part["target"])
+        heads.append({"seed": seed, "train_pairs": int((~held).sum()), "heldout_pairs": int(held.sum()),
+                      "final_train_loss": losses[-1], **best})  # fmt: skip
+        print(f"head {k + 1}/{cfg.ensemble}: step {best['step']}, held-out pair accuracy "
+              f"{best['heldout_pair_accuracy']}", flush=True)  # fmt: skip
     model.eval()
+    held_acc = [h["heldout_pair_accuracy"] for h in heads if h["heldout_pair_accuracy"] is not None]
     metrics = {
-        "pairs": len(pairs), "train_pairs": int(train.sum()), "heldout_pairs": int(held.sum()),
-        "train_pair_accuracy": pair_accuracy(model, a[train], b[train], t[train], target[train]),
-        "heldout_pair_accuracy": pair_accuracy(model, a[held], b[held], t[held], target[held]) if held.any() else None,
-        "final_train_loss": losses[-1], "seconds": round(time.perf_counter() - start, 1),
-        "labellers": sorted({p["labeller"] for p in pairs}),
+        "pairs": len(pairs), "train_pairs": heads[0]["train_pairs"], "heldout_pairs": heads[0]["heldout_pairs"],
+        "heads": heads, "descriptors": cfg.descriptors,
+        # over every labelled pair, most of which each head trained on: how well the ensemble fits its labels
+        "labelled_pair_accuracy": pair_accuracy(model, a, b, t, data["target"], *desc),
+        "heldout_pair_accuracy": float(np.mean(held_acc)) if held_acc else None,
+        "final_train_loss": float(np.mean([h["final_train_loss"] for h in heads])),
+        "seconds": round(time.perf_counter() - start, 1), "labellers": sorted({p["labeller"] for p in pairs}),
+        "settings": asdict(cfg),
     }  # fmt: skip
     out = Path(cfg.output_dir)
     model.save_pretrained(out)
@@ -175,11 +251,13 @@ def main(cfg: RewardTrainingConfig) -> dict:
 
 
 def model_card(cfg: RewardTrainingConfig, metrics: dict, clap) -> str:
-    return f"""# Preference reward model (Bradley–Terry over CLAP embeddings)
+    return f"""# Preference reward model (Bradley–Terry over CLAP embeddings{" and signal descriptors" if cfg.descriptors else ""})
 
 Trained by `python rewardflow/train_reward.py {" ".join(sys.argv[1:])}` on {metrics["pairs"]} answered A/B pairs
 from {", ".join(cfg.rollouts)} (labellers: {", ".join(metrics["labellers"])}); embeddings from {clap.model_id}
-(checkpoint {clap.checkpoint_hash}). {metrics["heldout_pairs"]} pairs of held-out prompts were kept out of training.
+(checkpoint {clap.checkpoint_hash}). {cfg.ensemble} head(s), each holding out its own {cfg.heldout_fraction:.0%} of the
+prompts{" and keeping its best step on them (so their held-out pair accuracy is optimistic)" if cfg.select_step else ""};
+mean held-out pair accuracy {metrics["heldout_pair_accuracy"]}.
 
 ```json
 {json.dumps({"settings": asdict(cfg), "metrics": metrics}, indent=2)}

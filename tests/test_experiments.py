@@ -300,11 +300,12 @@ def test_preference_loop_tiny(tmp_path, monkeypatch):
 
     a = LoopArguments(output_dir=str(tmp_path / "loop"), results_dir=str(tmp_path / "published"), label_prompts=3,
                       num_generations=3, budgets=[4, 8, 50], fresh_prompts=2, first_prompt=2, eval_prompts=2,
-                      max_steps=2, batch_size=4, processes=1)  # fmt: skip
+                      confirm_first_prompt=4, confirm_prompts=2, max_steps=2, batch_size=4, processes=1)  # fmt: skip
     result = main(a)
     assert result["labelled_pairs"] == 9  # 3 prompts x 3 pairs: the page ran out before 50
     assert set(result["reward_models"]) == {4, 8} and result["best_budget"] in (4, 8)
-    assert {"clap", "preference-4", "preference-8"} == set(result["agreement"])
+    assert {"clap", "preference-4", "preference-8"} == set(result["agreement"]) == set(result["agreement_confirm"])
+    assert result["agreement_confirm"]["clap"]["prompts"] == 2
     assert set(result["runs"]) == {"clap-topk", "preference-topk", "dpo-preferences"}
     assert "verifier" in result["runs"]["dpo-preferences"]["paired_vs_clap"]
     published = json.loads((tmp_path / "published" / "results.json").read_text())
@@ -321,6 +322,14 @@ def test_preference_loop_tiny(tmp_path, monkeypatch):
     assert again["labelled_pairs"] == 9 and json.dumps(again["agreement"]) == json.dumps(
         result["agreement"]
     )  # NaN-safe
+    runs = sorted(p.name for p in (tmp_path / "loop" / "runs").iterdir())
+    assert [r for r in runs if r.startswith("preference-topk-")] and "preference-topk" not in runs  # named by model
+    # a reward model made with other trainer settings is made again, not reused
+    metrics = tmp_path / "loop" / "reward-4" / "metrics.json"
+    stale = {**json.loads(metrics.read_text()), "settings": {"steps": 1}}
+    metrics.write_text(json.dumps(stale))
+    main(a)
+    assert json.loads(metrics.read_text())["settings"]["steps"] != 1
 
 
 def test_synthmusic_verifier_calibration_tiny(tmp_path, monkeypatch):

@@ -161,9 +161,12 @@ def test_reward_model_learns_a_known_preference(rollout_dir, tmp_path):
     httpd.shutdown()
     out = tmp_path / "rm"
     metrics = train_main(
-        RewardTrainingConfig(rollouts=[str(ro)], output_dir=str(out), steps=300, heldout_fraction=0.0)
+        RewardTrainingConfig(
+            rollouts=[str(ro)], output_dir=str(out), steps=300, heldout_fraction=0.0, select_step=False, ensemble=2
+        )  # fmt: skip
     )
-    assert metrics["pairs"] == 12 and metrics["train_pair_accuracy"] >= 0.9
+    assert metrics["pairs"] == 12 and metrics["labelled_pair_accuracy"] >= 0.9
+    assert metrics["descriptors"] and [h["seed"] for h in metrics["heads"]] == [0, 1]
     reward = load_reward(f"preference:{out}")
     wavs = [read_audio(ro / r["audio_path"])[0] for r in table]  # as stored: what the listener heard
     n = max(len(w) for w in wavs)
@@ -174,6 +177,16 @@ def test_reward_model_learns_a_known_preference(rollout_dir, tmp_path):
              for i in range(len(wavs)) for j in range(len(wavs)) if i < j and table[i]["prompt_id"] == table[j]["prompt_id"]]  # fmt: skip
     assert np.mean(agree) >= 0.9
     assert (out / "README.md").is_file() and json.loads((out / "metrics.json").read_text())["pairs"] == 12
+    # each head holds out its own prompts and keeps its best step on them
+    held = train_main(RewardTrainingConfig(rollouts=[str(ro)], output_dir=str(tmp_path / "rm-held"), steps=60,
+                                           heldout_fraction=0.5, ensemble=3, descriptors=False))  # fmt: skip
+    heads = held["heads"]
+    assert all(h["step"] % 25 == 0 or h["step"] == 60 for h in heads)
+    assert all(0 <= h["heldout_pair_accuracy"] <= 1 for h in heads if h["heldout_pairs"])
+    assert len({h["heldout_pairs"] for h in heads}) > 1 or len(heads) == 1  # different prompts held out per head
+    assert not held["descriptors"] and load_reward(f"preference:{tmp_path / 'rm-held'}").head.config.num_heads == 3
+    with pytest.raises(ValueError, match="--select_step true picks a step on held-out prompts"):
+        RewardTrainingConfig(heldout_fraction=0.0)
 
 
 def test_dpo_moves_likelihood_toward_winners(rollout_dir, tmp_path):

@@ -176,6 +176,24 @@ def test_more_prompts_grow_a_rollout_in_place(tmp_path):
         run(out, "--max_prompts", "4", "--rewards", "verifier")
 
 
+def test_first_prompt_starts_the_rollout_later(tmp_path):
+    """--first_prompt skips the prompts before it: its clips are the same prompts' clips in a rollout from 0, and
+    it is a setting of the rollout (a rerun with another start is refused)."""
+    run(tmp_path / "whole", "--max_prompts", "3", "--rewards", "verifier")
+    whole = load_rollout(tmp_path / "whole")
+    late = tmp_path / "late"
+    run(late, "--max_prompts", "2", "--first_prompt", "1", "--rewards", "verifier")
+    tail = load_rollout(late)
+    assert list(tail["prompt_id"]) == list(whole["prompt_id"])[2:] and list(tail["seed"]) == list(whole["seed"])[2:]
+    for a, b in zip(tail["latent"], list(whole["latent"])[2:]):  # other batch shapes: equal within float16 noise
+        np.testing.assert_allclose(np.frombuffer(a, np.float16), np.frombuffer(b, np.float16), atol=2e-2)
+    assert "first_prompt" not in json.loads((tmp_path / "whole" / "run.json").read_text())["settings"]
+    with pytest.raises(RuntimeError, match=r"first_prompt: 1 -> None"):
+        run(late, "--max_prompts", "2", "--rewards", "verifier")
+    with pytest.raises(ValueError, match="--first_prompt must be >= 0"):
+        run(tmp_path / "bad", "--first_prompt", "-1", "--rewards", "verifier")
+
+
 def test_rescore_adds_columns_and_reports_unreadable_audio(tmp_path):
     run(tmp_path, "--max_prompts", "2", "--rewards", "verifier")
     before = load_rollout(tmp_path)

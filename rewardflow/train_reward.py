@@ -250,14 +250,35 @@ def main(cfg: RewardTrainingConfig) -> dict:
     return metrics
 
 
+def command_line(cfg: RewardTrainingConfig) -> str:
+    """The command that makes this model, whoever called `main`: every setting that differs from its default."""
+    default = asdict(RewardTrainingConfig())
+    flags = []
+    for key, value in asdict(cfg).items():
+        if value != default[key]:
+            shown = (
+                " ".join(map(str, value))
+                if isinstance(value, list)
+                else str(value).lower()
+                if isinstance(value, bool)
+                else value
+            )
+            flags.append(f"--{key} {shown}")
+    return " ".join(["python rewardflow/train_reward.py", *flags])
+
+
+def _f3(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def model_card(cfg: RewardTrainingConfig, metrics: dict, clap) -> str:
     return f"""# Preference reward model (Bradley–Terry over CLAP embeddings{" and signal descriptors" if cfg.descriptors else ""})
 
-Trained by `python rewardflow/train_reward.py {" ".join(sys.argv[1:])}` on {metrics["pairs"]} answered A/B pairs
+Trained by `{command_line(cfg)}` on {metrics["pairs"]} answered A/B pairs
 from {", ".join(cfg.rollouts)} (labellers: {", ".join(metrics["labellers"])}); embeddings from {clap.model_id}
 (checkpoint {clap.checkpoint_hash}). {cfg.ensemble} head(s), each holding out its own {cfg.heldout_fraction:.0%} of the
 prompts{" and keeping its best step on them (so their held-out pair accuracy is optimistic)" if cfg.select_step else ""};
-mean held-out pair accuracy {metrics["heldout_pair_accuracy"]}.
+mean held-out pair accuracy {_f3(metrics["heldout_pair_accuracy"])}.
 
 ```json
 {json.dumps({"settings": asdict(cfg), "metrics": metrics}, indent=2)}

@@ -167,6 +167,9 @@ def test_reward_model_learns_a_known_preference(rollout_dir, tmp_path):
     )
     assert metrics["pairs"] == 12 and metrics["labelled_pair_accuracy"] >= 0.9
     assert metrics["descriptors"] and [h["seed"] for h in metrics["heads"]] == [0, 1]
+    card = (out / "README.md").read_text()  # the command that remakes it, whoever called the trainer
+    assert f"python rewardflow/train_reward.py --rollouts {ro} --output_dir {out} --ensemble 2 --steps 300" in card
+    assert "--ensemble 2" in card and "--select_step false" in card
     reward = load_reward(f"preference:{out}")
     wavs = [read_audio(ro / r["audio_path"])[0] for r in table]  # as stored: what the listener heard
     n = max(len(w) for w in wavs)

@@ -15,7 +15,7 @@ Steps, each skipped when its output is complete:
 4. The agreement diagnostic on fresh prompts (`rollout-fresh/`, held-out prompts `[0, --fresh_prompts)`): each
    reward's within-prompt top-1 gain on the verifier against the oracle's, CLAP's next to every budget's.
 5. Fine-tuning from the labelled rollout with the same steps, batch and β: CLAP top-k, the preference model of the
-   best budget top-k, and DPO on the listener's pairs; evaluated on held-out prompts from `--first_prompt` (none of
+   best budget top-k, and DPO on the listener's pairs at each `--dpo_betas`; evaluated on held-out prompts from `--first_prompt` (none of
    them seen by steps 1-4), each against the base and the preference runs against CLAP-tuning, paired by prompt.
 """
 
@@ -57,7 +57,9 @@ class LoopArguments:
     learning_rate: float = field(default=1e-4, metadata={"help": "Fine-tuning learning rate."})
     top_k: float = field(default=0.25, metadata={"help": "Share of each prompt's clips the top-k runs keep."})
     beta: float = field(default=1.0, metadata={"help": "Reference term weight β of every run."})
-    dpo_beta: float = field(default=2000.0, metadata={"help": "β of the DPO run (TangoFlux: 2000)."})
+    dpo_betas: list[float] = field(
+        default_factory=lambda: [2000.0, 200.0], metadata={"help": "β of each DPO run (TangoFlux: 2000)."}
+    )
     first_prompt: int = field(default=128, metadata={"help": "First held-out prompt of the final evaluation."})
     eval_prompts: int = field(default=256, metadata={"help": "Held-out prompts of the final evaluation."})
     processes: int = field(default=2, metadata={"help": "Rollout processes (torchrun on CPU)."})
@@ -80,6 +82,8 @@ class LoopArguments:
                 f"--confirm_first_prompt {self.confirm_first_prompt} overlaps the evaluation prompts "
                 f"[{self.first_prompt}, {self.first_prompt + self.eval_prompts}): start it at or after their end."
             )
+        if not self.dpo_betas or min(self.dpo_betas) <= 0:
+            raise ValueError(f"--dpo_betas needs positive values, got {self.dpo_betas}.")
         if not 0 < self.top_k <= 1:
             raise ValueError(f"--top_k must be in (0, 1], got {self.top_k}.")
         self.budgets = sorted(set(self.budgets))
@@ -160,6 +164,10 @@ def fresh_agreement(a: LoopArguments, rollout: str, models: dict[int, dict]) -> 
     return result
 
 
+def dpo_name(beta: float) -> str:
+    return f"dpo-preferences-beta{beta:g}"
+
+
 def main(a: LoopArguments) -> dict:
     from base_model.files import atomic_write_json
     from experiments.alignment_study import (
@@ -219,7 +227,7 @@ def main(a: LoopArguments) -> dict:
     runs = {
         "clap-topk": {"reward": "clap", **topk},
         "preference-topk": {"reward": "preference", **topk},
-        "dpo-preferences": {"objective": "dpo", "pairs": "preferences", "dpo_beta": a.dpo_beta},
+        **{dpo_name(b): {"objective": "dpo", "pairs": "preferences", "dpo_beta": b} for b in a.dpo_betas},
     }
     # a run tuned on the preference column is named by that column's model, so a retrained model is a new run
     folders = {name: name if name != "preference-topk" else f"{name}-{column['hash'][:8]}" for name in runs}
@@ -228,7 +236,7 @@ def main(a: LoopArguments) -> dict:
     result["base"] = report["models"][a.model]
     for name, folder in finals.items():
         result["runs"][name] = {"model": report["models"][folder], "paired_vs_base": report["paired_vs_first"][folder]}
-    for name in ("preference-topk", "dpo-preferences"):
+    for name in ("preference-topk", *map(dpo_name, a.dpo_betas)):
         result["runs"][name]["paired_vs_clap"] = paired_difference(study, report, finals[name], finals["clap-topk"])
     result["metric_info"] = report["metric_info"]
     atomic_write_json(out / "results.json", result)

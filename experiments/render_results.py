@@ -511,9 +511,13 @@ def preference_finetune() -> str:
     lines.append(_row(["base", _f(b["verifier"]), "", "", "", "", _f(b.get("mel_frechet"), 1)]))
     n_clips = r["settings"]["num_generations"]
     kept = f"best {math.ceil(r['settings']['top_k'] * n_clips)} of {n_clips}"  # the top-k runs round up
+    dpo = [(f"DPO on the listener's pairs, β = {n.removeprefix('dpo-preferences-beta')}", n)
+           for n in sorted((n for n in r["runs"] if n.startswith("dpo-preferences-beta")),
+                           key=lambda n: -float(n.removeprefix("dpo-preferences-beta")))]  # fmt: skip
+    if "dpo-preferences" in r["runs"]:  # results made with one β
+        dpo.append((f"DPO on the listener's pairs, β = {r['settings']['dpo_beta']:g}", "dpo-preferences"))
     for label, n in ((f"CLAP, {kept}", "clap-topk"),
-                     (f"preference model ({r['best_budget']} pairs), {kept}", "preference-topk"),
-                     ("DPO on the listener's pairs", "dpo-preferences")):  # fmt: skip
+                     (f"preference model ({r['best_budget']} pairs), {kept}", "preference-topk"), *dpo):  # fmt: skip
         m = r["runs"][n]
         vs_clap = _bci(m["paired_vs_clap"]["verifier"]) if m.get("paired_vs_clap") else ""
         lines.append(_row([label, _f(m["model"]["verifier"]), _delta(m, "verifier"), vs_clap, _delta(m, "clap"),

@@ -306,8 +306,13 @@ def test_preference_loop_tiny(tmp_path, monkeypatch):
     assert set(result["reward_models"]) == {4, 8} and result["best_budget"] in (4, 8)
     assert {"clap", "preference-4", "preference-8"} == set(result["agreement"]) == set(result["agreement_confirm"])
     assert result["agreement_confirm"]["clap"]["prompts"] == 2
-    assert set(result["runs"]) == {"clap-topk", "preference-topk", "dpo-preferences"}
-    assert "verifier" in result["runs"]["dpo-preferences"]["paired_vs_clap"]
+    assert set(result["runs"]) == {
+        "clap-topk",
+        "preference-topk",
+        "dpo-preferences-beta2000",
+        "dpo-preferences-beta200",
+    }
+    assert "verifier" in result["runs"]["dpo-preferences-beta200"]["paired_vs_clap"]
     published = json.loads((tmp_path / "published" / "results.json").read_text())
     assert published["labelled_pairs"] == 9
     from experiments import render_results

@@ -178,6 +178,23 @@ def degradation_rates(folder: str, a: StudyArguments) -> dict:
     return {"clips": n, **{k: v / n for k, v in counts.items()}, "degraded": 1 - counts["none"] / n}
 
 
+def rollout_spread(rollout: str | Path, column: str) -> dict:
+    """A rollout's `column` over its clips (`mean`), each prompt's best clip (`best_of_n`, averaged over prompts) and
+    the spread within a prompt (`within_prompt_std`): what best-of-n selection has to reinforce."""
+    import numpy as np
+
+    from rewardflow.rollout_table import load_rollout
+
+    table = load_rollout(rollout)
+    values = np.asarray(table[column], dtype=np.float64)
+    groups: dict[str, list[float]] = {}
+    for pid, v in zip(table["prompt_id"], values):
+        groups.setdefault(pid, []).append(v)
+    return {"clips": len(values), "mean": float(np.nanmean(values)),
+            "best_of_n": float(np.mean([np.nanmax(g) for g in groups.values()])),
+            "within_prompt_std": float(np.mean([np.nanstd(g) for g in groups.values()]))}  # fmt: skip
+
+
 def main(a: StudyArguments) -> dict:
     from base_model.files import atomic_write_json
     from experiments.results_io import publish_json
@@ -206,6 +223,11 @@ def main(a: StudyArguments) -> dict:
     if "oracle" in a.questions and a.oracle_rounds > 1:  # does each round add to the last?
         result["oracle_round_gains"] = {
             f"round-{k}": paired_difference(a, report, rounds[k], rounds[k - 1]) for k in range(2, a.oracle_rounds + 1)
+        }
+        # what each round trained on: round 1 the study's rollout, round k the rollout of round k - 1's model
+        result["oracle_round_rollouts"] = {
+            f"round-{k}": rollout_spread(rollout if k == 1 else Path(rounds[k]).parent / "rollout", "reward/verifier")
+            for k in range(1, a.oracle_rounds + 1)
         }
     if "aesthetics" in a.questions:
         result["degradation"] = {n: degradation_rates(f, a) for n, f in

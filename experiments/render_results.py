@@ -273,21 +273,26 @@ def oracle() -> str:
     round against the base and, where the study measured it, against the round before."""
     lines = [
         _row(["rollout", "model", "verifier", "Δ verifier vs base", "Δ verifier vs previous round", "Δ CLAP", "KL",
-              "mel Fréchet"]),
-        "|---|---|---|---|---|---|---|---|",
+              "mel Fréchet", "trained on: mean", "trained on: best of n"]),
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for rollout, name in (("CFG 3", "results.json"), ("CFG 1", "rollout_cfg1.json")):
         r = _load(RESULTS / "alignment" / name)
-        names = ["verifier-topk"] + sorted(n for n in r["runs"] if n.startswith("oracle-round-"))
+        names = ["verifier-topk"] + [n for n in r["runs"] if n.startswith("oracle-round-")]
         b, gains = r["base"], r.get("oracle_round_gains", {})
+        spread = r.get("oracle_round_rollouts", {})
         lines.append(
-            _row([rollout, "base", _f(b["verifier"]), "", "", "", _f(b.get("kl")), _f(b.get("mel_frechet"), 1)])
+            _row(
+                [rollout, "base", _f(b["verifier"]), "", "", "", _f(b.get("kl")), _f(b.get("mel_frechet"), 1), "", ""]
+            )
         )
-        for i, n in enumerate(names, 1):
+        for i, n in enumerate(sorted(names, key=lambda n: int(n.rsplit("-", 1)[1]) if n[-1].isdigit() else 1), 1):
             m, gain = r["runs"][n], gains.get(f"round-{i}", {}).get("verifier")
+            s = spread.get(f"round-{i}", {})
             lines.append(_row([rollout, f"verifier as reward, round {i}", _f(m["model"]["verifier"]),
                                _delta(m, "verifier"), _bci(gain) if gain else "", _delta(m, "clap"),
-                               _f(m["model"].get("kl")), _f(m["model"].get("mel_frechet"), 1)]))  # fmt: skip
+                               _f(m["model"].get("kl")), _f(m["model"].get("mel_frechet"), 1),
+                               _f(s["mean"]) if s else "", _f(s["best_of_n"]) if s else ""]))  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -217,6 +217,9 @@ def test_alignment_study_tiny(tmp_path, monkeypatch):
         assert 0 <= run["model"]["verifier"] <= 1 and "verifier" in run["paired_vs_base"], name
     assert set(result["clap_minus_control"]) == {"verifier", "clap", "aesthetics", "kl"}
     assert set(result["oracle_round_gains"]) == {"round-2"} and "verifier" in result["oracle_round_gains"]["round-2"]
+    spread = result["oracle_round_rollouts"]
+    assert set(spread) == {"round-1", "round-2"} and all(s["clips"] == 6 for s in spread.values())
+    assert all(0 <= s["mean"] <= s["best_of_n"] <= 1 for s in spread.values())
     assert 0 <= result["degradation"]["base"]["degraded"] <= 1
     assert set(result["best_of_n"]) == {"clap-2", "verifier-2", "clap-2-matched"}
     assert [r["step"] for r in result["guardrail"]["history"]] == [0, 1, 2]
@@ -235,6 +238,7 @@ def test_alignment_study_tiny(tmp_path, monkeypatch):
         assert table.count("\n") >= 3 and "| " in table, name
     rows = [r for r in render_results.oracle().splitlines() if r.startswith("| CFG 1 | verifier as reward, round 2 |")]
     assert len(rows) == 1 and "[" in rows[0].split(" | ")[4]  # round 2 against round 1, with its interval
+    assert rows[0].split(" | ")[-1].strip(" |") == f"{spread['round-2']['best_of_n']:.3f}"  # what round 2 trained on
 
 
 def test_music_alignment_tiny(tmp_path, monkeypatch):

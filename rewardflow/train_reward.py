@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -144,31 +145,34 @@ def split_by_prompt(pairs: list[dict], fraction: float, seed: int) -> np.ndarray
 
 
 def fit(model, head: int, train: dict, held: dict | None, cfg: RewardTrainingConfig) -> tuple[list[float], dict]:
-    """Trains one head (`model.heads[head]`) on `train` (`{"a", "b", "t", "da", "db", "target"}`) and keeps the
-    step with the best pair accuracy on `held` (checked every 25 steps) when given. Returns the losses and
-    `{"step", "heldout_pair_accuracy"}`."""
+    """Trains one head (`model.heads[head]`) on `train` (`{"a", "b", "t", "da", "db", "target"}`). With `held` pairs
+    it checks their pair accuracy every 25 steps and, with `--select_step`, keeps the best step (a check with no
+    decided pair counts for nothing); without, it reports the last step's. Returns the losses and
+    `{"step", "heldout_pair_accuracy"}` (None without held-out pairs)."""
     net = model.heads[head]
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
-    def score(batch, side):
-        return net(model.features(batch[side], batch["t"], batch.get("d" + side))).squeeze(-1)
+    def margin(batch: dict) -> torch.Tensor:
+        score = [net(model.features(batch[s], batch["t"], batch.get("d" + s))).squeeze(-1) for s in ("a", "b")]
+        return score[0] - score[1]
 
-    losses, best = [], {"step": cfg.steps, "heldout_pair_accuracy": None}
-    kept = None
+    losses, best, kept = [], {"step": cfg.steps, "heldout_pair_accuracy": None}, None
     for step in range(1, cfg.steps + 1):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            score(train, "a") - score(train, "b"), train["target"]
-        )
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(margin(train), train["target"])
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-        if held is not None and (step % 25 == 0 or step == cfg.steps):
-            with torch.no_grad():
-                acc = decided_accuracy(score(held, "a") - score(held, "b"), held["target"])
-            if best["heldout_pair_accuracy"] is None or acc > best["heldout_pair_accuracy"]:
-                best = {"step": step, "heldout_pair_accuracy": acc}
-                kept = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        check = held is not None and (step == cfg.steps or (cfg.select_step and step % 25 == 0))
+        if not check:
+            continue
+        with torch.no_grad():
+            acc = decided_accuracy(margin(held), held["target"])
+        if not cfg.select_step:
+            best = {"step": step, "heldout_pair_accuracy": None if math.isnan(acc) else acc}
+        elif not math.isnan(acc) and (best["heldout_pair_accuracy"] is None or acc > best["heldout_pair_accuracy"]):
+            best = {"step": step, "heldout_pair_accuracy": acc}
+            kept = {k: v.detach().clone() for k, v in net.state_dict().items()}
     if kept is not None:
         net.load_state_dict(kept)
     return losses, best
@@ -217,15 +221,9 @@ def main(cfg: RewardTrainingConfig) -> dict:
             if isinstance(layer, torch.nn.Linear):
                 layer.reset_parameters()
         held = torch.from_numpy(split_by_prompt(pairs, cfg.heldout_fraction, seed))
-        part = lambda mask: {key: v[mask] for key, v in data.items()}  # noqa: E731
-        held_part = part(held) if held.any() else None
-        losses, best = fit(model, k, part(~held), held_part if cfg.select_step else None, cfg)
-        if not cfg.select_step and held_part is not None:
-            with torch.no_grad():
-                net = model.heads[k]
-                sa = net(model.features(held_part["a"], held_part["t"], held_part.get("da"))).squeeze(-1)
-                sb = net(model.features(held_part["b"], held_part["t"], held_part.get("db"))).squeeze(-1)
-                best["heldout_pair_accuracy"] = decided_accuracy(sa - sb, held_part["target"])
+        train_part = {key: v[~held] for key, v in data.items()}
+        held_part = {key: v[held] for key, v in data.items()} if held.any() else None
+        losses, best = fit(model, k, train_part, held_part, cfg)
         heads.append({"seed": seed, "train_pairs": int((~held).sum()), "heldout_pairs": int(held.sum()),
                       "final_train_loss": losses[-1], **best})  # fmt: skip
         print(f"head {k + 1}/{cfg.ensemble}: step {best['step']}, held-out pair accuracy "

@@ -262,3 +262,31 @@ def test_label_page_in_chromium(rollout_dir, tmp_path, browser):
     table = load_preferences(ro, answered_only=False)
     assert sorted(r["choice"] for r in table) == ["b", "tie"] and {r["labeller"] for r in table} == {"ana"}
     assert errors == []
+
+
+def test_head_step_selection_on_synthetic_pairs():
+    """`fit` keeps the step with the best held-out pair accuracy; held-out pairs that are all ties choose nothing
+    (the last step stays, its accuracy None), and without selection the last step's accuracy is reported."""
+    from reward_models.preference import PreferenceRewardConfig, PreferenceRewardModel
+    from rewardflow.train_reward import RewardTrainingConfig, fit
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(8, generator=g)
+
+    def pairs(n):  # the labeller prefers the clip whose embedding lies further along w
+        a, b, t = (torch.randn(n, 8, generator=g) for _ in range(3))
+        return {"a": a, "b": b, "t": t, "target": ((a - b) @ w > 0).float()}
+
+    train, held = pairs(256), pairs(128)
+    torch.manual_seed(0)
+    model = PreferenceRewardModel(PreferenceRewardConfig(embed_dim=8, hidden_size=16))
+    cfg = RewardTrainingConfig(steps=100, learning_rate=1e-2)
+    _, best = fit(model, 0, train, held, cfg)
+    assert best["step"] % 25 == 0 and best["heldout_pair_accuracy"] > 0.75
+    with torch.no_grad():
+        margin = model(held["a"], held["t"]) - model(held["b"], held["t"])
+    assert ((margin > 0) == (held["target"] > 0.5)).float().mean() == pytest.approx(best["heldout_pair_accuracy"])
+    ties = {**held, "target": torch.full((128,), 0.5)}
+    assert fit(model, 0, train, ties, cfg)[1] == {"step": 100, "heldout_pair_accuracy": None}
+    last = fit(model, 0, train, held, RewardTrainingConfig(steps=30, select_step=False))[1]
+    assert last["step"] == 30 and 0 <= last["heldout_pair_accuracy"] <= 1

@@ -84,3 +84,33 @@ def test_synthmusic_pipeline_generates_music_that_follows_its_prompts():
     other = verifier(wav, 16000, [r["caption"] for r in shifted], attributes=[r["attributes"] for r in shifted])
     assert float(own.mean()) - float(np.nanmean(other["verifier"].numpy())) > 0.15, (own.mean(), other["verifier"])
     assert json.loads((ROOT / "base_model/pretrained/synthmusic/metrics.json").read_text())["steps"] == 6000
+
+
+def test_model_cards_say_what_their_measurements_and_corpus_call_for():
+    """The cards' conditional paragraphs: the SynthMusic generator cards carry what a real music run needs (and the
+    SynthCaps ones do not), and a classifier card names exactly the attributes it reads below chance on held-out
+    compositions: the bundled SynthMusic one says it of mode, as its committed metrics do."""
+    import re
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from bundled.measure_synthcaps import REAL_MUSIC_RUN
+    from bundled.train_synthcaps_classifier import ClassifierArguments, ClassifierTrainingConfig, _card
+
+    heading = REAL_MUSIC_RUN[1]
+    for name in ("synthmusic", "synthmusic-cfm"):
+        assert heading in (ROOT / "base_model" / "pretrained" / name / "README.md").read_text()
+    for name in ("synthcaps", "synthcaps-cfm"):
+        assert heading not in (ROOT / "base_model" / "pretrained" / name / "README.md").read_text()
+
+    args = ClassifierTrainingConfig(output_dir="unused", report_to="none")
+    music = ClassifierArguments(corpus="synthmusic")
+    card = _card(args, music, {"heldout": {"mode_accuracy": 0.0, "tempo_accuracy": 0.9, "timbre_accuracy": 0.49}})
+    assert "it reads mode, timbre below chance" in card
+    assert "below chance" not in _card(args, music, {"heldout": {"mode_accuracy": 0.6}})
+    committed = (ROOT / "reward_models" / "pretrained" / "synthmusic-classifier" / "README.md").read_text()
+    metrics = json.loads(re.search(r"```json\n(.*?)\n```", committed, re.S).group(1))
+    weak = sorted(
+        k.removesuffix("_accuracy") for k, v in metrics["heldout"].items() if k.endswith("_accuracy") and v < 0.5
+    )
+    assert weak == ["mode"] and "it reads mode below chance" in committed

@@ -245,13 +245,13 @@ def decoding_scaling() -> str:
 
 def masking_ablation() -> str:
     r = _load(RESULTS / "masking_ablation" / "results.json")
-    lines = [_row(["ratio p", "span l", "verifier", "KL", "mel Fréchet", f"Δ verifier vs {r['reference']}"]),
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [_row(["ratio p", "span l", "verifier", "KL", "mel Fréchet", f"Δ verifier vs {r['reference']}",
+                   f"Δ KL vs {r['reference']}"]), "|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in r["runs"].values():
         p = "cosine (MaskGIT)" if row["mask_ratio_mode"] == "cosine" else row["mask_ratio"]
-        d = row.get("verifier_vs_reference")
+        d, k = row.get("verifier_vs_reference"), row.get("kl_vs_reference")
         lines.append(_row([p, row["span_length"], _f(row["verifier"]), _f(row["kl"]), _f(row["mel_frechet"], 1),
-                           _bci(d) if d else "—"]))  # fmt: skip
+                           _bci(d) if d else "—", _bci(k) if k else "—"]))  # fmt: skip
     s = r["settings"]
     lines.append(f"\nEach: {s['max_steps']} steps, {s['hidden_size']} wide × {s['num_layers']} layers, "
                  f"{s['train_examples']} clips, seed {s['seed']}; {s['eval_prompts']} held-out prompts from "

@@ -42,6 +42,7 @@ class StudyArguments:
     model: str = field(default="synthcaps", metadata={"help": "The base pipeline."})
     rollout_prompts: int = field(default=192, metadata={"help": "SynthCaps train prompts rolled out."})
     num_generations: int = field(default=4, metadata={"help": "Clips per prompt."})
+    top_k: float = field(default=0.25, metadata={"help": "`topk` runs: fraction of each prompt's clips kept."})
     rollout_cfg_scale: float = field(default=3.0, metadata={"help": "Guidance of the rollouts."})
     max_steps: int = field(default=600, metadata={"help": "Fine-tuning steps of every run (per round)."})
     batch_size: int = field(default=16, metadata={"help": "Fine-tuning batch."})
@@ -59,7 +60,7 @@ class StudyArguments:
 
 def runs(a: StudyArguments) -> dict[str, dict]:
     """Every fine-tune of the study on the first rollout: `name -> RewardFlowConfig fields`."""
-    topk = {"weighting": "topk", "top_k": 0.25}  # best of 4
+    topk = {"weighting": "topk", "top_k": a.top_k}  # 0.25 of 4 clips: each prompt's best
     out = {
         "control": {"reward": "clap", "weighting": "exp", "tau": 0.0},  # exp(0 · r) = 1: uniform weights
         "clap-topk": {"reward": "clap", **topk},
@@ -183,16 +184,15 @@ def rollout_spread(rollout: str | Path, column: str) -> dict:
     the spread within a prompt (`within_prompt_std`): what best-of-n selection has to reinforce."""
     import numpy as np
 
+    from rewardflow.objectives import group_indices
     from rewardflow.rollout_table import load_rollout
 
     table = load_rollout(rollout)
     values = np.asarray(table[column], dtype=np.float64)
-    groups: dict[str, list[float]] = {}
-    for pid, v in zip(table["prompt_id"], values):
-        groups.setdefault(pid, []).append(v)
+    groups = [values[idx] for idx in group_indices(list(table["prompt_id"]))]
     return {"clips": len(values), "mean": float(np.nanmean(values)),
-            "best_of_n": float(np.mean([np.nanmax(g) for g in groups.values()])),
-            "within_prompt_std": float(np.mean([np.nanstd(g) for g in groups.values()]))}  # fmt: skip
+            "best_of_n": float(np.mean([np.nanmax(g) for g in groups])),
+            "within_prompt_std": float(np.mean([np.nanstd(g) for g in groups]))}  # fmt: skip
 
 
 def main(a: StudyArguments) -> dict:
@@ -209,8 +209,8 @@ def main(a: StudyArguments) -> dict:
     if "oracle" in a.questions:
         rounds = {1: finals["verifier-topk"]}
         for k in range(2, a.oracle_rounds + 1):
-            rounds[k] = finetune_run(a, "verifier-topk-rounds", {"reward": "verifier", "weighting": "topk", "top_k": 0.25,
-                                     "rounds": k}, rollout, out)  # fmt: skip
+            rounds[k] = finetune_run(a, "verifier-topk-rounds", {"reward": "verifier", "weighting": "topk",
+                                     "top_k": a.top_k, "rounds": k}, rollout, out)  # fmt: skip
         finals.update({f"oracle-round-{k}": v for k, v in rounds.items() if k > 1})
     models = [a.model, *finals.values()]
     report = evaluate_models(a, models, out, "main")

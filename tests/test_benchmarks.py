@@ -74,3 +74,45 @@ def test_sampler_bench_keeps_its_rows_when_cut_off(tmp_path, monkeypatch):
     partial = json.loads((tmp_path / "s.json").read_text())
     assert partial["complete"] is False and partial["summary"] is None
     assert sorted(partial["results"]["batch"]) == ["1", "2"] and partial["results"]["length"] == {}
+
+
+def test_gpu_goals_script_runs_on_cpu_shapes_and_keeps_what_it_measured(tmp_path, monkeypatch):
+    """The prepared GPU script on CPU shapes: every goal's row is written, a compile failure is recorded without
+    stopping the run, and a run cut off mid-way leaves its measured rows marked incomplete."""
+    import json
+
+    import pytest
+
+    from experiments.benchmarks import gpu_goals
+
+    out = tmp_path / "g.json"
+    a = gpu_goals.GpuGoalsArguments(preset="tiny", seconds=0.5, batch_sizes=[1, 2], compile="true", num_iterations=2,
+                                    num_steps=2, repeats=1, rollout_prompts=2, rollout_batch_size=2, output=str(out))  # fmt: skip
+
+    def unsupported(model):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(gpu_goals, "compile_model", unsupported)
+    report = gpu_goals.main(a)
+    assert report["complete"] and json.loads(out.read_text())["complete"] is True
+    eager = report["results"]["generation"]["eager"]
+    assert set(eager) == {"1", "2"} and all(r["seconds_per_batch"] > 0 for r in eager.values())
+    assert "no compiler here" in report["results"]["generation"]["compiled"]["error"]
+    rollout = report["results"]["rollout"]
+    assert rollout["clips"] == 2 and abs(sum(rollout["stage_share"].values()) - 1) < 1e-3
+
+    timed, calls = gpu_goals.timed, []
+
+    def dies_at_the_second_batch(fn, repeats, device):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return timed(fn, repeats, device, warmups=1)
+
+    monkeypatch.setattr(gpu_goals, "timed", dies_at_the_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        gpu_goals.main(gpu_goals.GpuGoalsArguments(**{**vars(a), "compile": "false"}))
+    partial = json.loads(out.read_text())
+    assert partial["complete"] is False and list(partial["results"]["generation"]["eager"]) == ["1"]
+    with pytest.raises(ValueError, match="--compile"):
+        gpu_goals.GpuGoalsArguments(compile="yes")

@@ -62,6 +62,9 @@ class LoopArguments:
     )
     first_prompt: int = field(default=128, metadata={"help": "First held-out prompt of the final evaluation."})
     eval_prompts: int = field(default=256, metadata={"help": "Held-out prompts of the final evaluation."})
+    finetune: bool = field(
+        default=True, metadata={"help": "Fine-tune and evaluate too (false: stop after the agreement check)."}
+    )
     processes: int = field(default=2, metadata={"help": "Rollout processes (torchrun on CPU)."})
     seed: int = field(default=0, metadata={"help": "Seed of rollouts, listener, reward models and fine-tunes."})
 
@@ -212,6 +215,10 @@ def main(a: LoopArguments) -> dict:
         result["top1_ratio_vs_clap_confirm"] = {
             b: (confirm[f"preference-{b}"]["top1_gain"][0] / c if c > 0 else None) for b in models
         }
+    if not a.finetune:
+        atomic_write_json(out / "results.json", result)
+        publish_json(result, a.results_dir)
+        return result
     # the preference model as a rollout column, then the three fine-tunes from one rollout
     from base_model.files import file_hash
     from rewardflow.rollout import main as rollout_main

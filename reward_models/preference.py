@@ -103,6 +103,5 @@ class PreferenceReward(RewardModel):
             from .descriptors import batch_descriptors
 
             d = torch.as_tensor(batch_descriptors(waveforms, sample_rate), device=device)
-        with torch.no_grad():
-            r = self.head(torch.as_tensor(a, device=device).float(), torch.as_tensor(t, device=device).float(), d)
+        r = self.head(torch.as_tensor(a, device=device).float(), torch.as_tensor(t, device=device).float(), d)
         return {"preference": r.cpu()}

@@ -339,6 +339,8 @@ def test_preference_loop_tiny(tmp_path, monkeypatch):
     metrics.write_text(json.dumps(stale))
     main(a)
     assert json.loads(metrics.read_text())["settings"]["steps"] != 1
+    agreement_only = main(LoopArguments(**{**vars(a), "finetune": False}))  # stops before the rescore and the runs
+    assert agreement_only["runs"] == {} and set(agreement_only["agreement_confirm"]) == set(result["agreement"])
 
 
 def test_synthmusic_verifier_calibration_tiny(tmp_path, monkeypatch):

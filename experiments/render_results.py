@@ -269,15 +269,18 @@ def _delta(run: dict, key: str) -> str:
 
 
 def oracle() -> str:
-    """The oracle's online rounds on the guided (`results.json`) and the unguided (`rollout_cfg1.json`) rollout, each
-    round against the base and, where the study measured it, against the round before."""
+    """The oracle's online rounds on the guided (`results.json`) and the unguided (`rollout_cfg1.json`, 4 clips a prompt
+    keeping the best; `rollout_cfg1_n8.json`, 8 keeping the best) rollout, each round against the base and, where the
+    study measured it, against the round before."""
     lines = [
         _row(["rollout", "model", "verifier", "Δ verifier vs base", "Δ verifier vs previous round", "Δ CLAP", "KL",
               "mel Fréchet", "trained on: mean", "trained on: best of n"]),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
-    for rollout, name in (("CFG 3", "results.json"), ("CFG 1", "rollout_cfg1.json")):
+    for name in ("results.json", "rollout_cfg1.json"):
         r = _load(RESULTS / "alignment" / name)
+        n = r["settings"]["num_generations"]
+        rollout = f"CFG {r['settings']['rollout_cfg_scale']:g}, best {math.ceil(r['settings'].get('top_k', 0.25) * n)} of {n}"
         names = ["verifier-topk"] + [n for n in r["runs"] if n.startswith("oracle-round-")]
         b, gains = r["base"], r.get("oracle_round_gains", {})
         spread = r.get("oracle_round_rollouts", {})
@@ -474,12 +477,13 @@ def guardrail() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _preference() -> dict:
-    return _load(RESULTS / "preference" / "results.json")
+def _preference(folder: str = "preference") -> dict:
+    return _load(RESULTS / folder / "results.json")
 
 
-def preference_agreement() -> str:
-    r = _preference()
+def preference_agreement(folder: str = "preference") -> str:
+    """The preference models' within-prompt agreement with the verifier, against CLAP's, from `results/<folder>`."""
+    r = _preference(folder)
     agree, models, confirm = r["agreement"], r["reward_models"], r.get("agreement_confirm")
     clap = agree["clap"]["top1_gain"][0]
     head = ["reward", "labelled pairs", "held-out pair accuracy", "Spearman with the verifier",
@@ -626,6 +630,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "demo": demo,
     "preference-agreement": preference_agreement,
     "preference-finetune": preference_finetune,
+    "preference-agreement-label512": lambda: preference_agreement("preference_label512"),
     "decoder-ceiling": decoder_ceiling,
     "generator": generator,
     "build-progress": build_progress,

@@ -277,7 +277,7 @@ def oracle() -> str:
               "mel Fréchet", "trained on: mean", "trained on: best of n"]),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
-    for name in ("results.json", "rollout_cfg1.json"):
+    for name in ("results.json", "rollout_cfg1.json", "rollout_cfg1_n8.json"):
         r = _load(RESULTS / "alignment" / name)
         n = r["settings"]["num_generations"]
         rollout = f"CFG {r['settings']['rollout_cfg_scale']:g}, best {math.ceil(r['settings'].get('top_k', 0.25) * n)} of {n}"

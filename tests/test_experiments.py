@@ -1,7 +1,6 @@
 """Experiment scripts at toy size: each writes its result with every figure or an explicit n/a."""
 
 import json
-import shutil
 
 
 def test_decoding_scaling_tiny(tmp_path):
@@ -229,16 +228,20 @@ def test_alignment_study_tiny(tmp_path, monkeypatch):
 
     (tmp_path / "results" / "alignment").mkdir(parents=True)
     (tmp_path / "published" / "results.json").rename(tmp_path / "results" / "alignment" / "results.json")
-    shutil.copyfile(
-        tmp_path / "results" / "alignment" / "results.json", tmp_path / "results" / "alignment" / "rollout_cfg1.json"
-    )
+    published = json.loads((tmp_path / "results" / "alignment" / "results.json").read_text())
+    for name, settings in (("rollout_cfg1.json", {"rollout_cfg_scale": 1.0}),  # the other studies the record renders
+                           ("rollout_cfg1_n8.json", {"rollout_cfg_scale": 1.0, "num_generations": 8, "top_k": 0.125})):  # fmt: skip
+        study = {**published, "settings": {**published["settings"], **settings}}
+        (tmp_path / "results" / "alignment" / name).write_text(json.dumps(study))
     monkeypatch.setattr(render_results, "RESULTS", tmp_path / "results")
     for name in ("oracle", "clap-control", "aesthetics", "tau", "best-of-n", "guardrail"):
         table = render_results.RENDERERS[name]()
         assert table.count("\n") >= 3 and "| " in table, name
-    rows = [r for r in render_results.oracle().splitlines() if r.startswith("| CFG 1 | verifier as reward, round 2 |")]
-    assert len(rows) == 1 and "[" in rows[0].split(" | ")[4]  # round 2 against round 1, with its interval
-    assert rows[0].split(" | ")[-1].strip(" |") == f"{spread['round-2']['best_of_n']:.3f}"  # what round 2 trained on
+    oracle_rows = render_results.oracle().splitlines()
+    for label in ("CFG 3, best 1 of 2", "CFG 1, best 1 of 2", "CFG 1, best 1 of 8"):  # each study named by its rollout
+        rows = [r for r in oracle_rows if r.startswith(f"| {label} | verifier as reward, round 2 |")]
+        assert len(rows) == 1 and "[" in rows[0].split(" | ")[4]  # round 2 against round 1, with its interval
+        assert rows[0].split(" | ")[-1].strip(" |") == f"{spread['round-2']['best_of_n']:.3f}"  # what it trained on
 
 
 def test_music_alignment_tiny(tmp_path, monkeypatch):

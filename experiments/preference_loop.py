@@ -184,6 +184,12 @@ def main(a: LoopArguments) -> dict:
 
     out = Path(a.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+
+    def finish(result: dict) -> dict:
+        atomic_write_json(out / "results.json", result)
+        publish_json(result, a.results_dir)
+        return result
+
     study = StudyArguments(output_dir=str(out), results_dir="", model=a.model, rollout_prompts=a.label_prompts,
                            num_generations=a.num_generations, rollout_cfg_scale=a.rollout_cfg_scale,
                            max_steps=a.max_steps, batch_size=a.batch_size, learning_rate=a.learning_rate, beta=a.beta,
@@ -216,9 +222,7 @@ def main(a: LoopArguments) -> dict:
             b: (confirm[f"preference-{b}"]["top1_gain"][0] / c if c > 0 else None) for b in models
         }
     if not a.finetune:
-        atomic_write_json(out / "results.json", result)
-        publish_json(result, a.results_dir)
-        return result
+        return finish(result)
     # the preference model as a rollout column, then the three fine-tunes from one rollout
     from base_model.files import file_hash
     from rewardflow.rollout import main as rollout_main
@@ -246,9 +250,7 @@ def main(a: LoopArguments) -> dict:
     for name in ("preference-topk", *map(dpo_name, a.dpo_betas)):
         result["runs"][name]["paired_vs_clap"] = paired_difference(study, report, finals[name], finals["clap-topk"])
     result["metric_info"] = report["metric_info"]
-    atomic_write_json(out / "results.json", result)
-    publish_json(result, a.results_dir)
-    return result
+    return finish(result)
 
 
 def make_parser():

@@ -268,6 +268,13 @@ def _delta(run: dict, key: str) -> str:
     return _bci(d) if d else "n/a"
 
 
+def _kept(settings: dict) -> str:
+    """What a study's top-k runs keep of each prompt's clips, rounded up as `topk` does (studies made before
+    `--top_k` kept 0.25)."""
+    n = settings["num_generations"]
+    return f"best {math.ceil(settings.get('top_k', 0.25) * n)} of {n}"
+
+
 def oracle() -> str:
     """The oracle's online rounds on the guided (`results.json`) and the unguided (`rollout_cfg1.json`, 4 clips a prompt
     keeping the best; `rollout_cfg1_n8.json`, 8 keeping the best) rollout, each round against the base and, where the
@@ -279,8 +286,7 @@ def oracle() -> str:
     ]  # fmt: skip
     for name in ("results.json", "rollout_cfg1.json", "rollout_cfg1_n8.json"):
         r = _load(RESULTS / "alignment" / name)
-        n = r["settings"]["num_generations"]
-        rollout = f"CFG {r['settings']['rollout_cfg_scale']:g}, best {math.ceil(r['settings'].get('top_k', 0.25) * n)} of {n}"
+        rollout = f"CFG {r['settings']['rollout_cfg_scale']:g}, {_kept(r['settings'])}"
         names = ["verifier-topk"] + [n for n in r["runs"] if n.startswith("oracle-round-")]
         b, gains = r["base"], r.get("oracle_round_gains", {})
         spread = r.get("oracle_round_rollouts", {})
@@ -518,8 +524,7 @@ def preference_finetune() -> str:
                    "Δ KL vs base", "mel Fréchet"]), "|---|---|---|---|---|---|---|"]  # fmt: skip
     b = r["base"]
     lines.append(_row(["base", _f(b["verifier"]), "", "", "", "", _f(b.get("mel_frechet"), 1)]))
-    n_clips = r["settings"]["num_generations"]
-    kept = f"best {math.ceil(r['settings']['top_k'] * n_clips)} of {n_clips}"  # the top-k runs round up
+    kept = _kept(r["settings"])
     dpo = [(f"DPO on the listener's pairs, β = {n.removeprefix('dpo-preferences-beta')}", n)
            for n in sorted((n for n in r["runs"] if n.startswith("dpo-preferences-beta")),
                            key=lambda n: -float(n.removeprefix("dpo-preferences-beta")))]  # fmt: skip

@@ -103,11 +103,11 @@ def test_gpu_goals_script_runs_on_cpu_shapes_and_keeps_what_it_measured(tmp_path
 
     timed, calls = gpu_goals.timed, []
 
-    def dies_at_the_second_batch(fn, repeats, device):
+    def dies_at_the_second_batch(fn, repeats, device, **kw):
         calls.append(1)
         if len(calls) > 1:
             raise KeyboardInterrupt
-        return timed(fn, repeats, device, warmups=1)
+        return timed(fn, repeats, device, **kw)
 
     monkeypatch.setattr(gpu_goals, "timed", dies_at_the_second_batch)
     with pytest.raises(KeyboardInterrupt):

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+
+from experiments.benchmarks.sampler import fill_zero_init, timed  # noqa: E402  (needs ROOT on the path)
 
 
 @dataclass
@@ -62,37 +63,13 @@ class GpuGoalsArguments:
             raise ValueError(f"--batch_sizes must be positive integers, got {self.batch_sizes}.")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, repeats: int, device: torch.device, warmups: int = 2) -> float:
-    """Median seconds of `fn()` over `repeats` runs after `warmups` (compilation and graph capture happen there)."""
-    for _ in range(warmups):
-        fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def build_model(preset: str, latent_channels: int, text_hidden_size: int, device, dtype):
     """A `preset` MaskAudioFlow fitting the bundled VAE and text encoder, random weights (heads made non-zero)."""
     from base_model import MaskAudioFlow, MaskAudioFlowConfig
 
     torch.manual_seed(0)
     cfg = MaskAudioFlowConfig.from_preset(preset, latent_channels=latent_channels, text_hidden_size=text_hidden_size)
-    model = MaskAudioFlow(cfg).eval().requires_grad_(False)
-    with torch.no_grad():  # AdaLN-Zero layers output 0 at init
-        for p in model.parameters():
-            if p.abs().sum() == 0:
-                p.normal_(0, 0.02)
-    return model.to(device, dtype)
+    return fill_zero_init(MaskAudioFlow(cfg).eval().requires_grad_(False)).to(device, dtype)
 
 
 def compile_model(model) -> None:
@@ -158,7 +135,7 @@ def main(a: GpuGoalsArguments) -> dict:
         rows = results["generation"].setdefault(variant, {})
         for batch in a.batch_sizes:
             try:
-                s = timed(generation_fn(pipe, model, batch, a), a.repeats, device)
+                s = timed(generation_fn(pipe, model, batch, a), a.repeats, device, warmups=2)  # CUDA graphs record
                 rows[str(batch)] = {"seconds_per_batch": round(s, 5), "clips_per_second": round(batch / s, 2)}
             except Exception as err:
                 rows[str(batch)] = {"error": f"{type(err).__name__}: {err}"[:500]}

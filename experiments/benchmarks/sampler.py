@@ -58,8 +58,10 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def timed(fn, repeats: int, device) -> float:
-    fn()  # warm-up
+def timed(fn, repeats: int, device, warmups: int = 1) -> float:
+    """Median seconds of `fn()` over `repeats` runs after `warmups` untimed ones (compilation, graph capture)."""
+    for _ in range(warmups):
+        fn()
     times = []
     for _ in range(repeats):
         _sync(device)
@@ -68,6 +70,16 @@ def timed(fn, repeats: int, device) -> float:
         _sync(device)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def fill_zero_init(model: torch.nn.Module) -> torch.nn.Module:
+    """Gives the all-zero tensors of a fresh model (AdaLN-Zero layers output 0 at init) small random weights, so a
+    timed untrained model computes something that means something; in place, returned for chaining."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.02)
+    return model
 
 
 def matmul_peak(device, dtype=torch.float32, n: int = 2048, repeats: int = 5) -> float:
@@ -138,11 +150,7 @@ def main(a: SamplerBenchArguments) -> dict:
     def build(**kw):
         cfg = MaskAudioFlowConfig.from_preset(a.preset, **kw)
         m = MaskAudioFlow(cfg).eval().to(device, dtype).requires_grad_(False)  # FlopCounterMode needs no autograd here
-        with torch.no_grad():  # AdaLN-Zero heads output 0 at init; give them weights so outputs mean something
-            for p in m.parameters():
-                if p.abs().sum() == 0:
-                    p.normal_(0, 0.02)
-        return m
+        return fill_zero_init(m)
 
     models = {"mlp": build(), "transformer": build(head_type="transformer"), "cfm": build(flow_type="cfm")}
     D_text = models["mlp"].config.text_hidden_size

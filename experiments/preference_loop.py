@@ -41,6 +41,8 @@ class LoopArguments:
     num_generations: int = field(default=6, metadata={"help": "Clips per prompt (n clips give n(n-1)/2 pairs)."})
     rollout_cfg_scale: float = field(default=3.0, metadata={"help": "Guidance of the rollouts."})
     budgets: list[int] = field(default_factory=lambda: [200, 1000, 3000], metadata={"help": "Labelled pairs."})
+    reward_steps: int = field(default=100, metadata={"help": "The reward trainer's --steps."})
+    reward_select_step: bool = field(default=False, metadata={"help": "The reward trainer's --select_step."})
     error_rate: float = field(default=0.1, metadata={"help": "Simulated listener: chance of flipping an answer."})
     bias: str = field(default="", metadata={"help": "Simulated listener bias: '' or 'louder'."})
     bias_strength: float = field(default=0.0, metadata={"help": "Chance the bias decides an answer."})
@@ -136,7 +138,8 @@ def train_reward_models(a: LoopArguments, rollout: str, out: Path, labelled: int
             print(f"budget {budget} skipped: only {labelled} pairs could be labelled", flush=True)
             continue
         folder = out / f"reward-{budget}"
-        cfg = RewardTrainingConfig(rollouts=[rollout], output_dir=str(folder), max_pairs=budget, seed=a.seed)
+        cfg = RewardTrainingConfig(rollouts=[rollout], output_dir=str(folder), max_pairs=budget, seed=a.seed,
+                                   steps=a.reward_steps, select_step=a.reward_select_step)  # fmt: skip
         made = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
         if made.get("settings") != asdict(cfg):  # missing, or made with other trainer settings: (re)train
             train_main(cfg)

@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import re
+import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -518,6 +519,47 @@ def preference_agreement(folder: str = "preference") -> str:
     return "\n".join(lines) + "\n"
 
 
+def reward_recipes() -> str:
+    """The recipe study (`reward_recipes/results.json`): per recipe and budget, each ratio to CLAP's top-1 gain as the
+    median over seeds with its range, on each fresh set and on all of them pooled."""
+    r = _load(RESULTS / "reward_recipes" / "results.json")
+    s = r["settings"]
+    sets = ["fresh", "confirm"] + (["large"] if s.get("large_prompts") else [])
+    names = {"fresh": "× CLAP's top-1 gain, first set", "confirm": "confirmation set",
+             "large": f"{s.get('large_prompts')}-prompt set"}  # fmt: skip
+    head = ["recipe", "trainer flags", "labelled pairs", *(names[k] for k in sets), "all sets pooled",
+            "pooled top-1 gain − 2× CLAP's, worst seed", "held-out pair accuracy", "steps kept"]  # fmt: skip
+    lines = [_row(head), "|" + "---|" * len(head)]
+
+    def spread(values: list) -> str:
+        v = [x for x in values if x is not None]
+        return f"{statistics.median(v):.2f} [{min(v):.2f}, {max(v):.2f}]" if v else "n/a"
+
+    for recipe in s["recipes"]:
+        flags = " ".join(f"`--{k} {str(v).lower() if isinstance(v, bool) else v}`"
+                         for k, v in s["recipe_fields"][recipe].items()) or "defaults"  # fmt: skip
+        for budget in s["budgets"]:
+            cells = [c for c in r["cells"] if c["recipe"] == recipe and c["budget"] == budget]
+            if not cells:
+                continue
+            steps = sorted(x for c in cells for x in c["steps"])
+            lines.append(_row([recipe, flags, budget, *(spread([c[f"ratio_{k}"] for c in cells])
+                                                        for k in (*sets, "pooled")),
+                               _bci(min((c["pooled"]["top1_minus_2clap"] for c in cells), key=lambda d: d[1])),
+                               _f(float(statistics.median([c["heldout_pair_accuracy"] for c in cells]))),
+                               f"{steps[0]}–{steps[-1]} (median {int(statistics.median(steps))})"]))  # fmt: skip
+    clap = r["clap"]
+    lines.append(f"\nRatios: median [min, max] over seeds {', '.join(map(str, s['seeds']))}. The difference is paired by "
+                 "prompt over every set, with its 95 % interval, for the seed whose lower bound is lowest. CLAP's top-1 gain is "
+                 f"{clap['fresh']['top1_gain'][0]:+.3f} on the first set ({clap['fresh']['prompts']} prompts ranked), "
+                 f"{clap['confirm']['top1_gain'][0]:+.3f} on the confirmation set ({clap['confirm']['prompts']})"
+                 + (f", {clap['large']['top1_gain'][0]:+.3f} on the {s['large_prompts']}-prompt set from held-out "
+                    f"prompt {s['large_first_prompt']} ({clap['large']['prompts']})" if "large" in clap else "")
+                 + "; "
+                 f"{r['labelled_pairs']} answers from `{s['loop_dir']}`.")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def preference_finetune() -> str:
     r = _preference()
     lines = [_row(["run", "verifier", "Δ verifier vs base", "Δ verifier vs CLAP-tuned", "Δ CLAP vs base",
@@ -636,6 +678,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "preference-agreement": preference_agreement,
     "preference-finetune": preference_finetune,
     "preference-agreement-label512": lambda: preference_agreement("preference_label512"),
+    "reward-recipes": reward_recipes,
     "decoder-ceiling": decoder_ceiling,
     "generator": generator,
     "build-progress": build_progress,

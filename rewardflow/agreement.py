@@ -52,14 +52,10 @@ def _interval(values: list, n: int, seed: int) -> list[float]:
     return list(bootstrap_interval(np.asarray(values, dtype=np.float64), n, seed))
 
 
-def within_prompt_agreement(
-    reward: np.ndarray, referee: np.ndarray, groups: list, bootstrap: int = 2000, seed: int = 0
-) -> dict:
-    """Agreement of `reward` with `referee` (both `(N,)`) within the groups (`groups[i]`: sample i's prompt id).
-
-    Rows where either value is NaN are left out; groups with fewer than two samples left count for nothing.
-    Returns `{"spearman", "top1_gain", "oracle_gain"}` as `[mean, low, high]` plus `prompts` and `prompts_ranked`.
-    """
+def per_prompt(reward: np.ndarray, referee: np.ndarray, groups: list) -> dict[str, list[float]]:
+    """`within_prompt_agreement`'s per-prompt values, in `group_indices` order: `top1` and `oracle` (one per prompt
+    with two or more samples left, so two rewards scored on one table line up prompt by prompt) and `spearman`
+    (only the prompts where neither value is constant)."""
     r, q = np.asarray(reward, dtype=np.float64), np.asarray(referee, dtype=np.float64)
     if r.shape != q.shape or r.ndim != 1 or len(groups) != len(r):
         raise ValueError(f"reward {r.shape}, referee {q.shape} and groups ({len(groups)}) must all be (N,).")
@@ -75,6 +71,19 @@ def within_prompt_agreement(
         oracle.append(gq.max() - gq.mean())
         if np.ptp(gr) > 0 and np.ptp(gq) > 0:
             rho.append(float(spearmanr(gr, gq).statistic))
+    return {"top1": top1, "oracle": oracle, "spearman": rho}
+
+
+def within_prompt_agreement(
+    reward: np.ndarray, referee: np.ndarray, groups: list, bootstrap: int = 2000, seed: int = 0
+) -> dict:
+    """Agreement of `reward` with `referee` (both `(N,)`) within the groups (`groups[i]`: sample i's prompt id).
+
+    Rows where either value is NaN are left out; groups with fewer than two samples left count for nothing.
+    Returns `{"spearman", "top1_gain", "oracle_gain"}` as `[mean, low, high]` plus `prompts` and `prompts_ranked`.
+    """
+    v = per_prompt(reward, referee, groups)
+    rho, top1, oracle = v["spearman"], v["top1"], v["oracle"]
     return {
         "spearman": _interval(rho, bootstrap, seed),
         "top1_gain": _interval(top1, bootstrap, seed),

@@ -10,9 +10,10 @@ skips are left out; `reward_models/preference.py`).
 
 `--ensemble K` trains K heads, each with its own seed and its own held-out share of the prompts
 (`--heldout_fraction`, by prompt, so no held-out pair's prompt was trained on by that head); the model's score is
-their mean. Each head keeps the step with the best pair accuracy on its held-out prompts (checked every 25 steps;
-`--select_step false` keeps the last). That accuracy picked the step, so it is optimistic: the reported
-`heldout_pair_accuracy` is its mean over heads, and fresh prompts (the agreement diagnostic) are the unbiased check.
+their mean. Each head trains `--steps` full-batch steps (default 100) and reports its pair accuracy on its held-out
+prompts, which chose nothing and so is an honest estimate. `--select_step true` instead keeps each head's step with
+the best held-out accuracy (checked every 25 steps), which makes that accuracy optimistic; on the embedded default the
+fixed 100 steps ranked clips better and varied less with the seed (`experiments/README.md` §6, recipe study).
 The result is a `save_pretrained` folder with a model card and `metrics.json`, loadable as
 `load_reward("preference:<dir>")` and usable in rollout, fine-tuning (`--reward preference`) and the agreement
 diagnostic.
@@ -50,12 +51,12 @@ class RewardTrainingConfig:
     )
     ensemble: int = field(default=5, metadata={"help": "Heads, each with its own seed and held-out prompts."})
     hidden_size: int = field(default=32, metadata={"help": "Head width."})
-    steps: int = field(default=1000, metadata={"help": "Adam steps per head (full batch)."})
+    steps: int = field(default=100, metadata={"help": "Adam steps per head (full batch)."})
     learning_rate: float = field(default=3e-4, metadata={"help": "Adam learning rate."})
     weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay."})
     heldout_fraction: float = field(default=0.2, metadata={"help": "Share of prompts each head holds out."})
     select_step: bool = field(
-        default=True, metadata={"help": "Keep each head's step with the best held-out pair accuracy."}
+        default=False, metadata={"help": "Keep each head's step with the best held-out pair accuracy (else the last)."}
     )
     max_pairs: int = field(default=0, metadata={"help": "Use the first N answered pairs by time (0: all)."})
     seed: int = field(default=0, metadata={"help": "Seed of the split and the head's init."})
@@ -97,41 +98,48 @@ def pair_table(cfg: RewardTrainingConfig) -> list[dict]:
     return pairs
 
 
-def embed_pairs(pairs: list[dict], clap, with_descriptors: bool = False) -> tuple[torch.Tensor, ...]:
-    """CLAP embeddings of every pair's two clips and prompt: `(audio_a, audio_b, text)`, each `(P, E)`, then with
-    `with_descriptors` the two clips' signal descriptors `(desc_a, desc_b)`, each `(P, D)`."""
+def clip_features(rows: list[dict], clap, with_descriptors: bool = False) -> dict[str, torch.Tensor]:
+    """What the heads read of each clip (`rows[i]`: `{"rollout", "audio_path", "prompt"}`): `{"audio", "text"}` its
+    CLAP audio embedding and its prompt's text embedding, each `(N, E)`, and with `with_descriptors` its signal
+    descriptors `"desc"` `(N, D)`; each clip read as stored (what a listener heard and judged)."""
     from rewardflow.rollout_table import read_audio
 
-    clips, order = {}, []
-    for p in pairs:
-        for side in ("a", "b"):
-            key = (p[side]["rollout"], p[side]["audio_path"])
-            if key not in clips:
-                wav, sr = read_audio(Path(key[0]) / key[1])  # as stored: what the listener heard and judged
-                clips[key] = (torch.from_numpy(np.asarray(wav, dtype=np.float32)), sr)
-                order.append(key)
-    rates = {s for _, s in clips.values()}
+    wavs, rates = [], set()
+    for r in rows:
+        wav, sr = read_audio(Path(r["rollout"]) / r["audio_path"])
+        wavs.append(torch.from_numpy(np.asarray(wav, dtype=np.float32)))
+        rates.add(sr)
     if len(rates) != 1:
         raise ValueError(f"the rollouts mix sample rates {sorted(rates)}; train on rollouts of one generator.")
     rate = rates.pop()
-    emb = {}
-    for i in range(0, len(order), 32):
-        keys = order[i : i + 32]
-        n = max(len(clips[k][0]) for k in keys)
-        batch = torch.stack([torch.nn.functional.pad(clips[k][0], (0, n - len(clips[k][0]))) for k in keys])
-        emb.update(zip(keys, torch.as_tensor(clap.embed_audio(batch, rate))))
-    prompts = sorted({p["prompt"] for p in pairs})
-    text = dict(zip(prompts, torch.as_tensor(clap.embed_text(prompts))))
-
-    def side(table: dict, s: str) -> torch.Tensor:
-        return torch.stack([torch.as_tensor(table[(p[s]["rollout"], p[s]["audio_path"])]) for p in pairs]).float()
-
-    out = (side(emb, "a"), side(emb, "b"), torch.stack([text[p["prompt"]] for p in pairs]).float())
+    audio = []
+    for i in range(0, len(wavs), 32):
+        n = max(len(w) for w in wavs[i : i + 32])
+        batch = torch.stack([torch.nn.functional.pad(w, (0, n - len(w))) for w in wavs[i : i + 32]])
+        audio.append(torch.as_tensor(clap.embed_audio(batch, rate)).float())
+    prompts = sorted({r["prompt"] for r in rows})
+    text = dict(zip(prompts, torch.as_tensor(clap.embed_text(prompts)).float()))
+    out = {"audio": torch.cat(audio), "text": torch.stack([text[r["prompt"]] for r in rows])}
     if with_descriptors:
         from reward_models.descriptors import descriptors
 
-        desc = {k: descriptors(clips[k][0].numpy(), rate) for k in order}  # each clip as stored, unpadded
-        out += (side(desc, "a"), side(desc, "b"))
+        out["desc"] = torch.as_tensor(np.stack([descriptors(w.numpy(), rate) for w in wavs])).float()
+    return out
+
+
+def embed_clips(pairs: list[dict], clap, with_descriptors: bool = False) -> dict[str, torch.Tensor]:
+    """Each clip the pairs name, once (`clip_features`), and the pairs as clip indices `{"a", "b"}`, each `(P,)`:
+    training scores every clip once per step and compares pairs by index."""
+    index, rows = {}, []
+    for p in pairs:
+        for side in ("a", "b"):
+            key = (p[side]["rollout"], p[side]["audio_path"])
+            if key not in index:
+                index[key] = len(rows)
+                rows.append({"rollout": key[0], "audio_path": key[1], "prompt": p["prompt"]})
+    out = clip_features(rows, clap, with_descriptors)
+    for side in ("a", "b"):
+        out[side] = torch.tensor([index[(p[side]["rollout"], p[side]["audio_path"])] for p in pairs])
     return out
 
 
@@ -144,17 +152,20 @@ def split_by_prompt(pairs: list[dict], fraction: float, seed: int) -> np.ndarray
     return np.array([bucket(p["prompt_id"]) < fraction for p in pairs])
 
 
-def fit(model, head: int, train: dict, held: dict | None, cfg: RewardTrainingConfig) -> tuple[list[float], dict]:
-    """Trains one head (`model.heads[head]`) on `train` (`{"a", "b", "t", "da", "db", "target"}`). With `held` pairs
-    it checks their pair accuracy every 25 steps and, with `--select_step`, keeps the best step (a check with no
-    decided pair counts for nothing); without, it reports the last step's. Returns the losses and
-    `{"step", "heldout_pair_accuracy"}` (None without held-out pairs)."""
+def fit(
+    model, head: int, clips: dict, train: dict, held: dict | None, cfg: RewardTrainingConfig
+) -> tuple[list[float], dict]:
+    """Trains one head (`model.heads[head]`) on the `train` pairs (`{"a", "b", "target"}`, `a` and `b` indices into
+    `clips`: `{"audio", "text", "desc"}` as `embed_clips` gives). With `held` pairs it checks their pair accuracy
+    every 25 steps and, with `--select_step`, keeps the best step (a check with no decided pair counts for nothing);
+    without, it reports the last step's. Returns the losses and `{"step", "heldout_pair_accuracy"}` (None without
+    held-out pairs)."""
     net = model.heads[head]
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
-    def margin(batch: dict) -> torch.Tensor:
-        score = [net(model.features(batch[s], batch["t"], batch.get("d" + s))).squeeze(-1) for s in ("a", "b")]
-        return score[0] - score[1]
+    def margin(pairs: dict) -> torch.Tensor:  # every clip scored once, then compared by pair
+        score = net(model.features(clips["audio"], clips["text"], clips.get("desc"))).squeeze(-1)
+        return score[pairs["a"]] - score[pairs["b"]]
 
     losses, best, kept = [], {"step": cfg.steps, "heldout_pair_accuracy": None}, None
     for step in range(1, cfg.steps + 1):
@@ -187,32 +198,32 @@ def decided_accuracy(margin: torch.Tensor, target: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def pair_accuracy(model, a, b, t, target, da=None, db=None) -> float:
-    """The whole model's pair accuracy (the mean of its heads' scores)."""
-    return decided_accuracy(model(a, t, da) - model(b, t, db), target)
+def pair_accuracy(model, clips: dict, target: torch.Tensor) -> float:
+    """The whole model's pair accuracy (the mean of its heads' scores) on the pairs of `clips` (`embed_clips`)."""
+    score = model(clips["audio"], clips["text"], clips.get("desc"))
+    return decided_accuracy(score[clips["a"]] - score[clips["b"]], target)
 
 
-def main(cfg: RewardTrainingConfig) -> dict:
-    from base_model.files import atomic_write_json, atomic_write_text
-    from reward_models.clap import ClapReward
+def train_model(cfg: RewardTrainingConfig, pairs: list[dict], clips: dict, clap) -> tuple[object, dict]:
+    """The heads trained on `pairs` whose clips `embed_clips` embedded with `clap`: `(model, metrics)`. No files;
+    `main` saves them, and a study can call this many times on one embedding."""
     from reward_models.preference import PreferenceRewardConfig, PreferenceRewardModel
 
-    pairs = pair_table(cfg)  # checked before CLAP loads
-    clap = ClapReward(checkpoint=cfg.clap_checkpoint or None)
-    start = time.perf_counter()
-    a, b, t, *desc = embed_pairs(pairs, clap, with_descriptors=cfg.descriptors)
-    data = {"a": a, "b": b, "t": t, "target": torch.tensor([p["target"] for p in pairs], dtype=torch.float32)}
-    if desc:
-        data["da"], data["db"] = desc
-    config = PreferenceRewardConfig(embed_dim=a.shape[1], hidden_size=cfg.hidden_size, clap_checkpoint=cfg.clap_checkpoint,
-                                    clap_model_id=clap.model_id, clap_hash=clap.checkpoint_hash,
-                                    descriptor_dim=desc[0].shape[1] if desc else 0, num_heads=cfg.ensemble)  # fmt: skip
+    data = {
+        "a": clips["a"],
+        "b": clips["b"],
+        "target": torch.tensor([p["target"] for p in pairs], dtype=torch.float32),
+    }
+    desc = clips.get("desc")
+    config = PreferenceRewardConfig(embed_dim=clips["audio"].shape[1], hidden_size=cfg.hidden_size,
+                                    clap_checkpoint=cfg.clap_checkpoint, clap_model_id=clap.model_id,
+                                    clap_hash=clap.checkpoint_hash, descriptor_dim=0 if desc is None else desc.shape[1],
+                                    num_heads=cfg.ensemble)  # fmt: skip
     torch.manual_seed(cfg.seed)
     model = PreferenceRewardModel(config)
-    if desc:  # standardised by the statistics of every clip in the table
-        every = torch.cat(desc)
-        model.descriptor_mean.copy_(every.mean(0))
-        model.descriptor_scale.copy_(every.std(0).clamp_min(1e-6))
+    if desc is not None:  # standardised by the statistics of every clip in the table
+        model.descriptor_mean.copy_(desc.mean(0))
+        model.descriptor_scale.copy_(desc.std(0).clamp_min(1e-6))
     heads = []
     for k in range(cfg.ensemble):
         seed = cfg.seed + k
@@ -223,7 +234,7 @@ def main(cfg: RewardTrainingConfig) -> dict:
         held = torch.from_numpy(split_by_prompt(pairs, cfg.heldout_fraction, seed))
         train_part = {key: v[~held] for key, v in data.items()}
         held_part = {key: v[held] for key, v in data.items()} if held.any() else None
-        losses, best = fit(model, k, train_part, held_part, cfg)
+        losses, best = fit(model, k, clips, train_part, held_part, cfg)
         heads.append({"seed": seed, "train_pairs": int((~held).sum()), "heldout_pairs": int(held.sum()),
                       "final_train_loss": losses[-1], **best})  # fmt: skip
         print(f"head {k + 1}/{cfg.ensemble}: step {best['step']}, held-out pair accuracy "
@@ -234,12 +245,23 @@ def main(cfg: RewardTrainingConfig) -> dict:
         "pairs": len(pairs), "train_pairs": heads[0]["train_pairs"], "heldout_pairs": heads[0]["heldout_pairs"],
         "heads": heads, "descriptors": cfg.descriptors,
         # over every labelled pair, most of which each head trained on: how well the ensemble fits its labels
-        "labelled_pair_accuracy": pair_accuracy(model, a, b, t, data["target"], *desc),
+        "labelled_pair_accuracy": pair_accuracy(model, clips, data["target"]),
         "heldout_pair_accuracy": float(np.mean(held_acc)) if held_acc else None,
         "final_train_loss": float(np.mean([h["final_train_loss"] for h in heads])),
-        "seconds": round(time.perf_counter() - start, 1), "labellers": sorted({p["labeller"] for p in pairs}),
-        "settings": asdict(cfg),
+        "labellers": sorted({p["labeller"] for p in pairs}), "settings": asdict(cfg),
     }  # fmt: skip
+    return model, metrics
+
+
+def main(cfg: RewardTrainingConfig) -> dict:
+    from base_model.files import atomic_write_json, atomic_write_text
+    from reward_models.clap import ClapReward
+
+    pairs = pair_table(cfg)  # checked before CLAP loads
+    clap = ClapReward(checkpoint=cfg.clap_checkpoint or None)
+    start = time.perf_counter()
+    model, metrics = train_model(cfg, pairs, embed_clips(pairs, clap, with_descriptors=cfg.descriptors), clap)
+    metrics["seconds"] = round(time.perf_counter() - start, 1)
     out = Path(cfg.output_dir)
     model.save_pretrained(out)
     atomic_write_json(out / "metrics.json", metrics)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from rewardflow.agreement import within_prompt_agreement
+from rewardflow.agreement import per_prompt, within_prompt_agreement
 
 GROUPS = [p for p in range(30) for _ in range(4)]
 
@@ -78,3 +78,17 @@ def test_cli_on_a_rollout(tmp_path):
     (bad,) = make_parser().parse_args_and_config(args=["--rollout", str(out), "--referee", "nope"])
     with pytest.raises(ValueError, match="Available: verifier"):
         main(bad)
+
+
+def test_per_prompt_values_line_up_with_the_summary():
+    """`per_prompt` gives the values `within_prompt_agreement` summarises, one per prompt in the same order for any
+    reward on one table, so two rewards can be differenced prompt by prompt."""
+    rng = np.random.default_rng(0)
+    groups = [f"p{i // 4}" for i in range(40)]
+    referee = rng.random(40)
+    a, b = rng.random(40), referee + 0.1 * rng.random(40)
+    pa, pb = per_prompt(a, referee, groups), per_prompt(b, referee, groups)
+    assert len(pa["top1"]) == len(pb["top1"]) == 10 and pa["oracle"] == pb["oracle"]
+    assert np.mean(pa["top1"]) == pytest.approx(within_prompt_agreement(a, referee, groups)["top1_gain"][0])
+    # b ranks almost as the referee does and a at random, so b's top-1 gain is higher prompt by prompt on average
+    assert np.mean(np.subtract(pb["top1"], pa["top1"])) > 0

@@ -169,7 +169,7 @@ def test_reward_model_learns_a_known_preference(rollout_dir, tmp_path):
     assert metrics["descriptors"] and [h["seed"] for h in metrics["heads"]] == [0, 1]
     card = (out / "README.md").read_text()  # the command that remakes it, whoever called the trainer
     assert f"python rewardflow/train_reward.py --rollouts {ro} --output_dir {out} --ensemble 2 --steps 300" in card
-    assert "--ensemble 2" in card and "--select_step false" in card
+    assert "--ensemble 2" in card and "--heldout_fraction 0.0" in card
     reward = load_reward(f"preference:{out}")
     wavs = [read_audio(ro / r["audio_path"])[0] for r in table]  # as stored: what the listener heard
     n = max(len(w) for w in wavs)
@@ -182,14 +182,15 @@ def test_reward_model_learns_a_known_preference(rollout_dir, tmp_path):
     assert (out / "README.md").is_file() and json.loads((out / "metrics.json").read_text())["pairs"] == 12
     # each head holds out its own prompts and keeps its best step on them
     held = train_main(RewardTrainingConfig(rollouts=[str(ro)], output_dir=str(tmp_path / "rm-held"), steps=60,
-                                           heldout_fraction=0.5, ensemble=3, descriptors=False))  # fmt: skip
+                                           heldout_fraction=0.5, ensemble=3, descriptors=False,
+                                           select_step=True))  # fmt: skip
     heads = held["heads"]
     assert all(h["step"] % 25 == 0 or h["step"] == 60 for h in heads)
     assert all(0 <= h["heldout_pair_accuracy"] <= 1 for h in heads if h["heldout_pairs"])
     assert len({h["heldout_pairs"] for h in heads}) > 1 or len(heads) == 1  # different prompts held out per head
     assert not held["descriptors"] and load_reward(f"preference:{tmp_path / 'rm-held'}").head.config.num_heads == 3
     with pytest.raises(ValueError, match="--select_step true picks a step on held-out prompts"):
-        RewardTrainingConfig(heldout_fraction=0.0)
+        RewardTrainingConfig(heldout_fraction=0.0, select_step=True)
 
 
 def test_dpo_moves_likelihood_toward_winners(rollout_dir, tmp_path):
@@ -275,18 +276,93 @@ def test_head_step_selection_on_synthetic_pairs():
 
     def pairs(n):  # the labeller prefers the clip whose embedding lies further along w
         a, b, t = (torch.randn(n, 8, generator=g) for _ in range(3))
-        return {"a": a, "b": b, "t": t, "target": ((a - b) @ w > 0).float()}
+        return a, b, t, ((a - b) @ w > 0).float()
 
-    train, held = pairs(256), pairs(128)
+    (ta, tb, tt, ty), (ha, hb, ht, hy) = pairs(256), pairs(128)
+    # one clip table: the training pairs' clips, then the held-out pairs'; pairs name their two clips by index
+    clips = {"audio": torch.cat([ta, tb, ha, hb]), "text": torch.cat([tt, tt, ht, ht])}
+    train = {"a": torch.arange(256), "b": torch.arange(256, 512), "target": ty}
+    held = {"a": torch.arange(512, 640), "b": torch.arange(640, 768), "target": hy}
     torch.manual_seed(0)
     model = PreferenceRewardModel(PreferenceRewardConfig(embed_dim=8, hidden_size=16))
-    cfg = RewardTrainingConfig(steps=100, learning_rate=1e-2)
-    _, best = fit(model, 0, train, held, cfg)
+    cfg = RewardTrainingConfig(steps=100, learning_rate=1e-2, select_step=True)
+    _, best = fit(model, 0, clips, train, held, cfg)
     assert best["step"] % 25 == 0 and best["heldout_pair_accuracy"] > 0.75
     with torch.no_grad():
-        margin = model(held["a"], held["t"]) - model(held["b"], held["t"])
-    assert ((margin > 0) == (held["target"] > 0.5)).float().mean() == pytest.approx(best["heldout_pair_accuracy"])
+        margin = model(ha, ht) - model(hb, ht)
+    assert ((margin > 0) == (hy > 0.5)).float().mean() == pytest.approx(best["heldout_pair_accuracy"])
     ties = {**held, "target": torch.full((128,), 0.5)}
-    assert fit(model, 0, train, ties, cfg)[1] == {"step": 100, "heldout_pair_accuracy": None}
-    last = fit(model, 0, train, held, RewardTrainingConfig(steps=30, select_step=False))[1]
+    assert fit(model, 0, clips, train, ties, cfg)[1] == {"step": 100, "heldout_pair_accuracy": None}
+    last = fit(model, 0, clips, train, held, RewardTrainingConfig(steps=30, select_step=False))[1]
     assert last["step"] == 30 and 0 <= last["heldout_pair_accuracy"] <= 1
+
+
+def test_reward_recipes_study(rollout_dir, tmp_path, monkeypatch):
+    """The recipe study trains each recipe × budget × seed on one embedding, scores it on both fresh sets as a
+    multiple of CLAP's top-1 gain, resumes cell by cell, and rejects unknown recipes and incomplete loop folders."""
+    import shutil
+
+    from experiments import reward_recipes
+    from experiments.reward_recipes import RecipeArguments, first_pairs
+    from reward_models.clap import ClapReward
+    from rewardflow.listeners import SimulatedListener
+    from rewardflow.rollout_table import load_rollout
+    from rewardflow.train_reward import RewardTrainingConfig, embed_clips, pair_table
+
+    loop = tmp_path / "loop"
+    label = fresh_copy(rollout_dir, tmp_path)
+    httpd, base = start(label, cover_prompts=False)
+    SimulatedListener(base, {r["prompt_id"]: r["attributes"] for r in load_rollout(label)}, name="loud",
+                      bias="louder", bias_strength=1.0).label(100)  # fmt: skip
+    httpd.shutdown()
+    shutil.move(label, loop / "rollout-label")
+    with pytest.raises(ValueError, match="lacks \\['rollout-fresh', 'rollout-confirm'\\]"):
+        RecipeArguments(loop_dir=str(loop))
+    for name in ("fresh", "confirm"):  # the tiny rollout stands in for both fresh sets
+        shutil.copytree(rollout_dir, loop / f"rollout-{name}", ignore=shutil.ignore_patterns("preferences"))
+    with pytest.raises(ValueError, match="--recipes \\['wide'\\] unknown"):
+        RecipeArguments(loop_dir=str(loop), recipes=["wide"])
+    with pytest.raises(ValueError, match="--seeds \\[0, 1\\] share heads"):
+        RecipeArguments(loop_dir=str(loop), seeds=[0, 1])
+    with pytest.raises(ValueError, match="up to 10 heads space the seeds at least 10 apart"):
+        RecipeArguments(loop_dir=str(loop), recipes=["select_step", "ensemble10"], seeds=[0, 5])
+    with pytest.raises(ValueError, match="has no results.json"):
+        RecipeArguments(loop_dir=str(loop), large_prompts=4)
+    (loop / "results.json").write_text(json.dumps({"settings": {"first_prompt": 128, "eval_prompts": 256,
+                                                                "confirm_first_prompt": 512, "confirm_prompts": 128}}))  # fmt: skip
+    with pytest.raises(ValueError, match="--large_first_prompt 600 overlaps .* start it at or after 640"):
+        RecipeArguments(loop_dir=str(loop), large_prompts=4, large_first_prompt=600)
+
+    # the first n pairs' clips are a prefix of the whole table's: the same features embed_clips gives them alone
+    clap = ClapReward()
+    every = pair_table(RewardTrainingConfig(rollouts=[str(loop / "rollout-label")]))
+    whole, alone = first_pairs(embed_clips(every, clap, True), 5), embed_clips(every[:5], clap, True)
+    assert whole.keys() == alone.keys() and all(
+        torch.allclose(whole[k].float(), alone[k].float(), atol=1e-5) for k in whole
+    )
+
+    args = RecipeArguments(loop_dir=str(loop), output_dir=str(tmp_path / "out"), results_dir="",
+                           recipes=["select_step", "fixed_100"], budgets=[6, 12], seeds=[0], bootstrap=100)  # fmt: skip
+    result = reward_recipes.main(args)
+    assert [(c["recipe"], c["budget"]) for c in result["cells"]] == [("fixed_100", 6), ("fixed_100", 12),
+                                                                      ("select_step", 6), ("select_step", 12)]  # fmt: skip
+    for cell in result["cells"]:
+        for name in ("fresh", "confirm"):
+            clap_top1 = result["clap"][name]["top1_gain"][0]
+            want = cell[name]["top1_gain"][0] / clap_top1 if clap_top1 > 0 else None
+            assert cell[f"ratio_{name}"] == (pytest.approx(want) if want is not None else None)
+        # the two fresh sets are one rollout here, so pooling them changes nothing
+        gap = cell["fresh"]["top1_gain"][0] - result["clap"]["fresh"]["top1_gain"][0]
+        assert cell["pooled"]["top1_minus_clap"][0] == pytest.approx(gap)
+        assert cell["confirm"]["top1_minus_2clap"][0] == pytest.approx(gap - result["clap"]["fresh"]["top1_gain"][0])
+        assert cell["ratio_pooled"] == (
+            pytest.approx(cell["ratio_fresh"]) if cell["ratio_fresh"] is not None else None
+        )
+    assert [c["steps"] for c in result["cells"] if c["recipe"] == "fixed_100"] == [[100] * 5] * 2
+
+    def untouched(*_, **__):
+        raise AssertionError("a finished cell was trained again")
+
+    monkeypatch.setattr("rewardflow.train_reward.train_model", untouched)
+    again = reward_recipes.main(args)
+    assert [c["ratio_fresh"] for c in again["cells"]] == [c["ratio_fresh"] for c in result["cells"]]

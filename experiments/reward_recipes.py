@@ -108,7 +108,8 @@ class RecipeArguments:
 
 
 def eval_set(rollout: Path, clap, with_descriptors: bool) -> dict:
-    """The fresh set's clips as the heads read them, with their prompt ids and CLAP and verifier scores."""
+    """The fresh set's clips as the heads read them, with their prompt ids, CLAP and verifier scores and CLAP's
+    per-prompt top-1 gains."""
     from rewardflow.rollout_table import load_rollout
     from rewardflow.train_reward import clip_features
 
@@ -116,9 +117,18 @@ def eval_set(rollout: Path, clap, with_descriptors: bool) -> dict:
     rows = [
         {"rollout": str(rollout), "audio_path": p, "prompt": q} for p, q in zip(table["audio_path"], table["prompt"])
     ]
-    return {"features": clip_features(rows, clap, with_descriptors), "groups": list(table["prompt_id"]),
-            "clap": np.asarray(table["reward/clap"], dtype=np.float64),
-            "verifier": np.asarray(table["reward/verifier"], dtype=np.float64)}  # fmt: skip
+    out = {"features": clip_features(rows, clap, with_descriptors), "groups": list(table["prompt_id"]),
+           "clap": np.asarray(table["reward/clap"], dtype=np.float64),
+           "verifier": np.asarray(table["reward/verifier"], dtype=np.float64)}  # fmt: skip
+    out["clap_top1"] = top1(out["clap"], out)  # per prompt, once: every model is paired against it
+    return out
+
+
+def top1(scores: np.ndarray, s: dict) -> np.ndarray:
+    """Per-prompt top-1 gains on the verifier of `scores` on set `s`, in one prompt order for any scores."""
+    from rewardflow.agreement import per_prompt
+
+    return np.asarray(per_prompt(scores, s["verifier"], s["groups"])["top1"])
 
 
 def first_pairs(clips: dict, n: int) -> dict:
@@ -129,15 +139,17 @@ def first_pairs(clips: dict, n: int) -> dict:
     return {**{k: v[:m] for k, v in clips.items() if k not in ("a", "b")}, "a": a, "b": b}
 
 
-def pooled_ratio(cell: dict, clap: dict) -> float | None:
-    """Top-1 gain over every fresh set together (each set's mean weighted by its prompts), as a multiple of CLAP's."""
+def ratio(mine: np.ndarray, clap: np.ndarray) -> float | None:
+    """Mean top-1 gain as a multiple of CLAP's on the same prompts (None when CLAP's is not above zero)."""
+    return float(mine.mean() / clap.mean()) if clap.mean() > 0 else None
 
-    def pooled(by_set: dict) -> float:
-        n = {s: by_set[s]["prompts"] for s in clap}
-        return sum(by_set[s]["top1_gain"][0] * k for s, k in n.items()) / sum(n.values())
 
-    c = pooled(clap)
-    return pooled(cell) / c if c > 0 else None
+def paired(mine: np.ndarray, clap: np.ndarray, bootstrap: int) -> dict:
+    """Paired by prompt: the model's top-1 gain minus CLAP's, and minus twice CLAP's, each `[mean, low, high]`."""
+    from rewardflow.metrics import bootstrap_interval
+
+    return {"top1_minus_clap": list(bootstrap_interval(mine - clap, bootstrap)),
+            "top1_minus_2clap": list(bootstrap_interval(mine - 2 * clap, bootstrap))}  # fmt: skip
 
 
 def agreement(scores: np.ndarray, s: dict, bootstrap: int) -> dict:
@@ -152,8 +164,6 @@ def main(a: RecipeArguments) -> dict:
     from base_model.files import atomic_write_json
     from experiments.results_io import publish_json
     from reward_models.clap import ClapReward
-    from rewardflow.agreement import per_prompt
-    from rewardflow.metrics import bootstrap_interval
     from rewardflow.train_reward import RewardTrainingConfig, embed_clips, pair_table, train_model
 
     out = Path(a.output_dir)
@@ -182,6 +192,10 @@ def main(a: RecipeArguments) -> dict:
     result["clap"] = {name: agreement(s["clap"], s, a.bootstrap) for name, s in sets.items()}
     result["labelled_pairs"] = len(every)
     cells = {(c["recipe"], c["budget"], c["seed"]): c for c in result.get("cells", [])}
+
+    def ordered() -> list[dict]:
+        return [cells[k] for k in sorted(cells)]
+
     for recipe in a.recipes:
         fields = RECIPES[recipe]
         for budget in a.budgets:
@@ -197,29 +211,25 @@ def main(a: RecipeArguments) -> dict:
                 cell = {"recipe": recipe, "budget": budget, "seed": seed, "settings": asdict(cfg),
                         "heldout_pair_accuracy": metrics["heldout_pair_accuracy"],
                         "steps": [h["step"] for h in metrics["heads"]], "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
-                diffs = {"top1_minus_clap": [], "top1_minus_2clap": []}
-                for name, s in sets.items():
-                    f = s["features"]
+                mine = {}
+                for name, st in sets.items():
+                    f = st["features"]
                     with torch.no_grad():
                         scores = model(f["audio"], f["text"], f.get("desc") if cfg.descriptors else None).numpy()
-                    cell[name] = agreement(scores, s, a.bootstrap)
-                    mine = np.asarray(per_prompt(scores, s["verifier"], s["groups"])["top1"])
-                    theirs = np.asarray(per_prompt(s["clap"], s["verifier"], s["groups"])["top1"])
-                    for key, d in (("top1_minus_clap", mine - theirs), ("top1_minus_2clap", mine - 2 * theirs)):
-                        cell[name][key] = list(bootstrap_interval(d, a.bootstrap))  # paired by prompt
-                        diffs[key].append(d)
-                    clap_top1 = result["clap"][name]["top1_gain"][0]
-                    cell[f"ratio_{name}"] = cell[name]["top1_gain"][0] / clap_top1 if clap_top1 > 0 else None
-                cell["pooled"] = {
-                    key: list(bootstrap_interval(np.concatenate(d), a.bootstrap)) for key, d in diffs.items()
-                }
-                cell["ratio_pooled"] = pooled_ratio(cell, result["clap"])
+                    cell[name] = agreement(scores, st, a.bootstrap)
+                    mine[name] = top1(scores, st)
+                    cell[name].update(paired(mine[name], st["clap_top1"], a.bootstrap))
+                    cell[f"ratio_{name}"] = ratio(mine[name], st["clap_top1"])
+                every_mine = np.concatenate(list(mine.values()))
+                every_clap = np.concatenate([st["clap_top1"] for st in sets.values()])
+                cell["pooled"] = paired(every_mine, every_clap, a.bootstrap)
+                cell["ratio_pooled"] = ratio(every_mine, every_clap)
                 cells[(recipe, budget, seed)] = cell
                 shown = " / ".join("n/a" if cell[f"ratio_{n}"] is None else f"{cell[f'ratio_{n}']:.2f}x" for n in sets)
                 print(f"{recipe} {budget} seed {seed}: {shown} CLAP's top-1 gain ({cell['seconds']} s)", flush=True)
-                result["cells"] = sorted(cells.values(), key=lambda c: (c["recipe"], c["budget"], c["seed"]))
+                result["cells"] = ordered()
                 atomic_write_json(path, result)
-    result["cells"] = sorted(cells.values(), key=lambda c: (c["recipe"], c["budget"], c["seed"]))
+    result["cells"] = ordered()
     atomic_write_json(path, result)  # every cell made so far; what is published and returned is this run's
     asked = [
         c for c in result["cells"] if c["recipe"] in a.recipes and c["budget"] in a.budgets and c["seed"] in a.seeds

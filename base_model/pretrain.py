@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 from transformers import TrainingArguments
-from trl import TrlParser
 
 from base_model.train_vae import CorpusArguments, corpus_mels
 
@@ -39,6 +38,13 @@ class PretrainConfig(TrainingArguments):
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep our columns."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping."})
+    max_train_seconds: float = field(
+        default=0.0,
+        metadata={
+            "help": "Stop and checkpoint after this many seconds of training in this sitting (0: no limit); with "
+            "--lr_scheduler_type constant_with_warmup the weights at a step do not depend on where it stops."
+        },
+    )
 
 
 @dataclass
@@ -113,6 +119,7 @@ def main(args: PretrainConfig, model_args: FlowModelArguments, data: CorpusArgum
         MeanLossTrainer,
         MeasureOnSaveCallback,
         SittingsCallback,
+        TimeBudgetCallback,
         collate_latent_text,
         encode_latents,
         encode_texts,
@@ -128,8 +135,12 @@ def main(args: PretrainConfig, model_args: FlowModelArguments, data: CorpusArgum
     vae = MelVAE.from_pretrained(model_args.vae).eval()
     text_encoder = load_text_encoder(model_args.text_encoder)
     mels, captions, _ = corpus_mels(data, "train", data.num_train_examples, vae.downsample_factor)
+    # The corpus is encoded once, on the training device (a GPU when there is one), then both encoders go back.
+    vae.to(args.device)
     latents = encode_latents(vae, mels, cache=latent_cache(data, model_args.vae, mels))  # (N, T, C), once per VAE
-    text = encode_texts(text_encoder, captions)
+    text = encode_texts(text_encoder.to(args.device), captions)
+    vae.cpu(), text_encoder.to("cpu")
+    del mels
     config = build_config(model_args, text_encoder.hidden_size, vae.latent_channels)
     model = MaskAudioFlow(config)
 
@@ -143,6 +154,8 @@ def main(args: PretrainConfig, model_args: FlowModelArguments, data: CorpusArgum
         resume = latest_complete_checkpoint(args.output_dir)
     ema = EMACallback(model_args.ema_decay, resume_from=resume)
     callbacks = [ema, SittingsCallback(args.output_dir)] + ([MeasureOnSaveCallback(measure, ema)] if measure else [])
+    if args.max_train_seconds > 0:
+        callbacks.append(TimeBudgetCallback(args.max_train_seconds))
     if model_args.sample_every > 0:
         callbacks.append(AudioSampleCallback(build_pipeline, model_args.sample_prompts, model_args.sample_every))
     trainer = MeanLossTrainer(
@@ -180,7 +193,9 @@ def main(args: PretrainConfig, model_args: FlowModelArguments, data: CorpusArgum
     return metrics
 
 
-def make_parser() -> TrlParser:
+def make_parser():
+    from trl import TrlParser
+
     return TrlParser((PretrainConfig, FlowModelArguments, CorpusArguments))
 
 

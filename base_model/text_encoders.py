@@ -103,6 +103,23 @@ class TransformersTextEncoder:
         lengths = tok["attention_mask"].sum(1).tolist()
         return [hidden[i, : lengths[i]].clone() for i in range(len(prompts))]
 
+    @torch.inference_mode()
+    def encode_unpadded(self, prompts: list[str], batch_size: int = 256) -> list[torch.Tensor]:
+        """Each prompt's hidden states `(L_i, D)`, for encoding a corpus once: prompts are batched only with prompts
+        of the same token length, so no row is padded and none depends on its batch-mates' padding (the numbers
+        can differ from a one-row encoding by the floating-point tolerance of a different batch shape)."""
+        lengths = [
+            len(ids) for ids in self.tokenizer(prompts, truncation=True, max_length=self.max_length)["input_ids"]
+        ]
+        out: list[torch.Tensor | None] = [None] * len(prompts)
+        for length in sorted(set(lengths)):
+            index = [i for i, n in enumerate(lengths) if n == length]
+            for start in range(0, len(index), batch_size):
+                part = index[start : start + batch_size]
+                for i, h in zip(part, self._encode([prompts[i] for i in part])):
+                    out[i] = h
+        return out
+
     def __call__(self, prompts: list[str]) -> TextEncoding:
         if isinstance(prompts, str):
             prompts = [prompts]

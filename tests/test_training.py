@@ -194,3 +194,47 @@ def test_build_rejects_an_unknown_corpus():
 
     with pytest.raises(ValueError, match="--corpus must be one of synthcaps, synthmusic"):
         BuildArguments(corpus="synthjazz")
+
+
+def test_pretrain_time_budget_stops_on_a_checkpoint(small_vae, tmp_path):
+    vae, _ = small_vae
+    # A zero-second budget ends the sitting at the first step's end, with a checkpoint (EMA included) to resume from.
+    metrics = pretrain.main(*_pretrain_args(tmp_path, vae, 50, ["--max_train_seconds", "1e-9", "--save_steps", "100"]))
+    assert metrics["steps"] == 1
+    assert (tmp_path / "checkpoint-1" / "ema.safetensors").is_file()
+    assert pretrain.main(*_pretrain_args(tmp_path, vae, 3, ["--resume_from_checkpoint", "latest"]))["steps"] == 3
+
+
+def test_parallel_rendering_matches_one_process(tmp_path):
+    from base_model.training import synthcaps_mels
+
+    one, rows = synthcaps_mels("validation", 130, cache_dir=tmp_path / "a", workers=1)
+    two, rows2 = synthcaps_mels("validation", 130, cache_dir=tmp_path / "b", workers=2)
+    assert rows == rows2 and one.shape == two.shape == (130, 80, 251)
+    # Each chunk of 64 clips is the same computation in either mode; only the thread count differs.
+    assert float(abs(one.astype("float32") - two.astype("float32")).max()) < 1e-2
+
+
+def test_corpus_text_encoding_matches_one_prompt_at_a_time():
+    from base_model.text_encoders import TransformersTextEncoder
+    from base_model.training import encode_texts
+
+    enc = TransformersTextEncoder()
+    captions = ["a quiet beep", "brown noise followed by a rising sweep", "a quiet beep", "a loud click, then hiss"]
+    batched = encode_texts(enc, captions)
+    assert len(batched) == 4 and torch.equal(batched[0], batched[2])
+    for caption, hidden in zip(captions, batched):
+        one = enc([caption])
+        torch.testing.assert_close(hidden.float(), one.hidden_states[0][one.padding_mask[0]], atol=2e-3, rtol=0)
+
+
+def test_build_flow_flags_reach_pretraining(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from bundled.build_synthcaps import BuildArguments, flow_argv
+
+    a = BuildArguments(batch_size=256, learning_rate=8e-4, lr_schedule="constant_with_warmup", flow_seconds=320,
+                       flow_save_steps=500, render_workers=15, text_encoder="my/encoder")  # fmt: skip
+    args, model, data = pretrain.make_parser().parse_args_and_config(args=flow_argv(a, tmp_path, tmp_path, "masked"))
+    assert (args.per_device_train_batch_size, args.learning_rate, args.max_train_seconds) == (256, 8e-4, 320)
+    assert args.lr_scheduler_type == "constant_with_warmup" and args.save_steps == 500 and not args.bf16
+    assert (data.render_workers, model.text_encoder) == (15, "my/encoder")

@@ -215,6 +215,26 @@ def generator(folder: str = "generator") -> str:
     return "\n".join(lines) + "\n"
 
 
+def generator_builds() -> str:
+    """The bundled pair as each build made it (`generator/builds.json`): size, budget, and what it carries."""
+    r = _load(RESULTS / "generator" / "builds.json")
+    attrs = ["verifier", "tempo", "colour", "loudness", "pitch", "mel_frechet"]
+    head = ["build", "model", "parameters", "steps × batch", "clips", *attrs[:-1], "mel Fréchet"]
+    lines = [_row(head), "|" + "---|" * len(head)]
+    for b in r["builds"]:
+        for ft, name in (("masked", "MaskAudioFlow"), ("cfm", "CFM baseline")):
+            m = b[ft]
+            lines.append(_row([b["name"], name, f"{b['parameters'][ft] / 1e6:.2f} M",
+                               f"{b['steps'][ft]} × {b['batch_size']}", b["train_examples"],
+                               *[_f(m[a]) for a in attrs[:-1]], _f(m["mel_frechet"], 1)]))  # fmt: skip
+        lines.append(_row([b["name"], "CFM − masked, paired", "", "", "", _bci(b["cfm_minus_masked"]), *[""] * 5]))
+    lines.append(
+        f"\n{r['eval_prompts']} held-out-composition prompts, seeds {r['seeds']}, CFG {r['cfg_scale']}, "
+        "8 iterations × 25 steps (masked) or 25 steps (CFM); both builds share the VAE and text encoder."
+    )
+    return "\n".join(lines) + "\n"
+
+
 def build_progress() -> str:
     r = _load(RESULTS / "generator" / "build_progress.json")
     runs = r["runs"]
@@ -682,6 +702,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "decoder-ceiling": decoder_ceiling,
     "generator": generator,
     "build-progress": build_progress,
+    "generator-builds": generator_builds,
     "decoding-scaling": decoding_scaling,
     "masking-ablation": masking_ablation,
     "bench-headline": bench_headline,

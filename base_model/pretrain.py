@@ -107,6 +107,19 @@ def latent_cache(data: CorpusArguments, vae_path: str, mels) -> Path:
     return (Path(data.cache_dir) if data.cache_dir else DEFAULT_CACHE) / f"latents-{name}.npz"
 
 
+def encode_corpus(data: CorpusArguments, vae_path: str, vae, text_encoder, device) -> tuple:
+    """The training corpus as VAE latents `(N, T, C)` and per-caption text encodings, encoded once on `device` (a GPU
+    when there is one); both encoders are back on the CPU afterwards."""
+    from base_model.training import encode_latents, encode_texts
+
+    mels, captions, _ = corpus_mels(data, "train", data.num_train_examples, vae.downsample_factor)
+    vae.to(device)
+    latents = encode_latents(vae, mels, cache=latent_cache(data, vae_path, mels))  # cached once per VAE
+    text = encode_texts(text_encoder.to(device), captions)
+    vae.cpu(), text_encoder.to("cpu")
+    return latents, text
+
+
 def main(args: PretrainConfig, model_args: FlowModelArguments, data: CorpusArguments, measure=None) -> dict:
     """Pretrains and saves `<output_dir>/final`; `measure(step, model)`, when given, is called at every checkpoint
     with the EMA weights (see `MeasureOnSaveCallback`)."""
@@ -121,8 +134,6 @@ def main(args: PretrainConfig, model_args: FlowModelArguments, data: CorpusArgum
         SittingsCallback,
         TimeBudgetCallback,
         collate_latent_text,
-        encode_latents,
-        encode_texts,
         latest_complete_checkpoint,
     )
 
@@ -134,13 +145,7 @@ def main(args: PretrainConfig, model_args: FlowModelArguments, data: CorpusArgum
         )
     vae = MelVAE.from_pretrained(model_args.vae).eval()
     text_encoder = load_text_encoder(model_args.text_encoder)
-    mels, captions, _ = corpus_mels(data, "train", data.num_train_examples, vae.downsample_factor)
-    # The corpus is encoded once, on the training device (a GPU when there is one), then both encoders go back.
-    vae.to(args.device)
-    latents = encode_latents(vae, mels, cache=latent_cache(data, model_args.vae, mels))  # (N, T, C), once per VAE
-    text = encode_texts(text_encoder.to(args.device), captions)
-    vae.cpu(), text_encoder.to("cpu")
-    del mels
+    latents, text = encode_corpus(data, model_args.vae, vae, text_encoder, args.device)
     config = build_config(model_args, text_encoder.hidden_size, vae.latent_channels)
     model = MaskAudioFlow(config)
 

@@ -44,7 +44,6 @@ _RENDER = None  # the `render` of the running `cached_mels`; forked workers inhe
 
 def _render_mels(args) -> np.ndarray:
     start, stop, mel_config = args
-    torch.set_num_threads(1)
     wav = np.stack([_RENDER(j) for j in range(start, stop)])
     return MelSpectrogram(mel_config)(torch.from_numpy(wav)).numpy().astype(np.float16)
 
@@ -66,12 +65,12 @@ def cached_mels(
             if workers > 1 and len(chunks) > 1:
                 import multiprocessing
 
-                with multiprocessing.get_context("fork").Pool(workers) as pool:
+                with multiprocessing.get_context("fork").Pool(
+                    workers, initializer=torch.set_num_threads, initargs=(1,)
+                ) as pool:
                     out = pool.map(_render_mels, chunks, chunksize=4)
             else:
-                threads = torch.get_num_threads()
                 out = [_render_mels(c) for c in chunks]
-                torch.set_num_threads(threads)
         finally:
             _RENDER = None
         mels = np.concatenate(out)

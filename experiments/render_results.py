@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
 BENCH = ROOT / "experiments" / "benchmarks" / "results"
-DOCUMENTS = (ROOT / "README.md", ROOT / "experiments" / "README.md")
+DOCUMENTS = (ROOT / "README.md", ROOT / "experiments" / "README.md", ROOT / "experiments" / "earlier-generator.md")
 TABLE = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
 
 
@@ -98,7 +98,8 @@ def bench_headline() -> str:
         ),
         ("rollout throughput, clips per second", f"{ro['clips_per_second']:.2f}", ""),
     ]
-    head = f"`make bench` on {r['machine']['device']}, `{r['settings']['preset']}` preset for the sampler and step; " \
+    cpu = f" ({r['machine']['cpu_model']})" if "cpu_model" in r["machine"] else ""
+    head = f"`make bench` on {r['machine']['device']}{cpu}, `{r['settings']['preset']}` preset for the sampler and step; " \
            f"bundled pipeline for the rollout and vocoder ({r['measured_at'][:10]})."  # fmt: skip
     lines = [head, "", _row(["measure", "measured", "target"]), "|---|---|---|"]
     lines += [_row(x) for x in rows]
@@ -145,8 +146,9 @@ def _f(v, digits: int = 3) -> str:
 
 
 def _share(part: float, whole: float) -> str:
-    """`part / whole` to two decimals; "n/a" when the whole is zero (the oracle gained nothing to recover)."""
-    return f"{part / whole:.2f}" if whole else "n/a"
+    """`part / whole` to two decimals; "n/a" unless the whole is positive (the oracle gained nothing to recover, and a
+    ratio of two losses would read as a share)."""
+    return f"{part / whole:.2f}" if whole > 0 else "n/a"
 
 
 def _bci(x: list | dict, digits: int = 3) -> str:
@@ -296,16 +298,17 @@ def _kept(settings: dict) -> str:
     return f"best {math.ceil(settings.get('top_k', 0.25) * n)} of {n}"
 
 
-def oracle() -> str:
-    """The oracle's online rounds on the guided (`results.json`) and the unguided (`rollout_cfg1.json`, 4 clips a prompt
-    keeping the best; `rollout_cfg1_n8.json`, 8 keeping the best) rollout, each round against the base and, where the
-    study measured it, against the round before."""
+def oracle(names: tuple[str, ...] = ("results.json", "rollout_cfg1.json", "rollout_cfg1_n8.json")) -> str:
+    """The oracle's online rounds of each study in `names` (under `results/alignment/`): by default, on the earlier
+    generator, the guided (`results.json`) and the unguided (`rollout_cfg1.json`, 4 clips a prompt keeping the best;
+    `rollout_cfg1_n8.json`, 8 keeping the best) rollout; each round against the base and, where the study measured
+    it, against the round before."""
     lines = [
         _row(["rollout", "model", "verifier", "Δ verifier vs base", "Δ verifier vs previous round", "Δ CLAP", "KL",
               "mel Fréchet", "trained on: mean", "trained on: best of n"]),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
-    for name in ("results.json", "rollout_cfg1.json", "rollout_cfg1_n8.json"):
+    for name in names:
         r = _load(RESULTS / "alignment" / name)
         rollout = f"CFG {r['settings']['rollout_cfg_scale']:g}, {_kept(r['settings'])}"
         names = ["verifier-topk"] + [n for n in r["runs"] if n.startswith("oracle-round-")]
@@ -326,13 +329,29 @@ def oracle() -> str:
     return "\n".join(lines) + "\n"
 
 
+def oracle_diagnostics(name: str = "gpu_build_diagnostics.json") -> str:
+    """The oracle's round-1 and round-3 models against the base on other prompt sets and guidance scales than the
+    study's evaluation (`gpu_build_diagnostics.json`: one `evaluate.py` report per set, kept to its paired rows)."""
+    r = _load(RESULTS / "alignment" / name)
+    lines = [_row(["prompts", "CFG", "base verifier", "Δ verifier, round 1", "Δ verifier, round 3", "Δ CLAP, round 3",
+                   "Δ KL, round 3"]), "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for d in r["sets"]:
+        base, first, third = d["models"]
+        pair = d["paired_vs_first"]
+        lines.append(_row([d["label"], f"{d['settings']['cfg_scale']:g}", _f(d["verifier"][base]),
+                           _bci(pair[first]["verifier"]), _bci(pair[third]["verifier"]), _bci(pair[third]["clap"]),
+                           _bci(pair[third]["kl"])]))  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def _run_cells(m: dict, keys: tuple[str, ...]) -> list[str]:
     """A study run's paired differences from the base for `keys`, then its mel Fréchet distance."""
     return [*(_delta(m, k) for k in keys), _f(m["model"].get("mel_frechet"), 1)]
 
 
-def clap_control() -> str:
-    r = _alignment()
+def clap_control(name: str = "results.json") -> str:
+    """CLAP-tuning against its control (uniform weights, same rollout and steps) and the oracle, from one study."""
+    r = _load(RESULTS / "alignment" / name)
     lines = [_row(["run", "Δ verifier", "Δ CLAP", "Δ aesthetics", "Δ KL", "mel Fréchet"]), "|---|---|---|---|---|---|"]
     for label, n in (("uniform weights (the control)", "control"), ("CLAP, best of 4", "clap-topk"),
                      ("aesthetics, best of 4", "aesthetics-topk"), ("verifier, best of 4 (oracle)", "verifier-topk")):  # fmt: skip
@@ -687,6 +706,9 @@ def music_alignment() -> str:
 RENDERERS: dict[str, Callable[[], str]] = {
     "oracle": oracle,
     "clap-control": clap_control,
+    "oracle-gpu-build": lambda: oracle(("gpu_build_cfg1.json",)),
+    "clap-control-gpu-build": lambda: clap_control("gpu_build_cfg1.json"),
+    "oracle-diagnostics-gpu-build": oracle_diagnostics,
     "rollout-guidance": rollout_guidance,
     "oracle-steps": oracle_steps,
     "real-clips": real_clips,

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 
 def test_decoding_scaling_tiny(tmp_path):
     from experiments.decoding_scaling import ScalingArguments
@@ -366,3 +368,10 @@ def test_synthmusic_verifier_calibration_tiny(tmp_path, monkeypatch):
     monkeypatch.setattr(render_results, "RESULTS", tmp_path / "results")
     table = render_results.RENDERERS["synthmusic-verifier"]()
     assert table.count("\n") == 10 and table.count("SynthCaps VAE") == 2  # header, rule, four rows per split
+
+
+def test_oracle_diagnostics_names_the_missing_study_before_any_evaluation(tmp_path):
+    from experiments import oracle_diagnostics
+
+    with pytest.raises(SystemExit, match="--study .*alignment_study.py --questions oracle"):
+        oracle_diagnostics.main(["--study", str(tmp_path)])

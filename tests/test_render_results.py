@@ -46,3 +46,10 @@ def test_unknown_tables_and_missing_sources_are_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(render_results, "BENCH", tmp_path)
     with pytest.raises(FileNotFoundError, match="vocoder.json is missing"):
         render_results.render("<!-- table:vocoder -->\n<!-- /table:vocoder -->")
+
+
+def test_a_share_of_a_loss_is_not_reported_as_a_share():
+    assert render_results._share(0.02, 0.04) == "0.50"
+    # the oracle below its control: a ratio of two losses (-0.016 / -0.010) is not a share of a gain
+    assert render_results._share(-0.016, -0.010) == "n/a"
+    assert render_results._share(0.01, 0.0) == "n/a"

@@ -97,6 +97,19 @@ def _run(cmd: list[str]) -> None:
     subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
+def cpu_model() -> str:
+    """The processor's model name (`/proc/cpuinfo`), so that runs on different machines are told apart: ratios such
+    as the sampler's over plain Algorithm 1 differ between processors."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(a: BenchAllArguments) -> dict:
     start = time.perf_counter()
     py = sys.executable
@@ -131,6 +144,7 @@ def main(a: BenchAllArguments) -> dict:
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
+            "cpu_model": cpu_model(),
             "cpu_count": os.cpu_count(),
             "torch": torch.__version__,
             "device": sampler["device"],

@@ -68,15 +68,21 @@ def check_checkpoint(folder: Path, model_type: str) -> None:
         raise ValueError(
             f"{folder} holds a {kind!r} model where a {model_type!r} is expected: is this the right folder?"
         )
-    weights = folder / "model.safetensors"
+    # one file, or the shards a `save_pretrained(max_shard_size=...)` index names (keeps each file small)
+    index = folder / "model.safetensors.index.json"
     try:
-        with safe_open(str(weights), framework="pt") as f:
-            f.keys()
-    except Exception as e:  # noqa: BLE001 - any failure to read the header means the file is unusable
-        raise ValueError(
-            f"{weights} is missing or not a readable safetensors file ({type(e).__name__}: {e}); the checkpoint is "
-            "incomplete or damaged: save or copy it again."
-        ) from e
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else []
+    except (json.JSONDecodeError, KeyError, AttributeError) as e:
+        raise ValueError(f"{index} is not a safetensors shard index ({e}); save or copy the checkpoint again.") from e
+    for weights in [folder / s for s in shards] or [folder / "model.safetensors"]:
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                f.keys()
+        except Exception as e:  # noqa: BLE001 - any failure to read the header means the file is unusable
+            raise ValueError(
+                f"{weights} is missing or not a readable safetensors file ({type(e).__name__}: {e}); the checkpoint "
+                "is incomplete or damaged: save or copy it again."
+            ) from e
 
 
 @dataclass

@@ -121,5 +121,21 @@ def test_pipeline_bad_input(tiny_pipeline, tmp_path):
         MaskAudioFlowPipeline.from_pretrained(tmp_path / "missing")
 
 
+def test_a_sharded_flow_model_loads_and_a_missing_shard_is_named(tiny_pipeline, tmp_path):
+    """Weights saved in shards (`save_pretrained(max_shard_size=...)`, which keeps each file small) pass the checkpoint
+    check and load to the same outputs; a shard gone is named before anything loads."""
+    tiny_pipeline.save_pretrained(tmp_path)
+    (tmp_path / "flow" / "model.safetensors").unlink()
+    tiny_pipeline.model.save_pretrained(tmp_path / "flow", max_shard_size="100KB")
+    shards = sorted((tmp_path / "flow").glob("model-*.safetensors"))
+    assert len(shards) > 1 and (tmp_path / "flow" / "model.safetensors.index.json").is_file()
+    out = tiny_pipeline(["a low tone"], num_steps=2, seed=[3], decode=False)
+    loaded = MaskAudioFlowPipeline.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded(["a low tone"], num_steps=2, seed=[3], decode=False).latents, out.latents)
+    shards[-1].unlink()
+    with pytest.raises(ValueError, match=shards[-1].name + " is missing or not a readable safetensors file"):
+        MaskAudioFlowPipeline.from_pretrained(tmp_path)
+
+
 def test_mel_config_frames():
     assert MelConfig().num_frames(160000) == 626  # 10 s at 16 kHz, hop 256, centred

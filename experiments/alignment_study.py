@@ -17,7 +17,9 @@ Questions (each a committed result under `experiments/results/alignment/`):
 6. `guardrail`: one run with the guardrail, where the kept checkpoint is not the last one.
 
 All runs fine-tune the bundled model on one rollout of SynthCaps training prompts (rounds roll out again) with the same
-steps, batch, learning rate and β. Every model is evaluated on the same held-out prompts and seeds (`--first_prompt`,
+steps, batch, learning rate and β; `--rollout_split heldout` rolls out held-out-composition prompts instead (other
+prompts than the evaluated ones, the same compositions), and `--loss_cfg_scale` makes every run fit the guided
+velocity its samples follow. Every model is evaluated on the same held-out prompts and seeds (`--first_prompt`,
 `--eval_prompts`): prompts no recipe was chosen on (the demo's recipe is chosen on `selection` prompts before them).
 """
 
@@ -40,7 +42,16 @@ class StudyArguments:
     results_dir: str = field(default="experiments/results/alignment", metadata={"help": "Committed JSON ('' skips)."})
     questions: list[str] = field(default_factory=lambda: list(QUESTIONS), metadata={"help": "Which questions."})
     model: str = field(default="synthcaps", metadata={"help": "The base pipeline."})
-    rollout_prompts: int = field(default=192, metadata={"help": "SynthCaps train prompts rolled out."})
+    rollout_prompts: int = field(default=192, metadata={"help": "SynthCaps prompts rolled out."})
+    rollout_split: str = field(
+        default="train",
+        metadata={"help": "SynthCaps split rolled out: train, or heldout (its prompts from --rollout_first_prompt, "
+                  "which must not reach the evaluated ones)."},
+    )  # fmt: skip
+    rollout_first_prompt: int = field(default=0, metadata={"help": "First prompt of the rollout split rolled out."})
+    loss_cfg_scale: float = field(
+        default=1.0, metadata={"help": "Every run fits the guided velocity at this scale (1: the paper's loss)."}
+    )
     num_generations: int = field(default=4, metadata={"help": "Clips per prompt."})
     top_k: float = field(default=0.25, metadata={"help": "`topk` runs: fraction of each prompt's clips kept."})
     rollout_cfg_scale: float = field(default=3.0, metadata={"help": "Guidance of the rollouts."})
@@ -56,6 +67,19 @@ class StudyArguments:
     guard_every: int = field(default=100, metadata={"help": "Guardrail evaluation interval (the guardrail run)."})
     processes: int = field(default=2, metadata={"help": "Rollout processes (torchrun on CPU)."})
     seed: int = field(default=0, metadata={"help": "Seed of rollouts and fine-tunes."})
+
+    def __post_init__(self):
+        if self.rollout_split not in ("train", "heldout"):
+            raise ValueError(f"--rollout_split must be train or heldout, got {self.rollout_split!r}.")
+        if self.rollout_split == "heldout":
+            rolled = range(self.rollout_first_prompt, self.rollout_first_prompt + self.rollout_prompts)
+            evaluated = range(self.first_prompt, self.first_prompt + self.eval_prompts)
+            if rolled.start < evaluated.stop and evaluated.start < rolled.stop:
+                raise ValueError(
+                    f"--rollout_split heldout: rolled-out prompts {rolled.start}-{rolled.stop - 1} overlap the "
+                    f"evaluated ones {evaluated.start}-{evaluated.stop - 1}; set --rollout_first_prompt to "
+                    f"{evaluated.stop} or more."
+                )
 
 
 def runs(a: StudyArguments) -> dict[str, dict]:
@@ -127,7 +151,8 @@ def finetune_run(a: StudyArguments, name: str, fields: dict, rollout: str, out: 
     args = RewardFlowConfig(output_dir=str(folder), rollout=rollout, model=a.model, beta=a.beta, max_steps=a.max_steps,
                             per_device_train_batch_size=a.batch_size, learning_rate=a.learning_rate, seed=a.seed,
                             save_steps=max(a.max_steps // 3, 1), logging_steps=20, resume_from_checkpoint="latest",
-                            disable_tqdm=True, report_to="none", rounds=rounds, **fields)  # fmt: skip
+                            disable_tqdm=True, report_to="none", rounds=rounds, loss_cfg_scale=a.loss_cfg_scale,
+                            **fields)  # fmt: skip
     if rounds > 1:
         first = out / "runs" / name.removesuffix("-rounds")
         if not (folder / "round-1").exists() and (first / "final" / "metrics.json").is_file():
@@ -202,7 +227,8 @@ def main(a: StudyArguments) -> dict:
 
     out = Path(a.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rollout = make_rollout(a, a.model, out / "rollout", a.seed)
+    rollout = make_rollout(a, a.model, out / "rollout", a.seed, prompts=f"synthcaps:{a.rollout_split}",
+                           first_prompt=a.rollout_first_prompt)  # fmt: skip
     agree = agreement(AgreementConfig(rollout=rollout, referee="verifier", rewards=["clap", "aesthetics", "verifier"]))
     finals = {name: finetune_run(a, name, dict(runs(a)[name]), rollout, out) for name in needed(a)}
     result: dict = {"settings": asdict(a), "agreement": agree["rewards"], "runs": {}}
@@ -220,6 +246,8 @@ def main(a: StudyArguments) -> dict:
                                 "train": json.loads(train.read_text()) if train.is_file() else None}  # fmt: skip
     result["base"] = report["models"][a.model]
     result["metric_info"] = report["metric_info"]
+    if a.rollout_split == "heldout":  # the same compositions, other prompts: also read without any shared one
+        result["disjoint_from_rollout"] = disjoint_from_rollout(a, report, finals)
     if "oracle" in a.questions and a.oracle_rounds > 1:  # does each round add to the last?
         result["oracle_round_gains"] = {
             f"round-{k}": paired_difference(a, report, rounds[k], rounds[k - 1]) for k in range(2, a.oracle_rounds + 1)
@@ -253,6 +281,26 @@ def main(a: StudyArguments) -> dict:
     atomic_write_json(out / "results.json", result)
     publish_json(result, a.results_dir)
     return result
+
+
+def disjoint_from_rollout(a: StudyArguments, report: dict, finals: dict) -> dict:
+    """Each run against the base on the evaluated prompts whose attributes (the whole caption's, before wording)
+    match no rolled-out prompt's: what a held-out rollout teaches beyond the prompts it saw."""
+    import numpy as np
+
+    from experiments.results_io import paired_between
+    from rewardflow.prompts import load_prompts
+
+    rolled = {p["attributes"] for p in load_prompts(f"synthcaps:{a.rollout_split}", a.rollout_prompts,
+                                                    first_prompt=a.rollout_first_prompt)}  # fmt: skip
+    evaluated = {p["prompt_id"]: p["attributes"] for p in load_prompts("synthcaps:heldout", a.eval_prompts,
+                                                                     first_prompt=a.first_prompt)}  # fmt: skip
+    per_prompt = json.loads((Path(a.output_dir) / "eval-main.json").read_text())["per_prompt"]
+    keep = np.array([evaluated[i] not in rolled for i in per_prompt[a.model]["prompt_ids"]])
+    subset = {m: {k: (np.asarray(v)[keep] if k != "prompt_ids" else v) for k, v in cols.items()}
+              for m, cols in per_prompt.items()}  # fmt: skip
+    return {"prompts": int(keep.sum()), "of": len(keep),
+            "paired_vs_base": {n: paired_between(subset, f, a.model) for n, f in finals.items()}}  # fmt: skip
 
 
 def paired_difference(a: StudyArguments, report: dict, first: str, second: str) -> dict:

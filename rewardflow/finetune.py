@@ -331,6 +331,11 @@ def finetune(
     # Everything that can be checked is checked before training: the table, the reward, the shapes, the resume.
     model_id = start_model or args.model or rollout_model_id(rollout_dir)
     pipe = load_generator(model_id)
+    if args.loss_cfg_scale != 1 and not hasattr(pipe.model, "guidance_context"):
+        raise ValueError(
+            f"--loss_cfg_scale {args.loss_cfg_scale}: {model_id} ({type(pipe.model).__name__}) has no null prompt "
+            "to guide against; use --loss_cfg_scale 1."
+        )
     if args.objective == "dpo":
         data = load_pair_table(args, rollout_dir, pipe)
         dataset = PairDataset(data["latents"], data["latents_l"], encode_prompts(pipe.text_encoder, data["prompts"]))

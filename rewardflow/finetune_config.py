@@ -67,6 +67,13 @@ class RewardFlowConfig(TrainingArguments):
     )
     tau: float = field(default=0.1, metadata={"help": "Temperature τ of w = exp(τ·r) (paper: 0.1)."})
     beta: float = field(default=1.0, metadata={"help": "Weight λ of ‖v_θ − v_ref‖² (paper: 1; 0 disables it)."})
+    loss_cfg_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "Fit the guided velocity v_u + s·(v_c − v_u) that sampling at --cfg_scale s follows, in both "
+            "the flow and the reference term (1: the conditional velocity alone, the paper's loss)."
+        },
+    )
     weighting: str = field(default="exp", metadata={"help": f"Reward weighting: {', '.join(WEIGHTINGS)}."})
     weight_clip: float = field(default=10.0, metadata={"help": "`clipped`: weights stay within [1/c, c]."})
     top_k: float = field(default=0.5, metadata={"help": "`topk`: fraction of each prompt's samples kept."})
@@ -156,6 +163,15 @@ class RewardFlowConfig(TrainingArguments):
             raise ValueError(
                 f"--dpo_beta must be > 0 and --dpo_sft_weight >= 0, got {self.dpo_beta}, {self.dpo_sft_weight}."
             )
+        if not math.isfinite(self.loss_cfg_scale) or self.loss_cfg_scale < 0:
+            raise ValueError(
+                f"--loss_cfg_scale must be a finite number >= 0 (1: no guidance), got {self.loss_cfg_scale}."
+            )
+        if self.loss_cfg_scale != 1 and self.objective != "reward_weighted":
+            raise ValueError(
+                f"--loss_cfg_scale {self.loss_cfg_scale} applies to --objective reward_weighted only; use 1 with "
+                f"--objective {self.objective}."
+            )
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"--weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}.")
         if not math.isfinite(self.tau) or self.tau < 0:
@@ -193,5 +209,5 @@ class RewardFlowConfig(TrainingArguments):
     def objective_settings(self) -> dict:
         """What defines the objective: resuming with other values warns with the difference."""
         keys = ("objective", "pairs", "dpo_beta", "dpo_sft_weight", "reward", "tau", "beta", "weighting", "weight_clip",
-                "top_k", "advantage_baseline")  # fmt: skip
+                "top_k", "advantage_baseline", "loss_cfg_scale")  # fmt: skip
         return {k: getattr(self, k) for k in keys}

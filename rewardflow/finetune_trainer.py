@@ -2,7 +2,9 @@
 
 A `transformers.Trainer` that overrides four hooks, each for one reason:
 - `compute_loss`: draws the flow inputs once, runs the policy and the reference on them and hands both to the
-  objective (`rewardflow/objectives.py`); a step whose loss is not finite is marked to be skipped.
+  objective (`rewardflow/objectives.py`); with `--loss_cfg_scale s` both velocities are the guided ones that
+  sampling at `--cfg_scale s` follows ([`guided_flow_output`]); a step whose loss is not finite is marked to be
+  skipped.
 - `create_optimizer`: wraps the optimizer in [`SkipNonFiniteStep`], so a skipped step leaves the weights, Adam's
   moments and weight decay untouched (zero gradients alone would still move them).
 - `_clip_grad_norm`: a gradient norm that overflows (huge weights, finite loss) skips the step too.
@@ -92,6 +94,43 @@ def paired(value, batch: int):
     M = value.shape[0] // batch
     v = value.reshape(M, batch, *value.shape[1:])
     return torch.cat([v, v], dim=1).reshape(M * 2 * batch, *value.shape[1:])
+
+
+def guided_flow_output(model, inputs: dict, scale: float, reference: Callable | None = None, generator=None):
+    """`--loss_cfg_scale s`: the guided velocity `v_u + s·(v_c − v_u)` that sampling at `--cfg_scale s` follows, with
+    its per-sample flow loss, at one draw of (mask, t, noise): one forward of the batch twice over, with its prompts
+    and then with the null prompt. `reference(inputs, drawn)` gives the reference's output at the same doubled
+    inputs; its guided velocity is returned too (None without a reference). Both passes get gradients.
+
+    Returns `(out, v_ref)`: `out` has `loss (B,)`, `v_t` and `u_t` `(M*B, T, C)` and `infill_mask (B, T)`, what
+    [`RewardWeightedObjective`] reads.
+    """
+    from types import SimpleNamespace
+
+    from base_model.flow import masked_flow_loss
+
+    B = inputs["latents"].shape[0]
+    drawn = base_model_of(model).draw_flow_inputs(inputs["latents"], generator=generator, drop_text=False)
+    drawn = {k: paired(v, B) for k, v in drawn.items() if k != "text_drop_mask"}
+    drawn["text_drop_mask"] = torch.arange(2 * B, device=inputs["latents"].device) >= B  # [prompts; null prompt]
+    both = {k: torch.cat([v, v]) for k, v in inputs.items()}
+
+    def guided(v_t):  # (M*2B, T, C) -> (M*B, T, C)
+        v = v_t.reshape(-1, 2 * B, *v_t.shape[1:])
+        v_c, v_u = v[:, :B], v[:, B:]
+        return (v_u + scale * (v_c - v_u)).reshape(-1, *v_t.shape[1:])
+
+    out = model(**both, **drawn)
+    v_t = guided(out.v_t)
+    u_t = out.u_t.reshape(-1, 2 * B, *out.u_t.shape[1:])[:, :B].reshape(v_t.shape)
+    mask = out.infill_mask[:B]
+    M = v_t.shape[0] // B
+    loss = masked_flow_loss(v_t, u_t, mask.repeat(M, 1)).view(M, B).mean(0)
+    v_ref = None
+    if reference is not None:
+        with torch.no_grad():
+            v_ref = guided(reference(both, drawn).v_t)
+    return SimpleNamespace(loss=loss, v_t=v_t, u_t=u_t, infill_mask=mask), v_ref
 
 
 def unwrap_engine(model):
@@ -213,12 +252,19 @@ class RewardFlowTrainer(Trainer):
             loss, out = self._preference_loss(model, inputs)
         else:
             weights, rewards = inputs.pop("weights"), inputs.pop("rewards")
-            drawn = base_model_of(model).draw_flow_inputs(inputs["latents"], drop_text=True)
-            out = model(**inputs, **drawn)
-            v_ref = None
-            if self.args.beta > 0:
-                with torch.no_grad(), self.accelerator.autocast():  # the reference is outside the prepared engine
-                    v_ref = self._reference_forward(model, inputs, drawn).v_t
+            if self.args.loss_cfg_scale != 1:
+                reference = (
+                    (lambda both, drawn: self._reference_forward(model, both, drawn)) if self.args.beta > 0 else None
+                )
+                with self.accelerator.autocast():
+                    out, v_ref = guided_flow_output(model, inputs, self.args.loss_cfg_scale, reference)
+            else:
+                drawn = base_model_of(model).draw_flow_inputs(inputs["latents"], drop_text=True)
+                out = model(**inputs, **drawn)
+                v_ref = None
+                if self.args.beta > 0:
+                    with torch.no_grad(), self.accelerator.autocast():  # the reference is outside the prepared engine
+                        v_ref = self._reference_forward(model, inputs, drawn).v_t
             terms = self.objective(out, v_ref, weights)
             loss = terms.loss
         bad = torch.tensor(float(not torch.isfinite(loss.detach())), device=loss.device)
@@ -342,6 +388,8 @@ def model_card(run: dict, metrics: dict) -> str:
     """The tuned pipeline's README: what it was tuned from, on what, with which objective, and what it cost."""
     o = run["objective"]
     baseline = f", loss weight w − {o['advantage_baseline']} (baseline)" if o["weighting"] == "advantage" else ""
+    scale = o.get("loss_cfg_scale", 1.0)
+    velocity = "conditional, v_c (the paper's)" if scale == 1 else f"guided, v_u + {scale:g}·(v_c − v_u)"
     guard = metrics.get("guardrail")
     guard_rows = (
         f"| guardrail | kept step {guard['best_step']} of {metrics['steps']} ({guard['rule']}); evaluated every "
@@ -364,6 +412,7 @@ Fine-tuned with `rewardflow/finetune.py` (reward-weighted flow matching against 
 | reward | `{o["reward"]}` |
 | weighting | `{o["weighting"]}`, τ = {o["tau"]}{baseline} |
 | regulariser | β = {o["beta"]} · ‖v_θ − v_ref‖², reference = {run["reference"]} |
+| velocity fitted | {velocity} |
 | LoRA | {run["use_peft"]} |
 | steps | {metrics["steps"]} at batch {run["batch_size"]}, lr {run["learning_rate"]}, seed {run["seed"]} |
 | weights over the table | ESS {metrics["weights_ess"]:.3f} of N, max/min {metrics["weights_max_min_ratio"]:.4g} |

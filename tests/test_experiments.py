@@ -375,3 +375,48 @@ def test_oracle_diagnostics_names_the_missing_study_before_any_evaluation(tmp_pa
 
     with pytest.raises(SystemExit, match="--study .*alignment_study.py --questions oracle"):
         oracle_diagnostics.main(["--study", str(tmp_path)])
+
+
+def test_alignment_study_heldout_rollout_is_checked_and_read_without_shared_prompts(tmp_path, monkeypatch):
+    """`--rollout_split heldout`: a rollout range that reaches the evaluated prompts is refused before anything runs;
+    a tiny run fits the guided velocity, and `disjoint_from_rollout` leaves out exactly the evaluated prompts whose
+    attributes a rolled-out prompt has."""
+    import numpy as np
+
+    import experiments.alignment_study as study
+    from experiments.alignment_study import StudyArguments, main
+
+    with pytest.raises(ValueError, match="overlap the evaluated ones 128-383; set --rollout_first_prompt to 384"):
+        StudyArguments(rollout_split="heldout", rollout_first_prompt=300)
+    with pytest.raises(ValueError, match="--rollout_split must be train or heldout"):
+        StudyArguments(rollout_split="validation")
+    a = StudyArguments(output_dir=str(tmp_path / "study"), results_dir="", questions=["oracle"], rollout_prompts=3,
+                       num_generations=2, max_steps=2, batch_size=4, oracle_rounds=1, eval_prompts=3, processes=1,
+                       rollout_split="heldout", rollout_first_prompt=400, loss_cfg_scale=3.0)  # fmt: skip
+    result = main(a)
+    for name in ("control", "verifier-topk"):
+        run = json.loads((tmp_path / "study" / "runs" / name / "finetune_run.json").read_text())
+        assert run["objective"]["loss_cfg_scale"] == 3.0, name
+    rollout = json.loads((tmp_path / "study" / "rollout" / "run.json").read_text())["settings"]
+    assert rollout["prompts"] == "synthcaps:heldout" and rollout["first_prompt"] == 400
+    assert set(result["disjoint_from_rollout"]["paired_vs_base"]) == {"control", "clap-topk", "verifier-topk"}
+    # the subset: evaluated prompt 129 is given the attributes of a rolled-out prompt, so it is the one left out
+    from rewardflow import prompts as prompts_module
+
+    original = prompts_module.load_prompts
+
+    def shared(source, max_prompts=0, first_prompt=0, **kw):
+        rows = original(source, max_prompts, first_prompt=first_prompt, **kw)
+        if first_prompt == 128:
+            rows[1] = {**rows[1], "attributes": original(source, 1, first_prompt=400)[0]["attributes"]}
+        return rows
+
+    monkeypatch.setattr(prompts_module, "load_prompts", shared)
+    tuned = str(tmp_path / "study" / "runs" / "verifier-topk" / "final")
+    disjoint = study.disjoint_from_rollout(a, None, {"verifier-topk": tuned})
+    assert (disjoint["prompts"], disjoint["of"]) == (2, 3)
+    per_prompt = json.loads((tmp_path / "study" / "eval-main.json").read_text())["per_prompt"]
+    keep = [0, 2]
+    diff = np.asarray(per_prompt[tuned]["verifier"])[keep]
+    diff = diff - np.asarray(per_prompt["synthcaps"]["verifier"])[keep]
+    assert disjoint["paired_vs_base"]["verifier-topk"]["verifier"]["mean"] == pytest.approx(diff.mean())

@@ -5,7 +5,8 @@
 
 Questions (each a committed result under `experiments/results/alignment/`):
 1. `oracle`: the verifier itself as the reward (an oracle, the ceiling), online rounds of rollout -> fine-tune ->
-   rollout; does each round add to the last?
+   rollout; does each round add to the last? With `--loss_cfg_scale` other than 1 it is also run with the paper's
+   loss (`verifier-topk-paper-loss`), on the same rollout.
 2. `clap_vs_control`: CLAP-tuned against the control that differs only in the weights (same rollout, same steps,
    uniform weights); how much of the oracle's gain CLAP recovers, next to the agreement diagnostic's prediction.
 3. `aesthetics`: tuned on the aesthetics reward: fewer degraded clips (hiss, clipping, muffling, read from the audio
@@ -96,6 +97,8 @@ def runs(a: StudyArguments) -> dict[str, dict]:
             out[f"clap-exp-tau{tau:g}"] = {"reward": "clap", "weighting": "exp", "tau": tau}
     for w in ("standardized", "self_normalized", "clipped", "advantage"):
         out[f"clap-{w}"] = {"reward": "clap", "weighting": w, "tau": 1.0}
+    if a.loss_cfg_scale != 1:  # the oracle with the paper's loss on the same rollout: what the guided velocity adds
+        out["verifier-topk-paper-loss"] = {"reward": "verifier", **topk, "loss_cfg_scale": 1.0}
     out["clap-topk-guarded"] = {"reward": "clap", **topk, "guard_every": a.guard_every, "guard_patience": 0}
     return out
 
@@ -104,6 +107,8 @@ def needed(a: StudyArguments) -> list[str]:
     names = {"control"}
     if "oracle" in a.questions or "clap_vs_control" in a.questions:
         names |= {"verifier-topk", "clap-topk"}
+    if "oracle" in a.questions and a.loss_cfg_scale != 1:
+        names |= {"verifier-topk-paper-loss"}
     if "aesthetics" in a.questions:
         names |= {"aesthetics-topk"}
     if "tau" in a.questions:
@@ -148,11 +153,11 @@ def finetune_run(a: StudyArguments, name: str, fields: dict, rollout: str, out: 
 
     folder = out / "runs" / name
     rounds = fields.pop("rounds", 1)
+    fields.setdefault("loss_cfg_scale", a.loss_cfg_scale)
     args = RewardFlowConfig(output_dir=str(folder), rollout=rollout, model=a.model, beta=a.beta, max_steps=a.max_steps,
                             per_device_train_batch_size=a.batch_size, learning_rate=a.learning_rate, seed=a.seed,
                             save_steps=max(a.max_steps // 3, 1), logging_steps=20, resume_from_checkpoint="latest",
-                            disable_tqdm=True, report_to="none", rounds=rounds, loss_cfg_scale=a.loss_cfg_scale,
-                            **fields)  # fmt: skip
+                            disable_tqdm=True, report_to="none", rounds=rounds, **fields)  # fmt: skip
     if rounds > 1:
         first = out / "runs" / name.removesuffix("-rounds")
         if not (folder / "round-1").exists() and (first / "final" / "metrics.json").is_file():

@@ -6,7 +6,7 @@ from conftest import randomize_zero_init
 
 from base_model import MaskAudioFlow, MaskAudioFlowConfig
 from base_model.sampling import sample_masked
-from experiments.benchmarks.run_all import flop_table
+from experiments.benchmarks.run_all import cpu_model, flop_table
 from experiments.benchmarks.sampler import naive_algorithm_1
 
 
@@ -116,3 +116,12 @@ def test_gpu_goals_script_runs_on_cpu_shapes_and_keeps_what_it_measured(tmp_path
     assert partial["complete"] is False and list(partial["results"]["generation"]["eager"]) == ["1"]
     with pytest.raises(ValueError, match="--compile"):
         gpu_goals.GpuGoalsArguments(compile="yes")
+
+
+def test_cpu_model_reads_the_model_name_and_falls_back_without_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13 64-Core Processor\n")
+    assert cpu_model(str(info)) == "AMD EPYC 7B13 64-Core Processor"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\n")  # no model name line
+    fallback = cpu_model(str(tmp_path / "missing"))
+    assert cpu_model(str(info)) == fallback and fallback and "EPYC 7B13" not in fallback

@@ -394,12 +394,17 @@ def test_alignment_study_heldout_rollout_is_checked_and_read_without_shared_prom
                        num_generations=2, max_steps=2, batch_size=4, oracle_rounds=1, eval_prompts=3, processes=1,
                        rollout_split="heldout", rollout_first_prompt=400, loss_cfg_scale=3.0)  # fmt: skip
     result = main(a)
-    for name in ("control", "verifier-topk"):
+    for name, scale in (("control", 3.0), ("verifier-topk", 3.0), ("verifier-topk-paper-loss", 1.0)):
         run = json.loads((tmp_path / "study" / "runs" / name / "finetune_run.json").read_text())
-        assert run["objective"]["loss_cfg_scale"] == 3.0, name
+        assert run["objective"]["loss_cfg_scale"] == scale, name
     rollout = json.loads((tmp_path / "study" / "rollout" / "run.json").read_text())["settings"]
     assert rollout["prompts"] == "synthcaps:heldout" and rollout["first_prompt"] == 400
-    assert set(result["disjoint_from_rollout"]["paired_vs_base"]) == {"control", "clap-topk", "verifier-topk"}
+    assert set(result["disjoint_from_rollout"]["paired_vs_base"]) == {
+        "control",
+        "clap-topk",
+        "verifier-topk",
+        "verifier-topk-paper-loss",
+    }
     # the subset: evaluated prompt 129 is given the attributes of a rolled-out prompt, so it is the one left out
     from rewardflow import prompts as prompts_module
 

@@ -97,11 +97,11 @@ def _run(cmd: list[str]) -> None:
     subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
-def cpu_model() -> str:
-    """The processor's model name (`/proc/cpuinfo`), so that runs on different machines are told apart: ratios such
-    as the sampler's over plain Algorithm 1 differ between processors."""
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The processor's model name (`cpuinfo`), so that runs on different machines are told apart: ratios such as the
+    sampler's over plain Algorithm 1 differ between processors. Without that file, what `platform` knows."""
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             for line in f:
                 if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()

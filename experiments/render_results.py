@@ -372,6 +372,38 @@ def clap_control(name: str = "results.json") -> str:
     return "\n".join(lines) + "\n"
 
 
+def heldout_rollout(name: str = "heldout_rollout_guided.json") -> str:
+    """A study rolled out on held-out-composition prompts (`--rollout_split heldout`) with the guided loss: each run
+    on all evaluated prompts and on those sharing no attributes with a rolled-out prompt, CLAP against its control,
+    and what the rollout offered."""
+    r = _load(RESULTS / "alignment" / name)
+    a, runs, disjoint = r["settings"], r["runs"], r["disjoint_from_rollout"]
+    scale = f"guided, s = {a['loss_cfg_scale']:g}"
+    lines = [_row(["run", "loss", "Δ verifier vs base", f"Δ verifier, {disjoint['prompts']} prompts sharing no "
+                   "attributes", "Δ CLAP", "Δ aesthetics", "Δ KL", "mel Fréchet"]),
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for label, n, loss in (("uniform weights (the control)", "control", scale), ("CLAP, best of 4", "clap-topk", scale),
+                           ("verifier, best of 4 (oracle)", "verifier-topk", scale),
+                           ("verifier, best of 4 (oracle)", "verifier-topk-paper-loss", "the paper's (v_c)")):  # fmt: skip
+        if n in runs:
+            m = runs[n]
+            lines.append(_row([label, loss, _delta(m, "verifier"), _bci(disjoint["paired_vs_base"][n]["verifier"]),
+                               *_run_cells(m, ("clap", "aesthetics", "kl"))]))  # fmt: skip
+    if "clap_minus_control" in r:
+        d = r["clap_minus_control"]
+        lines.append(_row(["**CLAP − control**, paired", scale, _bci(d["verifier"]), "", _bci(d["clap"]),
+                           _bci(d["aesthetics"]), _bci(d["kl"]), ""]))  # fmt: skip
+    b, agree = r["base"], r["agreement"]
+    lines.append(f"\nBase: verifier {b['verifier']:.3f}, KL {b['kl']:.3f}, mel Fréchet {b['mel_frechet']:.1f} on "
+                 f"{a['eval_prompts']} held-out prompts from {a['first_prompt']} (CFG 3). Rollout: held-out prompts "
+                 f"{a['rollout_first_prompt']}–{a['rollout_first_prompt'] + a['rollout_prompts'] - 1}, "
+                 f"{a['num_generations']} clips each at CFG {a['rollout_cfg_scale']:g}; best of 4 on it gains "
+                 f"{agree['verifier']['top1_gain'][0]:+.3f} on the verifier picked by the verifier, "
+                 f"{agree['clap']['top1_gain'][0]:+.3f} picked by CLAP. {disjoint['of'] - disjoint['prompts']} of "
+                 f"the {disjoint['of']} evaluated prompts share their attributes with a rolled-out prompt.")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def rollout_guidance() -> str:
     """The same study runs tuned on a CFG 3 rollout (`results.json`), on a CFG 1 rollout (`rollout_cfg1.json`) and on
     a CFG 1 rollout of four times the prompts (`rollout_cfg1_768.json`), all evaluated at CFG 3."""
@@ -710,6 +742,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "clap-control-gpu-build": lambda: clap_control("gpu_build_cfg1.json"),
     "oracle-diagnostics-gpu-build": oracle_diagnostics,
     "rollout-guidance": rollout_guidance,
+    "heldout-rollout": heldout_rollout,
     "oracle-steps": oracle_steps,
     "real-clips": real_clips,
     "aesthetics": aesthetics,

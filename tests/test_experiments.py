@@ -405,6 +405,14 @@ def test_alignment_study_heldout_rollout_is_checked_and_read_without_shared_prom
         "verifier-topk",
         "verifier-topk-paper-loss",
     }
+    from experiments import render_results
+
+    (tmp_path / "results" / "alignment").mkdir(parents=True)
+    (tmp_path / "results" / "alignment" / "heldout_rollout_guided.json").write_text(json.dumps(result))
+    monkeypatch.setattr(render_results, "RESULTS", tmp_path / "results")
+    table = render_results.heldout_rollout()
+    assert sum(r.startswith("| verifier, best of 4 (oracle) | ") for r in table.splitlines()) == 2  # both losses
+    assert "| guided, s = 3 |" in table and "the paper's (v_c)" in table and "held-out prompts 400–402" in table
     # the subset: evaluated prompt 129 is given the attributes of a rolled-out prompt, so it is the one left out
     from rewardflow import prompts as prompts_module
 

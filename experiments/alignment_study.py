@@ -252,7 +252,7 @@ def main(a: StudyArguments) -> dict:
     result["base"] = report["models"][a.model]
     result["metric_info"] = report["metric_info"]
     if a.rollout_split == "heldout":  # the same compositions, other prompts: also read without any shared one
-        result["disjoint_from_rollout"] = disjoint_from_rollout(a, report, finals)
+        result["disjoint_from_rollout"] = disjoint_from_rollout(a, finals)
     if "oracle" in a.questions and a.oracle_rounds > 1:  # does each round add to the last?
         result["oracle_round_gains"] = {
             f"round-{k}": paired_difference(a, report, rounds[k], rounds[k - 1]) for k in range(2, a.oracle_rounds + 1)
@@ -288,7 +288,7 @@ def main(a: StudyArguments) -> dict:
     return result
 
 
-def disjoint_from_rollout(a: StudyArguments, report: dict, finals: dict) -> dict:
+def disjoint_from_rollout(a: StudyArguments, finals: dict) -> dict:
     """Each run against the base on the evaluated prompts whose attributes (the whole caption's, before wording)
     match no rolled-out prompt's: what a held-out rollout teaches beyond the prompts it saw."""
     import numpy as np

@@ -108,6 +108,7 @@ def guided_flow_output(model, inputs: dict, scale: float, reference: Callable | 
     from types import SimpleNamespace
 
     from base_model.flow import masked_flow_loss
+    from base_model.sampling import classifier_free_guidance
 
     B = inputs["latents"].shape[0]
     drawn = base_model_of(model).draw_flow_inputs(inputs["latents"], generator=generator, drop_text=False)
@@ -115,10 +116,9 @@ def guided_flow_output(model, inputs: dict, scale: float, reference: Callable | 
     drawn["text_drop_mask"] = torch.arange(2 * B, device=inputs["latents"].device) >= B  # [prompts; null prompt]
     both = {k: torch.cat([v, v]) for k, v in inputs.items()}
 
-    def guided(v_t):  # (M*2B, T, C) -> (M*B, T, C)
-        v = v_t.reshape(-1, 2 * B, *v_t.shape[1:])
-        v_c, v_u = v[:, :B], v[:, B:]
-        return (v_u + scale * (v_c - v_u)).reshape(-1, *v_t.shape[1:])
+    def guided(v_t):  # (M*2B, T, C), rows (M, [prompts; null]) -> the sampler's [cond; uncond] halves -> (M*B, T, C)
+        halves = v_t.reshape(-1, 2, B, *v_t.shape[1:]).transpose(0, 1).reshape(v_t.shape)
+        return classifier_free_guidance(halves, scale)
 
     out = model(**both, **drawn)
     v_t = guided(out.v_t)

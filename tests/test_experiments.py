@@ -426,7 +426,7 @@ def test_alignment_study_heldout_rollout_is_checked_and_read_without_shared_prom
 
     monkeypatch.setattr(prompts_module, "load_prompts", shared)
     tuned = str(tmp_path / "study" / "runs" / "verifier-topk" / "final")
-    disjoint = study.disjoint_from_rollout(a, None, {"verifier-topk": tuned})
+    disjoint = study.disjoint_from_rollout(a, {"verifier-topk": tuned})
     assert (disjoint["prompts"], disjoint["of"]) == (2, 3)
     per_prompt = json.loads((tmp_path / "study" / "eval-main.json").read_text())["per_prompt"]
     keep = [0, 2]

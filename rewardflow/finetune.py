@@ -149,7 +149,8 @@ def encode_prompts(text_encoder, prompts: list[str]) -> list[torch.Tensor]:
 
 # ------------------------------------------------------------------------------------------------ run state
 def check_resume(out: Path, run: dict, resuming: bool) -> None:
-    """Compares this run with the one that wrote `out`: a changed objective warns, a changed model shape stops."""
+    """Compares this run with the one that wrote `out`: a changed objective warns, a changed model shape stops.
+    A setting missing from the old `finetune_run.json` (added to the toolkit since) counts as its default."""
     path = out / "finetune_run.json"
     if not (resuming and path.is_file()):
         return
@@ -167,7 +168,10 @@ def check_resume(out: Path, run: dict, resuming: bool) -> None:
             f"cannot resume {out}: its checkpoints are for another model shape:\n{lines}\n"
             "Resume with the original --model, or start a new --output_dir."
         )
-    diff = {k: (old["objective"].get(k), v) for k, v in run["objective"].items() if old["objective"].get(k) != v}
+    # a key the old run lacks is a setting added since: that run trained with its default
+    defaults = {f.name: f.default for f in dataclasses.fields(RewardFlowConfig)}
+    before = {k: old["objective"].get(k, defaults.get(k)) for k in run["objective"]}
+    diff = {k: (before[k], v) for k, v in run["objective"].items() if before[k] != v}
     if old.get("rollout") != run["rollout"]:
         diff["rollout"] = (old.get("rollout"), run["rollout"])
     if diff:

@@ -92,6 +92,40 @@ def test_reward_spec_resolution():
         resolve_reward("loudness", table)
 
 
+# ------------------------------------------------------------------------------------------------ resume checks
+def _run_record(**objective):
+    from rewardflow.finetune_config import RewardFlowConfig
+
+    cfg = RewardFlowConfig(output_dir="unused", **objective)
+    return {"model_config": {"model_type": "mask_audio_flow", "latent_channels": 8}, "use_peft": False,
+            "objective": cfg.objective_settings(), "rollout": "outputs/rollout"}  # fmt: skip
+
+
+def test_check_resume_reads_a_missing_setting_as_its_default(tmp_path, caplog):
+    from rewardflow.finetune import check_resume
+
+    old = _run_record()
+    del old["objective"]["loss_cfg_scale"]  # a run written before the setting existed
+    (tmp_path / "finetune_run.json").write_text(json.dumps(old))
+    with caplog.at_level(logging.WARNING, logger="rewardflow.finetune"):
+        check_resume(tmp_path, _run_record(), resuming=True)
+    assert "changed objective" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="rewardflow.finetune"):
+        check_resume(tmp_path, _run_record(loss_cfg_scale=3.0), resuming=True)
+    assert "loss_cfg_scale: 1.0 -> 3.0" in caplog.text
+
+
+def test_check_resume_stops_on_another_model_shape(tmp_path):
+    from rewardflow.finetune import check_resume
+
+    (tmp_path / "finetune_run.json").write_text(json.dumps(_run_record()))
+    other = _run_record()
+    other["model_config"]["latent_channels"] = 16
+    with pytest.raises(ValueError, match="latent_channels: 8 -> 16"):
+        check_resume(tmp_path, other, resuming=True)
+    check_resume(tmp_path, other, resuming=False)  # a fresh start does not compare
+
+
 # ------------------------------------------------------------------------------------ a real rollout table
 @pytest.fixture(scope="module")
 def rollout_dir(tmp_path_factory):

@@ -294,8 +294,9 @@ def _delta(run: dict, key: str) -> str:
 def _kept(settings: dict) -> str:
     """What a study's top-k runs keep of each prompt's clips, rounded up as `topk` does (studies made before
     `--top_k` kept 0.25)."""
-    n = settings["num_generations"]
-    return f"best {math.ceil(settings.get('top_k', 0.25) * n)} of {n}"
+    n = settings.get("num_generations", 4)
+    k = math.ceil(settings.get("top_k", 0.25) * n)
+    return f"best of {n}" if k == 1 else f"best {k} of {n}"
 
 
 def oracle(names: tuple[str, ...] = ("results.json", "rollout_cfg1.json", "rollout_cfg1_n8.json")) -> str:
@@ -352,9 +353,10 @@ def _run_cells(m: dict, keys: tuple[str, ...]) -> list[str]:
 def clap_control(name: str = "results.json") -> str:
     """CLAP-tuning against its control (uniform weights, same rollout and steps) and the oracle, from one study."""
     r = _load(RESULTS / "alignment" / name)
+    kept = _kept(r["settings"])
     lines = [_row(["run", "Δ verifier", "Δ CLAP", "Δ aesthetics", "Δ KL", "mel Fréchet"]), "|---|---|---|---|---|---|"]
-    for label, n in (("uniform weights (the control)", "control"), ("CLAP, best of 4", "clap-topk"),
-                     ("aesthetics, best of 4", "aesthetics-topk"), ("verifier, best of 4 (oracle)", "verifier-topk")):  # fmt: skip
+    for label, n in (("uniform weights (the control)", "control"), (f"CLAP, {kept}", "clap-topk"),
+                     (f"aesthetics, {kept}", "aesthetics-topk"), (f"verifier, {kept} (oracle)", "verifier-topk")):  # fmt: skip
         if n not in r["runs"]:  # a study run with only some of the questions
             continue
         lines.append(_row([label, *_run_cells(r["runs"][n], ("verifier", "clap", "aesthetics", "kl"))]))
@@ -382,9 +384,10 @@ def heldout_rollout(name: str = "heldout_rollout_guided.json") -> str:
     lines = [_row(["run", "loss", "Δ verifier vs base", f"Δ verifier, {disjoint['prompts']} prompts sharing no "
                    "attributes", "Δ CLAP", "Δ aesthetics", "Δ KL", "mel Fréchet"]),
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for label, n, loss in (("uniform weights (the control)", "control", scale), ("CLAP, best of 4", "clap-topk", scale),
-                           ("verifier, best of 4 (oracle)", "verifier-topk", scale),
-                           ("verifier, best of 4 (oracle)", "verifier-topk-paper-loss", "the paper's (v_c)")):  # fmt: skip
+    kept = _kept(a)
+    for label, n, loss in (("uniform weights (the control)", "control", scale), (f"CLAP, {kept}", "clap-topk", scale),
+                           (f"verifier, {kept} (oracle)", "verifier-topk", scale),
+                           (f"verifier, {kept} (oracle)", "verifier-topk-paper-loss", "the paper's (v_c)")):  # fmt: skip
         if n in runs:
             m = runs[n]
             lines.append(_row([label, loss, _delta(m, "verifier"), _bci(disjoint["paired_vs_base"][n]["verifier"]),
@@ -397,7 +400,7 @@ def heldout_rollout(name: str = "heldout_rollout_guided.json") -> str:
     lines.append(f"\nBase: verifier {b['verifier']:.3f}, KL {b['kl']:.3f}, mel Fréchet {b['mel_frechet']:.1f} on "
                  f"{a['eval_prompts']} held-out prompts from {a['first_prompt']} (CFG 3). Rollout: held-out prompts "
                  f"{a['rollout_first_prompt']}–{a['rollout_first_prompt'] + a['rollout_prompts'] - 1}, "
-                 f"{a['num_generations']} clips each at CFG {a['rollout_cfg_scale']:g}; best of 4 on it gains "
+                 f"{a['num_generations']} clips each at CFG {a['rollout_cfg_scale']:g}; {kept} on it gains "
                  f"{agree['verifier']['top1_gain'][0]:+.3f} on the verifier picked by the verifier, "
                  f"{agree['clap']['top1_gain'][0]:+.3f} picked by CLAP. {disjoint['of'] - disjoint['prompts']} of "
                  f"the {disjoint['of']} evaluated prompts share their attributes with a rolled-out prompt.")  # fmt: skip
@@ -516,7 +519,7 @@ def best_of_n() -> str:
     r = _alignment()
     rows = [
         ("base, 1 sample", r["base"], 1),
-        ("CLAP-tuned (best of 4 weighting), 1 sample", r["runs"]["clap-topk"]["model"], 1),
+        (f"CLAP-tuned ({_kept(r['settings'])} weighting), 1 sample", r["runs"]["clap-topk"]["model"], 1),
     ]
     for key in sorted(r["best_of_n"], key=lambda k: (k.split("-")[0], int(k.split("-")[1]), k.endswith("matched"))):
         reward, n = key.split("-")[:2]

@@ -53,3 +53,9 @@ def test_a_share_of_a_loss_is_not_reported_as_a_share():
     # the oracle below its control: a ratio of two losses (-0.016 / -0.010) is not a share of a gain
     assert render_results._share(-0.016, -0.010) == "n/a"
     assert render_results._share(0.01, 0.0) == "n/a"
+
+
+def test_topk_labels_follow_the_study_settings():
+    assert render_results._kept({"num_generations": 8, "top_k": 0.125}) == "best of 8"
+    assert render_results._kept({"num_generations": 6, "top_k": 1 / 3}) == "best 2 of 6"
+    assert render_results._kept({"num_generations": 4}) == "best of 4"  # records made before --top_k

@@ -70,6 +70,9 @@ class StudyArguments:
     seed: int = field(default=0, metadata={"help": "Seed of rollouts and fine-tunes."})
 
     def __post_init__(self):
+        from rewardflow.finetune_config import check_loss_cfg_scale
+
+        check_loss_cfg_scale(self.loss_cfg_scale)
         if self.rollout_split not in ("train", "heldout"):
             raise ValueError(f"--rollout_split must be train or heldout, got {self.rollout_split!r}.")
         if self.rollout_split == "heldout":
@@ -153,7 +156,7 @@ def finetune_run(a: StudyArguments, name: str, fields: dict, rollout: str, out: 
 
     folder = out / "runs" / name
     rounds = fields.pop("rounds", 1)
-    fields.setdefault("loss_cfg_scale", getattr(a, "loss_cfg_scale", 1.0))  # music_alignment passes its own args
+    fields.setdefault("loss_cfg_scale", a.loss_cfg_scale)
     args = RewardFlowConfig(output_dir=str(folder), rollout=rollout, model=a.model, beta=a.beta, max_steps=a.max_steps,
                             per_device_train_batch_size=a.batch_size, learning_rate=a.learning_rate, seed=a.seed,
                             save_steps=max(a.max_steps // 3, 1), logging_steps=20, resume_from_checkpoint="latest",

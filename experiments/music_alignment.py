@@ -42,6 +42,9 @@ class MusicAlignmentArguments:
     rollout_prompts: int = field(default=192, metadata={"help": "SynthMusic train prompts rolled out."})
     num_generations: int = field(default=4, metadata={"help": "Clips per prompt."})
     rollout_cfg_scale: float = field(default=1.0, metadata={"help": "Guidance of the rollout."})
+    loss_cfg_scale: float = field(
+        default=1.0, metadata={"help": "Every run fits the guided velocity at this scale (1: the paper's loss)."}
+    )
     max_steps: int = field(default=600, metadata={"help": "Fine-tuning steps of every run."})
     batch_size: int = field(default=16, metadata={"help": "Fine-tuning batch."})
     learning_rate: float = field(default=1e-4, metadata={"help": "Fine-tuning learning rate."})
@@ -52,6 +55,9 @@ class MusicAlignmentArguments:
     seed: int = field(default=0, metadata={"help": "Seed of the rollout and fine-tunes."})
 
     def __post_init__(self):
+        from rewardflow.finetune_config import check_loss_cfg_scale
+
+        check_loss_cfg_scale(self.loss_cfg_scale)
         unknown = [r for r in self.runs if r not in RUNS]
         if unknown or not self.runs:
             raise ValueError(f"--runs {unknown or '(none)'}: choose from {', '.join(RUNS)}.")

@@ -12,6 +12,12 @@ WEIGHTINGS = ("exp", "self_normalized", "standardized", "advantage", "clipped", 
 OBJECTIVES = ("reward_weighted", "dpo")
 
 
+def check_loss_cfg_scale(scale: float) -> None:
+    """`--loss_cfg_scale` must be finite and >= 0 (also checked by the studies before their rollouts)."""
+    if not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"--loss_cfg_scale must be a finite number >= 0 (1: no guidance), got {scale}.")
+
+
 @dataclass
 class RewardFlowConfig(TrainingArguments):
     r"""Reward-weighted flow matching (paper §4, Algorithm 2):
@@ -163,10 +169,7 @@ class RewardFlowConfig(TrainingArguments):
             raise ValueError(
                 f"--dpo_beta must be > 0 and --dpo_sft_weight >= 0, got {self.dpo_beta}, {self.dpo_sft_weight}."
             )
-        if not math.isfinite(self.loss_cfg_scale) or self.loss_cfg_scale < 0:
-            raise ValueError(
-                f"--loss_cfg_scale must be a finite number >= 0 (1: no guidance), got {self.loss_cfg_scale}."
-            )
+        check_loss_cfg_scale(self.loss_cfg_scale)
         if self.loss_cfg_scale != 1 and self.objective != "reward_weighted":
             raise ValueError(
                 f"--loss_cfg_scale {self.loss_cfg_scale} applies to --objective reward_weighted only; use 1 with "

@@ -255,6 +255,8 @@ def test_music_alignment_tiny(tmp_path, monkeypatch):
 
     with pytest.raises(ValueError, match="--runs"):
         MusicAlignmentArguments(runs=["clap-exp"])
+    with pytest.raises(ValueError, match="--loss_cfg_scale must be a finite number >= 0"):
+        MusicAlignmentArguments(loss_cfg_scale=float("nan"))
     a = MusicAlignmentArguments(output_dir=str(tmp_path / "music"), results_dir=str(tmp_path / "published"),
                                 model="synthcaps", runs=["control", "verifier-topk"], rollout_prompts=3,
                                 num_generations=2, max_steps=2, batch_size=4, eval_prompts=3, processes=1)  # fmt: skip
@@ -390,6 +392,8 @@ def test_alignment_study_heldout_rollout_is_checked_and_read_without_shared_prom
         StudyArguments(rollout_split="heldout", rollout_first_prompt=300)
     with pytest.raises(ValueError, match="--rollout_split must be train or heldout"):
         StudyArguments(rollout_split="validation")
+    with pytest.raises(ValueError, match="--loss_cfg_scale must be a finite number >= 0"):
+        StudyArguments(loss_cfg_scale=-1.0)
     a = StudyArguments(output_dir=str(tmp_path / "study"), results_dir="", questions=["oracle"], rollout_prompts=3,
                        num_generations=2, max_steps=2, batch_size=4, oracle_rounds=1, eval_prompts=3, processes=1,
                        rollout_split="heldout", rollout_first_prompt=400, loss_cfg_scale=3.0)  # fmt: skip
@@ -411,7 +415,7 @@ def test_alignment_study_heldout_rollout_is_checked_and_read_without_shared_prom
     (tmp_path / "results" / "alignment" / "heldout_rollout_guided.json").write_text(json.dumps(result))
     monkeypatch.setattr(render_results, "RESULTS", tmp_path / "results")
     table = render_results.heldout_rollout()
-    assert sum(r.startswith("| verifier, best of 4 (oracle) | ") for r in table.splitlines()) == 2  # both losses
+    assert sum(r.startswith("| verifier, best of 2 (oracle) | ") for r in table.splitlines()) == 2  # both losses
     assert "| guided, s = 3 |" in table and "the paper's (v_c)" in table and "held-out prompts 400–402" in table
     # the subset: evaluated prompt 129 is given the attributes of a rolled-out prompt, so it is the one left out
     from rewardflow import prompts as prompts_module

@@ -331,17 +331,22 @@ def oracle(names: tuple[str, ...] = ("results.json", "rollout_cfg1.json", "rollo
 
 
 def oracle_diagnostics(name: str = "gpu_build_diagnostics.json") -> str:
-    """The oracle's round-1 and round-3 models against the base on other prompt sets and guidance scales than the
-    study's evaluation (`gpu_build_diagnostics.json`: one `evaluate.py` report per set, kept to its paired rows)."""
+    """The oracle's round-1 model (and its last round's, when the study ran rounds) against the base on other prompt
+    sets and guidance scales than the study's evaluation (`oracle_diagnostics.py`: one `evaluate.py` report per
+    set, kept to its paired rows)."""
     r = _load(RESULTS / "alignment" / name)
-    lines = [_row(["prompts", "CFG", "base verifier", "Δ verifier, round 1", "Δ verifier, round 3", "Δ CLAP, round 3",
-                   "Δ KL, round 3"]), "|---|---|---|---|---|---|---|"]  # fmt: skip
+    models = r["sets"][0]["models"]
+    last = re.search(r"round-(\d+)", models[-1])
+    tag = f"round {last.group(1)}" if last else "round 1"
+    head = ["prompts", "CFG", "base verifier", "Δ verifier, round 1"]
+    head += ([f"Δ verifier, {tag}"] if len(models) > 2 else []) + [f"Δ CLAP, {tag}", f"Δ KL, {tag}"]
+    lines = [_row(head), "|" + "---|" * len(head)]
     for d in r["sets"]:
-        base, first, third = d["models"]
+        base, first, final = d["models"][0], d["models"][1], d["models"][-1]
         pair = d["paired_vs_first"]
-        lines.append(_row([d["label"], f"{d['settings']['cfg_scale']:g}", _f(d["verifier"][base]),
-                           _bci(pair[first]["verifier"]), _bci(pair[third]["verifier"]), _bci(pair[third]["clap"]),
-                           _bci(pair[third]["kl"])]))  # fmt: skip
+        cells = [d["label"], f"{d['settings']['cfg_scale']:g}", _f(d["verifier"][base]), _bci(pair[first]["verifier"])]
+        cells += [_bci(pair[final]["verifier"])] if len(d["models"]) > 2 else []
+        lines.append(_row([*cells, _bci(pair[final]["clap"]), _bci(pair[final]["kl"])]))
     return "\n".join(lines) + "\n"
 
 

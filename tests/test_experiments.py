@@ -379,6 +379,44 @@ def test_oracle_diagnostics_names_the_missing_study_before_any_evaluation(tmp_pa
         oracle_diagnostics.main(["--study", str(tmp_path)])
 
 
+def test_oracle_diagnostics_checks_the_rollouts_prompts_and_reuses_its_reports(tmp_path, monkeypatch):
+    """The first set is the study's own rollout (here held-out prompts from 1000); a report already there with the
+    same settings is read back, one with other settings is made again; the table follows the models present."""
+    import rewardflow.evaluate
+    from experiments import oracle_diagnostics, render_results
+
+    study = tmp_path / "study"
+    (study / "rollout").mkdir(parents=True)
+    settings = {"prompts": "synthcaps:heldout", "first_prompt": 1000, "cfg_scale": 3.0}
+    (study / "rollout" / "run.json").write_text(json.dumps({"settings": settings}))
+    first = study / "runs" / "verifier-topk" / "final"
+    first.mkdir(parents=True)
+    (first / "metrics.json").write_text("{}")
+    sets = oracle_diagnostics.prompt_sets(settings)
+    assert sets[0] == ("held-out prompts tuned on (fresh seeds)", "eval-heldout-tuned", "synthcaps:heldout", 1000, 3.0)
+    models = ["synthcaps", str(first)]
+    pair = {"verifier": {"mean": 0.05, "ci95": [0.01, 0.09]}, "clap": {"mean": 0.0, "ci95": [-0.01, 0.01]},
+            "kl": {"mean": -0.1, "ci95": [-0.2, 0.0]}}  # fmt: skip
+
+    def report(label, stem, prompts, start, cfg, max_prompts=4):
+        s = {"models": models, "prompts": prompts, "first_prompt": start, "max_prompts": max_prompts, "cfg_scale": cfg}
+        return {"settings": s, "models": {m: {"verifier": 0.6} for m in models},
+                "paired_vs_first": {first.as_posix(): pair}, "verifier_by_attribute": {}}  # fmt: skip
+
+    for i, row in enumerate(sets):  # the second is stale: made for another number of prompts
+        (study / f"{row[1]}.json").write_text(json.dumps(report(*row, max_prompts=8 if i == 1 else 4)))
+    made = []
+    monkeypatch.setattr(rewardflow.evaluate, "evaluate", lambda cfg: made.append(cfg.first_prompt) or report(
+        *next(r for r in sets if r[3] == cfg.first_prompt and r[4] == cfg.cfg_scale)))  # fmt: skip
+    out = oracle_diagnostics.main(["--study", str(study), "--max_prompts", "4", "--results_json",
+                                   str(tmp_path / "results" / "alignment" / "d.json")])  # fmt: skip
+    assert made == [oracle_diagnostics.TRAIN_UNSEEN] and len(out["sets"]) == 3
+    monkeypatch.setattr(render_results, "RESULTS", tmp_path / "results")
+    table = render_results.oracle_diagnostics("d.json")
+    assert "| held-out prompts tuned on (fresh seeds) | 3 | 0.600 | **+0.050 [+0.010, +0.090]** | +0.000" in table
+    assert "round 3" not in table and table.count("\n") == 5
+
+
 def test_alignment_study_heldout_rollout_is_checked_and_read_without_shared_prompts(tmp_path, monkeypatch):
     """`--rollout_split heldout`: a rollout range that reaches the evaluated prompts is refused before anything runs;
     a tiny run fits the guided velocity, and `disjoint_from_rollout` leaves out exactly the evaluated prompts whose

@@ -28,7 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 @dataclass
 class DemoArguments:
     output_dir: str = field(default="outputs/demo", metadata={"help": "Where the rollout, model and report go."})
-    max_prompts: int = field(default=64, metadata={"help": "SynthCaps train prompts rolled out."})
+    max_prompts: int = field(default=64, metadata={"help": "SynthCaps prompts rolled out."})
+    rollout_split: str = field(
+        default="train", metadata={"help": "SynthCaps split rolled out: train, or heldout (other prompts than the "
+                                           "evaluated ones, from --rollout_first_prompt)."}
+    )  # fmt: skip
+    rollout_first_prompt: int = field(default=0, metadata={"help": "First prompt of the rollout split rolled out."})
     num_generations: int = field(default=4, metadata={"help": "Clips per prompt."})
     cfg_scale: float = field(
         default=2.0, metadata={"help": "Guidance of the rollout (the evaluation uses the pipeline's default, 3)."}
@@ -40,6 +45,9 @@ class DemoArguments:
     top_k: float = field(default=0.25, metadata={"help": "Share of each prompt's clips kept by `topk`."})
     tau: float = field(default=1.0, metadata={"help": "Temperature τ (the exp-based weightings)."})
     beta: float = field(default=1.0, metadata={"help": "Reference regulariser weight."})
+    loss_cfg_scale: float = field(
+        default=1.0, metadata={"help": "Fit the guided velocity at this scale (1: the paper's loss; finetune.py)."}
+    )
     max_steps: int = field(default=200, metadata={"help": "Fine-tuning steps."})
     eval_prompts: int = field(default=96, metadata={"help": "Held-out prompts evaluated."})
     first_prompt: int = field(
@@ -50,6 +58,27 @@ class DemoArguments:
         default="", metadata={"help": "Also copy results.json here (the committed record: experiments/results/demo)."}
     )
     processes: int = field(default=0, metadata={"help": "Rollout processes (0: 2 on a CPU machine, else 1)."})
+
+    def __post_init__(self):
+        from rewardflow.finetune_config import check_loss_cfg_scale
+
+        check_loss_cfg_scale(self.loss_cfg_scale)
+        if self.eval_prompts < 2 or self.listen_prompts < 2:
+            raise ValueError(
+                f"--eval_prompts {self.eval_prompts} and --listen_prompts {self.listen_prompts} must be >= 2 (paired "
+                "intervals and Fréchet distances need two clips or more)."
+            )
+        if self.rollout_split not in ("train", "heldout"):
+            raise ValueError(f"--rollout_split must be train or heldout, got {self.rollout_split!r}.")
+        if self.rollout_split == "heldout":  # the evaluated prompts (and the listened ones among them) stay fresh
+            rolled = range(self.rollout_first_prompt, self.rollout_first_prompt + self.max_prompts)
+            shown = range(self.first_prompt, self.first_prompt + max(self.eval_prompts, self.listen_prompts))
+            if rolled.start < shown.stop and shown.start < rolled.stop:
+                raise ValueError(
+                    f"--rollout_split heldout: rolled-out prompts {rolled.start}-{rolled.stop - 1} overlap the "
+                    f"evaluated ones {shown.start}-{shown.stop - 1}; set --rollout_first_prompt to {shown.stop} or "
+                    "more."
+                )
 
 
 def _run(cmd: list[str]) -> float:
@@ -71,6 +100,7 @@ def main(a: DemoArguments) -> dict:
     seconds = {}
     seconds["rollout"] = _run(
         [*launch, "rewardflow/rollout.py", "--output_dir", str(out / "rollout"), "--max_prompts", str(a.max_prompts)]
+        + ["--prompts", f"synthcaps:{a.rollout_split}", "--first_prompt", str(a.rollout_first_prompt)]
         + ["--num_generations", str(a.num_generations), "--cfg_scale", str(a.cfg_scale)]
     )
     # Before fine-tuning: does the reward pick a prompt's better samples by the verifier's (independent) judgement?
@@ -86,7 +116,7 @@ def main(a: DemoArguments) -> dict:
         seconds["finetune"] = _run(
             [py, "rewardflow/finetune.py", "--rollout", str(out / "rollout"), "--output_dir", str(out / "finetune")]
             + ["--reward", a.reward, "--weighting", a.weighting, "--top_k", str(a.top_k), "--tau", str(a.tau)]
-            + ["--beta", str(a.beta)]
+            + ["--beta", str(a.beta), "--loss_cfg_scale", str(a.loss_cfg_scale)]
             + ["--max_steps", str(a.max_steps), "--save_steps", "50", "--resume_from_checkpoint", "latest"]
         )
     report_file = out / "evaluation.json"

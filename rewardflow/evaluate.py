@@ -104,6 +104,11 @@ class EvaluateConfig(RewardArguments, SamplingConfig):
             raise ValueError(f"--first_prompt must be >= 0, not {self.first_prompt}.")
         if not self.models:
             raise ValueError("--models needs at least one pipeline.")
+        if 0 < self.max_prompts * self.num_samples < 2:
+            raise ValueError(
+                f"--max_prompts {self.max_prompts} × --num_samples {self.num_samples} gives one clip per model; the "
+                "Fréchet distances need two or more: raise --max_prompts or --num_samples."
+            )
         if self.save_audio and not self.output_dir:
             raise ValueError("--save_audio writes under --output_dir: pass one.")
 

@@ -182,6 +182,9 @@ def test_first_prompt_skips_prompts_and_their_reference_clips(tmp_path, renders)
     np.testing.assert_array_equal(ref_tail["clip3"], ref_full["clip3"])
     with pytest.raises(ValueError, match="no prompts after --first_prompt 5"):
         load_eval_prompts(EvaluateConfig(max_prompts=0, first_prompt=5, **common))
+    with pytest.raises(ValueError, match="gives one clip per model; the Fréchet distances need two or more"):
+        EvaluateConfig(max_prompts=1)
+    EvaluateConfig(max_prompts=1, num_samples=2)  # two clips of one prompt are enough
     with pytest.raises(ValueError, match="--first_prompt must be >= 0"):
         EvaluateConfig(first_prompt=-1)
 

@@ -475,3 +475,35 @@ def test_alignment_study_heldout_rollout_is_checked_and_read_without_shared_prom
     diff = np.asarray(per_prompt[tuned]["verifier"])[keep]
     diff = diff - np.asarray(per_prompt["synthcaps"]["verifier"])[keep]
     assert disjoint["paired_vs_base"]["verifier-topk"]["verifier"]["mean"] == pytest.approx(diff.mean())
+
+
+def test_alignment_demo_checks_its_rollout_before_running():
+    from experiments.alignment_demo import DemoArguments
+
+    with pytest.raises(ValueError, match="overlap the evaluated ones 384-479; set --rollout_first_prompt to 480"):
+        DemoArguments(rollout_split="heldout", rollout_first_prompt=400)
+    with pytest.raises(ValueError, match="--rollout_split must be train or heldout"):
+        DemoArguments(rollout_split="test")
+    with pytest.raises(ValueError, match="--loss_cfg_scale must be a finite number >= 0"):
+        DemoArguments(loss_cfg_scale=float("inf"))
+    with pytest.raises(ValueError, match="--listen_prompts 1 must be >= 2"):
+        DemoArguments(listen_prompts=1)
+    DemoArguments(rollout_split="heldout", rollout_first_prompt=1000)
+
+
+def test_alignment_demo_tiny(tmp_path):
+    """`make demo` end to end on a toy budget: a held-out rollout, a guided fine-tune, the evaluation, WAVs and the
+    report; a rerun keeps the tuned model."""
+    from experiments.alignment_demo import DemoArguments, main
+
+    a = DemoArguments(output_dir=str(tmp_path / "demo"), max_prompts=2, num_generations=2, max_steps=2,
+                      eval_prompts=2, listen_prompts=2, rollout_split="heldout", rollout_first_prompt=1000,
+                      loss_cfg_scale=3.0, processes=1)  # fmt: skip
+    result = main(a)
+    assert set(result["paired"]) >= {"clap", "aesthetics", "verifier", "kl"}
+    run = json.loads((tmp_path / "demo" / "finetune" / "finetune_run.json").read_text())
+    assert run["objective"]["loss_cfg_scale"] == 3.0
+    rollout = json.loads((tmp_path / "demo" / "rollout" / "run.json").read_text())["settings"]
+    assert rollout["prompts"] == "synthcaps:heldout" and rollout["first_prompt"] == 1000
+    assert (tmp_path / "demo" / "listen" / "report.html").is_file()
+    assert main(a)["seconds"]["finetune"] == 0.0  # the rerun keeps the tuned model

@@ -110,7 +110,17 @@ def check_existing(cfg: RolloutConfig, out: Path, state) -> None:
 
 
 def rollout(cfg: RolloutConfig) -> dict:
-    """Generates and scores the rollout; returns the summary (also written to `summary.json`)."""
+    """Generates and scores the rollout; returns the summary (also written to `summary.json`). On CPU it runs with
+    `cfg.cpu_threads` torch threads and gives the caller back its own count after (online rounds fine-tune in the
+    same process)."""
+    threads = torch.get_num_threads()
+    try:
+        return _rollout(cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _rollout(cfg: RolloutConfig) -> dict:
     from tqdm.auto import tqdm
 
     from base_model.generators import generator_folder, load_generator

@@ -258,3 +258,17 @@ def test_rescore_hears_clips_above_full_scale_at_the_scored_level(tmp_path, monk
     assert "predates the audio_gain column" in caplog.text
     quieter = np.asarray(load_rollout(out)["reward/energy"])
     np.testing.assert_allclose(quieter, np.asarray(before["reward/energy"]) * gains**2, rtol=1e-3)
+
+
+def test_rollout_gives_the_caller_its_thread_count_back(tmp_path):
+    """A rollout runs with --cpu_threads (1 by default), then restores the caller's count: online rounds fine-tune in
+    the same process and would otherwise train on one thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run(tmp_path, "--max_prompts", "1", "--rewards", "verifier")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

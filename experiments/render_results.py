@@ -670,9 +670,16 @@ def demo() -> str:
         lines.append(_row([label, *[_f(r["models"][n].get(k)) for k, _ in cols]]))
     lines.append(_row(["tuned − base, paired", *[_bci(r["paired"][k]) if k in r["paired"] else "" for k, _ in cols]]))
     s = r["settings"]
-    lines.append(f"\n`make demo`: {s['max_prompts']} training prompts × {s['num_generations']} clips, reward `{s['reward']}`, "
-                 f"`--weighting {s['weighting']}`, {s['max_steps']} steps; evaluated on {s['eval_prompts']} fresh held-out "
-                 f"prompts from {s['first_prompt']}; {sum(r['seconds'].values()) / 60:.0f} min on this 2-core CPU.")  # fmt: skip
+    rolled = (
+        "training prompts"
+        if s.get("rollout_split", "train") == "train"
+        else (f"held-out prompts from {s['rollout_first_prompt']}")
+    )
+    loss = f", the guided loss (`--loss_cfg_scale {s['loss_cfg_scale']:g}`)" if s.get("loss_cfg_scale", 1) != 1 else ""
+    lines.append(f"\n`make demo`: {s['max_prompts']} {rolled} × {s['num_generations']} clips at CFG {s['cfg_scale']:g}, "
+                 f"reward `{s['reward']}`, `--weighting {s['weighting']}`, {s['max_steps']} steps{loss}; evaluated on "
+                 f"{s['eval_prompts']} fresh held-out prompts from {s['first_prompt']}; "
+                 f"{sum(r['seconds'].values()) / 60:.0f} min on this 2-core CPU.")  # fmt: skip
     a = r["agreement"][s["reward"]]
     lines.append(f"Before fine-tuning, on the rollout: the reward's within-prompt Spearman with the verifier "
                  f"{_bci(a['spearman'])}; picking each prompt's best clip by the reward gains {_bci(a['top1_gain'])} "

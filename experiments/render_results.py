@@ -717,8 +717,8 @@ def synthmusic_generator() -> str:
     return generator("synthmusic") + "\n".join(lines) + "\n"
 
 
-MUSIC_RUNS = {"control": "uniform weights (the control)", "clap-topk": "CLAP, best of 4",
-              "aesthetics-topk": "aesthetics, best of 4", "verifier-topk": "music verifier, best of 4 (oracle)"}  # fmt: skip
+MUSIC_RUNS = {"control": "uniform weights (the control)", "clap-topk": "CLAP, {kept}",
+              "aesthetics-topk": "aesthetics, {kept}", "verifier-topk": "music verifier, {kept} (oracle)"}  # fmt: skip
 
 
 def music_alignment() -> str:
@@ -729,16 +729,17 @@ def music_alignment() -> str:
     base = r["settings"]["model"]
     attrs = list(ev["verifier_by_attribute"][base])
     keys = ("verifier", "clap", "aesthetics", "kl")
+    label = {n: v.format(kept=_kept(r["settings"])) for n, v in MUSIC_RUNS.items()}  # its runs keep top_k 0.25
     lines = [_row(["model", "verifier", *(f"Δ {k} vs base" for k in keys), "mel Fréchet", *attrs]),
              "|" + "---|" * (len(attrs) + 7)]  # fmt: skip
-    for label, folder in (("base", base), *((MUSIC_RUNS[n], runs[n]) for n in MUSIC_RUNS if n in runs)):
+    for name, folder in (("base", base), *((label[n], runs[n]) for n in MUSIC_RUNS if n in runs)):
         d = ev["paired_vs_first"].get(folder, {})
         m = ev["models"][folder]
-        lines.append(_row([label, _f(m["verifier"]), *(_bci(d[k]) if k in d else "" for k in keys),
+        lines.append(_row([name, _f(m["verifier"]), *(_bci(d[k]) if k in d else "" for k in keys),
                            _f(m.get("mel_frechet"), 1),
                            *(_f(ev["verifier_by_attribute"][folder].get(a, {}).get("accuracy")) for a in attrs)]))  # fmt: skip
     for name, diff in r["versus_control"].items():
-        lines.append(_row([f"{MUSIC_RUNS[name]} − control, paired", "", *(_bci(diff[k]) for k in keys), "",
+        lines.append(_row([f"{label[name]} − control, paired", "", *(_bci(diff[k]) for k in keys), "",
                            *[""] * len(attrs)]))  # fmt: skip
     agree = r["agreement"]
     gains = ", ".join(f"{n} {agree[n]['top1_gain'][0]:+.3f}" for n in ("clap", "aesthetics", "verifier") if n in agree)

@@ -281,7 +281,7 @@ def test_music_alignment_tiny(tmp_path, monkeypatch):
     (tmp_path / "published").rename(tmp_path / "results" / "synthmusic")
     monkeypatch.setattr(render_results, "RESULTS", tmp_path / "results")
     table = render_results.RENDERERS["music-alignment"]()
-    assert table.count("\n| ") == 4 and "music verifier, best of 4 (oracle) − control" in table
+    assert table.count("\n| ") == 4 and "music verifier, best of 2 (oracle) − control" in table
     assert {"tempo", "mode", "timbre"} <= set(table.splitlines()[0].replace(" ", "").split("|"))
 
 

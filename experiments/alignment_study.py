@@ -228,6 +228,27 @@ def rollout_spread(rollout: str | Path, column: str) -> dict:
             "within_prompt_std": float(np.mean([np.nanstd(g) for g in groups]))}  # fmt: skip
 
 
+def rollout_paired(first: str | Path, second: str | Path, column: str) -> dict:
+    """`second - first` in `column`, each prompt's mean over its clips, paired by prompt with a 95 % bootstrap
+    interval: two models' rollouts of the same prompts (with other seeds)."""
+    import numpy as np
+
+    from rewardflow.metrics import bootstrap_interval
+    from rewardflow.objectives import group_indices
+    from rewardflow.rollout_table import load_rollout
+
+    means = []
+    for folder in (first, second):
+        table = load_rollout(folder)
+        values, ids = np.asarray(table[column], dtype=np.float64), list(table["prompt_id"])
+        means.append({ids[idx[0]]: float(np.nanmean(values[idx])) for idx in group_indices(ids)})
+    if set(means[0]) != set(means[1]):
+        raise ValueError(f"{first} and {second} roll out other prompts: they cannot be paired.")
+    diff = np.array([means[1][k] - means[0][k] for k in sorted(means[0])])
+    mean, lo, hi = bootstrap_interval(diff)
+    return {"mean": mean, "ci95": [lo, hi], "prompts": len(diff)}
+
+
 def main(a: StudyArguments) -> dict:
     from base_model.files import atomic_write_json
     from experiments.results_io import publish_json
@@ -265,6 +286,13 @@ def main(a: StudyArguments) -> dict:
             f"round-{k}": rollout_spread(rollout if k == 1 else Path(rounds[k]).parent / "rollout", "reward/verifier")
             for k in range(1, a.oracle_rounds + 1)
         }
+        # round k's rollout is round k - 1's model on the tuned prompts (fresh seeds, the rollout's CFG)
+        tuned = {k: Path(rounds[k + 1]).parent / "rollout" for k in range(1, a.oracle_rounds)}
+        result["oracle_on_tuned_prompts"] = {
+            f"round-{k}": {"vs_base": rollout_paired(rollout, tuned[k], "reward/verifier"),
+                           "vs_previous": rollout_paired(tuned[k - 1], tuned[k], "reward/verifier") if k > 1 else None}
+            for k in tuned
+        }  # fmt: skip
     if "aesthetics" in a.questions:
         result["degradation"] = {n: degradation_rates(f, a) for n, f in
                                  (("base", a.model), ("aesthetics-topk", finals["aesthetics-topk"]),

@@ -312,7 +312,7 @@ def oracle(names: tuple[str, ...] = ("results.json", "rollout_cfg1.json", "rollo
     for name in names:
         r = _load(RESULTS / "alignment" / name)
         rollout = f"CFG {r['settings']['rollout_cfg_scale']:g}, {_kept(r['settings'])}"
-        names = ["verifier-topk"] + [n for n in r["runs"] if n.startswith("oracle-round-")]
+        oracle_runs = ["verifier-topk"] + [n for n in r["runs"] if n.startswith("oracle-round-")]
         b, gains = r["base"], r.get("oracle_round_gains", {})
         spread = r.get("oracle_round_rollouts", {})
         lines.append(
@@ -320,14 +320,26 @@ def oracle(names: tuple[str, ...] = ("results.json", "rollout_cfg1.json", "rollo
                 [rollout, "base", _f(b["verifier"]), "", "", "", _f(b.get("kl")), _f(b.get("mel_frechet"), 1), "", ""]
             )
         )
-        for i, n in enumerate(sorted(names, key=lambda n: int(n.rsplit("-", 1)[1]) if n[-1].isdigit() else 1), 1):
+        for i, n in enumerate(
+            sorted(oracle_runs, key=lambda n: int(n.rsplit("-", 1)[1]) if n[-1].isdigit() else 1), 1
+        ):
             m, gain = r["runs"][n], gains.get(f"round-{i}", {}).get("verifier")
             s = spread.get(f"round-{i}", {})
             lines.append(_row([rollout, f"verifier as reward, round {i}", _f(m["model"]["verifier"]),
                                _delta(m, "verifier"), _bci(gain) if gain else "", _delta(m, "clap"),
                                _f(m["model"].get("kl")), _f(m["model"].get("mel_frechet"), 1),
                                _f(s["mean"]) if s else "", _f(s["best_of_n"]) if s else ""]))  # fmt: skip
-    return "\n".join(lines) + "\n"
+    notes = []
+    for name in names:
+        r = _load(RESULTS / "alignment" / name)
+        if "oracle_on_tuned_prompts" in r:  # the rounds' rollouts: each model on the prompts it was tuned on
+            parts = [f"round-{k.split('-')[1]} model {_bci(d['vs_base'])} vs base"
+                     + (f", {_bci(d['vs_previous'])} vs the round before" if d["vs_previous"] else "")
+                     for k, d in r["oracle_on_tuned_prompts"].items()]  # fmt: skip
+            notes.append(f"On the {r['settings']['rollout_prompts']} prompts it was tuned on (its rounds' rollouts: "
+                         f"fresh seeds, CFG {r['settings']['rollout_cfg_scale']:g}), the verifier moves: "
+                         + "; ".join(parts) + ".")  # fmt: skip
+    return "\n".join(lines) + "\n" + "".join(f"\n{n}\n" for n in notes)
 
 
 def oracle_diagnostics(name: str = "gpu_build_diagnostics.json") -> str:

@@ -221,6 +221,9 @@ def test_alignment_study_tiny(tmp_path, monkeypatch):
     spread = result["oracle_round_rollouts"]
     assert set(spread) == {"round-1", "round-2"} and all(s["clips"] == 6 for s in spread.values())
     assert all(0 <= s["mean"] <= s["best_of_n"] <= 1 for s in spread.values())
+    tuned = result["oracle_on_tuned_prompts"]  # round 2's rollout: round 1's model on the tuned prompts
+    assert set(tuned) == {"round-1"} and tuned["round-1"]["vs_base"]["prompts"] == 3
+    assert tuned["round-1"]["vs_base"]["mean"] == pytest.approx(spread["round-2"]["mean"] - spread["round-1"]["mean"])
     assert 0 <= result["degradation"]["base"]["degraded"] <= 1
     assert set(result["best_of_n"]) == {"clap-2", "verifier-2", "clap-2-matched"}
     assert [r["step"] for r in result["guardrail"]["history"]] == [0, 1, 2]
@@ -240,7 +243,8 @@ def test_alignment_study_tiny(tmp_path, monkeypatch):
         table = render_results.RENDERERS[name]()
         assert table.count("\n") >= 3 and "| " in table, name
     oracle_rows = render_results.oracle().splitlines()
-    for label in ("CFG 3, best 1 of 2", "CFG 1, best 1 of 2", "CFG 1, best 1 of 8"):  # each study named by its rollout
+    assert sum(r.startswith("On the 3 prompts it was tuned on") and "round-1 model" in r for r in oracle_rows) == 3
+    for label in ("CFG 3, best of 2", "CFG 1, best of 2", "CFG 1, best of 8"):  # each study named by its rollout
         rows = [r for r in oracle_rows if r.startswith(f"| {label} | verifier as reward, round 2 |")]
         assert len(rows) == 1 and "[" in rows[0].split(" | ")[4]  # round 2 against round 1, with its interval
         assert rows[0].split(" | ")[-1].strip(" |") == f"{spread['round-2']['best_of_n']:.3f}"  # what it trained on

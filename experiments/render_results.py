@@ -404,7 +404,9 @@ def heldout_rollout(name: str = "heldout_rollout_guided.json") -> str:
     kept = _kept(a)
     for label, n, loss in (("uniform weights (the control)", "control", scale), (f"CLAP, {kept}", "clap-topk", scale),
                            (f"verifier, {kept} (oracle)", "verifier-topk", scale),
-                           (f"verifier, {kept} (oracle)", "verifier-topk-paper-loss", "the paper's (v_c)")):  # fmt: skip
+                           (f"verifier, {kept} (oracle)", "verifier-topk-paper-loss", "the paper's (v_c)"),
+                           *((f"verifier, {kept} (oracle), round {n.rsplit('-', 1)[1]}", n, scale)
+                             for n in runs if n.startswith("oracle-round-"))):  # fmt: skip
         if n in runs:
             m = runs[n]
             lines.append(_row([label, loss, _delta(m, "verifier"), _bci(disjoint["paired_vs_base"][n]["verifier"]),
@@ -421,6 +423,15 @@ def heldout_rollout(name: str = "heldout_rollout_guided.json") -> str:
                  f"{agree['verifier']['top1_gain'][0]:+.3f} on the verifier picked by the verifier, "
                  f"{agree['clap']['top1_gain'][0]:+.3f} picked by CLAP. {disjoint['of'] - disjoint['prompts']} of "
                  f"the {disjoint['of']} evaluated prompts share their attributes with a rolled-out prompt.")  # fmt: skip
+    if "oracle_round_gains" in r:  # online rounds: round k rolls the same prompts out again with round k - 1's model
+        steps = "; ".join(f"round {k.split('-')[1]} − round {int(k.split('-')[1]) - 1} {_bci(d['verifier'])}"
+                          for k, d in r["oracle_round_gains"].items())  # fmt: skip
+        lines.append(f"Each oracle round against the one before, on the evaluated prompts: {steps}.")
+    if "oracle_on_tuned_prompts" in r:
+        moves = "; ".join(f"round-{k.split('-')[1]} model {_bci(d['vs_base'])}"
+                          for k, d in r["oracle_on_tuned_prompts"].items())  # fmt: skip
+        lines.append(f"On the rolled-out prompts themselves (the rounds' rollouts: fresh seeds, CFG "
+                     f"{a['rollout_cfg_scale']:g}), against the base: {moves}.")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

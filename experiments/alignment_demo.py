@@ -28,15 +28,17 @@ ROOT = Path(__file__).resolve().parents[1]
 @dataclass
 class DemoArguments:
     output_dir: str = field(default="outputs/demo", metadata={"help": "Where the rollout, model and report go."})
-    max_prompts: int = field(default=64, metadata={"help": "SynthCaps prompts rolled out."})
+    max_prompts: int = field(default=192, metadata={"help": "SynthCaps prompts rolled out."})
     rollout_split: str = field(
-        default="train", metadata={"help": "SynthCaps split rolled out: train, or heldout (other prompts than the "
+        default="heldout", metadata={"help": "SynthCaps split rolled out: train, or heldout (other prompts than the "
                                            "evaluated ones, from --rollout_first_prompt)."}
     )  # fmt: skip
-    rollout_first_prompt: int = field(default=0, metadata={"help": "First prompt of the rollout split rolled out."})
+    rollout_first_prompt: int = field(
+        default=1000, metadata={"help": "First prompt of the rollout split rolled out (past the evaluated ones)."}
+    )
     num_generations: int = field(default=4, metadata={"help": "Clips per prompt."})
     cfg_scale: float = field(
-        default=2.0, metadata={"help": "Guidance of the rollout (the evaluation uses the pipeline's default, 3)."}
+        default=3.0, metadata={"help": "Guidance of the rollout (the evaluation uses the pipeline's default, 3)."}
     )
     reward: str = field(default="clap", metadata={"help": "Reward to fine-tune on."})
     weighting: str = field(
@@ -46,10 +48,10 @@ class DemoArguments:
     tau: float = field(default=1.0, metadata={"help": "Temperature τ (the exp-based weightings)."})
     beta: float = field(default=1.0, metadata={"help": "Reference regulariser weight."})
     loss_cfg_scale: float = field(
-        default=1.0, metadata={"help": "Fit the guided velocity at this scale (1: the paper's loss; finetune.py)."}
+        default=3.0, metadata={"help": "Fit the guided velocity at this scale (1: the paper's loss; finetune.py)."}
     )
-    max_steps: int = field(default=200, metadata={"help": "Fine-tuning steps."})
-    eval_prompts: int = field(default=96, metadata={"help": "Held-out prompts evaluated."})
+    max_steps: int = field(default=600, metadata={"help": "Fine-tuning steps."})
+    eval_prompts: int = field(default=256, metadata={"help": "Held-out prompts evaluated."})
     first_prompt: int = field(
         default=384, metadata={"help": "First held-out prompt evaluated: after the prompts the recipe was chosen on."}
     )

@@ -484,7 +484,7 @@ def test_alignment_study_heldout_rollout_is_checked_and_read_without_shared_prom
 def test_alignment_demo_checks_its_rollout_before_running():
     from experiments.alignment_demo import DemoArguments
 
-    with pytest.raises(ValueError, match="overlap the evaluated ones 384-479; set --rollout_first_prompt to 480"):
+    with pytest.raises(ValueError, match="overlap the evaluated ones 384-639; set --rollout_first_prompt to 640"):
         DemoArguments(rollout_split="heldout", rollout_first_prompt=400)
     with pytest.raises(ValueError, match="--rollout_split must be train or heldout"):
         DemoArguments(rollout_split="test")

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # `experiments.alignment_study` when run as a script
 
 
 @dataclass
@@ -70,17 +72,11 @@ class DemoArguments:
                 f"--eval_prompts {self.eval_prompts} and --listen_prompts {self.listen_prompts} must be >= 2 (paired "
                 "intervals and Fréchet distances need two clips or more)."
             )
-        if self.rollout_split not in ("train", "heldout"):
-            raise ValueError(f"--rollout_split must be train or heldout, got {self.rollout_split!r}.")
-        if self.rollout_split == "heldout":  # the evaluated prompts (and the listened ones among them) stay fresh
-            rolled = range(self.rollout_first_prompt, self.rollout_first_prompt + self.max_prompts)
-            shown = range(self.first_prompt, self.first_prompt + max(self.eval_prompts, self.listen_prompts))
-            if rolled.start < shown.stop and shown.start < rolled.stop:
-                raise ValueError(
-                    f"--rollout_split heldout: rolled-out prompts {rolled.start}-{rolled.stop - 1} overlap the "
-                    f"evaluated ones {shown.start}-{shown.stop - 1}; set --rollout_first_prompt to {shown.stop} or "
-                    "more."
-                )
+        from experiments.alignment_study import check_rollout_range
+
+        # the evaluated prompts, and the listened ones among them, stay fresh
+        check_rollout_range(self.rollout_split, self.rollout_first_prompt, self.max_prompts, self.first_prompt,
+                            max(self.eval_prompts, self.listen_prompts))  # fmt: skip
 
 
 def _run(cmd: list[str]) -> float:

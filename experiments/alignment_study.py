@@ -73,17 +73,21 @@ class StudyArguments:
         from rewardflow.finetune_config import check_loss_cfg_scale
 
         check_loss_cfg_scale(self.loss_cfg_scale)
-        if self.rollout_split not in ("train", "heldout"):
-            raise ValueError(f"--rollout_split must be train or heldout, got {self.rollout_split!r}.")
-        if self.rollout_split == "heldout":
-            rolled = range(self.rollout_first_prompt, self.rollout_first_prompt + self.rollout_prompts)
-            evaluated = range(self.first_prompt, self.first_prompt + self.eval_prompts)
-            if rolled.start < evaluated.stop and evaluated.start < rolled.stop:
-                raise ValueError(
-                    f"--rollout_split heldout: rolled-out prompts {rolled.start}-{rolled.stop - 1} overlap the "
-                    f"evaluated ones {evaluated.start}-{evaluated.stop - 1}; set --rollout_first_prompt to "
-                    f"{evaluated.stop} or more."
-                )
+        check_rollout_range(self.rollout_split, self.rollout_first_prompt, self.rollout_prompts, self.first_prompt,
+                            self.eval_prompts)  # fmt: skip
+
+
+def check_rollout_range(split: str, first: int, count: int, eval_first: int, eval_count: int) -> None:
+    """`--rollout_split` is train or heldout; a held-out rollout (prompts `first`..) must not reach the evaluated
+    held-out prompts (`eval_first`..): the error names the first safe `--rollout_first_prompt`."""
+    if split not in ("train", "heldout"):
+        raise ValueError(f"--rollout_split must be train or heldout, got {split!r}.")
+    rolled, evaluated = range(first, first + count), range(eval_first, eval_first + eval_count)
+    if split == "heldout" and rolled.start < evaluated.stop and evaluated.start < rolled.stop:
+        raise ValueError(
+            f"--rollout_split heldout: rolled-out prompts {rolled.start}-{rolled.stop - 1} overlap the evaluated "
+            f"ones {evaluated.start}-{evaluated.stop - 1}; set --rollout_first_prompt to {evaluated.stop} or more."
+        )
 
 
 def runs(a: StudyArguments) -> dict[str, dict]:

@@ -304,6 +304,7 @@ def oracle(names: tuple[str, ...] = ("results.json", "rollout_cfg1.json", "rollo
     generator, the guided (`results.json`) and the unguided (`rollout_cfg1.json`, 4 clips a prompt keeping the best;
     `rollout_cfg1_n8.json`, 8 keeping the best) rollout; each round against the base and, where the study measured
     it, against the round before."""
+    notes = []
     lines = [
         _row(["rollout", "model", "verifier", "Δ verifier vs base", "Δ verifier vs previous round", "Δ CLAP", "KL",
               "mel Fréchet", "trained on: mean", "trained on: best of n"]),
@@ -329,9 +330,6 @@ def oracle(names: tuple[str, ...] = ("results.json", "rollout_cfg1.json", "rollo
                                _delta(m, "verifier"), _bci(gain) if gain else "", _delta(m, "clap"),
                                _f(m["model"].get("kl")), _f(m["model"].get("mel_frechet"), 1),
                                _f(s["mean"]) if s else "", _f(s["best_of_n"]) if s else ""]))  # fmt: skip
-    notes = []
-    for name in names:
-        r = _load(RESULTS / "alignment" / name)
         if "oracle_on_tuned_prompts" in r:  # the rounds' rollouts: each model on the prompts it was tuned on
             parts = [f"round-{k.split('-')[1]} model {_bci(d['vs_base'])} vs base"
                      + (f", {_bci(d['vs_previous'])} vs the round before" if d["vs_previous"] else "")

@@ -6,7 +6,7 @@
 Questions (each a committed result under `experiments/results/alignment/`):
 1. `oracle`: the verifier itself as the reward (an oracle, the ceiling), online rounds of rollout -> fine-tune ->
    rollout; does each round add to the last? With `--loss_cfg_scale` other than 1 it is also run with the paper's
-   loss (`verifier-topk-paper-loss`), on the same rollout.
+   loss (`verifier-topk-paper-loss`), on the same rollout; `--oracle_betas` adds round-1 runs at other β.
 2. `clap_vs_control`: CLAP-tuned against the control that differs only in the weights (same rollout, same steps,
    uniform weights); how much of the oracle's gain CLAP recovers, next to the agreement diagnostic's prediction.
 3. `aesthetics`: tuned on the aesthetics reward: fewer degraded clips (hiss, clipping, muffling, read from the audio
@@ -14,7 +14,7 @@ Questions (each a committed result under `experiments/results/alignment/`):
 4. `tau`: the paper's raw `exp(τ·r)` weights, τ ∈ {0, 0.1, 1, 10}, each with the reference term, and the safer
    weightings (standardized, self_normalized, clipped, topk, advantage) on the same axes.
 5. `best_of_n`: the tuned model against best-of-N reranking of the base by the same reward, at N× the inference
-   compute and at matched compute.
+   compute and at matched compute, paired by prompt.
 6. `guardrail`: one run with the guardrail, where the kept checkpoint is not the last one.
 
 All runs fine-tune the bundled model on one rollout of SynthCaps training prompts (rounds roll out again) with the same
@@ -61,6 +61,11 @@ class StudyArguments:
     learning_rate: float = field(default=1e-4, metadata={"help": "Fine-tuning learning rate."})
     beta: float = field(default=1.0, metadata={"help": "Reference term weight β of every run."})
     oracle_rounds: int = field(default=3, metadata={"help": "Online rounds of the oracle."})
+    oracle_betas: list[float] = field(
+        default_factory=list,
+        metadata={"help": "β of further round-1 oracle runs on the first rollout (`oracle`): how far the fine-tune "
+                  "may move from the reference, on the evaluated prompts and on the tuned ones."},
+    )  # fmt: skip
     taus: list[float] = field(default_factory=lambda: [0.0, 0.1, 1.0, 10.0], metadata={"help": "τ of exp(τ·r)."})
     best_of: list[int] = field(default_factory=lambda: [2, 4, 8], metadata={"help": "N of best-of-N reranking."})
     first_prompt: int = field(default=128, metadata={"help": "First held-out prompt evaluated (fresh prompts)."})
@@ -161,7 +166,8 @@ def finetune_run(a: StudyArguments, name: str, fields: dict, rollout: str, out: 
     folder = out / "runs" / name
     rounds = fields.pop("rounds", 1)
     fields.setdefault("loss_cfg_scale", a.loss_cfg_scale)
-    args = RewardFlowConfig(output_dir=str(folder), rollout=rollout, model=a.model, beta=a.beta, max_steps=a.max_steps,
+    fields.setdefault("beta", a.beta)
+    args = RewardFlowConfig(output_dir=str(folder), rollout=rollout, model=a.model, max_steps=a.max_steps,
                             per_device_train_batch_size=a.batch_size, learning_rate=a.learning_rate, seed=a.seed,
                             save_steps=max(a.max_steps // 3, 1), logging_steps=20, resume_from_checkpoint="latest",
                             disable_tqdm=True, report_to="none", rounds=rounds, **fields)  # fmt: skip
@@ -297,25 +303,28 @@ def main(a: StudyArguments) -> dict:
                            "vs_previous": rollout_paired(tuned[k - 1], tuned[k], "reward/verifier") if k > 1 else None}
             for k in tuned
         }  # fmt: skip
+    if "oracle" in a.questions and a.oracle_betas:
+        first_tuned = Path(rounds[2]).parent / "rollout" if a.oracle_rounds > 1 else None
+        result["oracle_beta"] = oracle_beta(a, rollout, out, finals["verifier-topk"], first_tuned)
     if "aesthetics" in a.questions:
         result["degradation"] = {n: degradation_rates(f, a) for n, f in
                                  (("base", a.model), ("aesthetics-topk", finals["aesthetics-topk"]),
                                   ("control", finals["control"]))}  # fmt: skip
     if "clap_vs_control" in a.questions:
         result["clap_minus_control"] = paired_difference(a, report, finals["clap-topk"], finals["control"])
-        if "aesthetics-topk" in finals:
-            result["aesthetics_minus_control"] = paired_difference(
-                a, report, finals["aesthetics-topk"], finals["control"]
-            )
-    if "best_of_n" in a.questions:
+    if "aesthetics-topk" in finals:  # the control is in every study
+        result["aesthetics_minus_control"] = paired_difference(a, report, finals["aesthetics-topk"], finals["control"])
+    if "best_of_n" in a.questions:  # each against the model tuned on the same reward, paired by prompt
         result["best_of_n"] = {}
         for n in a.best_of:
             for reward in ("clap", "verifier"):
                 r = evaluate_models(a, [a.model], out, f"best-of-{n}-{reward}", best_of=n, rerank_reward=reward)
-                result["best_of_n"][f"{reward}-{n}"] = r["models"][a.model]
+                result["best_of_n"][f"{reward}-{n}"] = {**r["models"][a.model], "tuned_minus_this": tuned_minus(
+                    a, out, finals[f"{reward}-topk"], f"best-of-{n}-{reward}")}  # fmt: skip
             matched = evaluate_models(a, [a.model], out, f"best-of-{n}-clap-matched", best_of=n, rerank_reward="clap",
                                       num_iterations=max(8 // n, 1))  # fmt: skip
-            result["best_of_n"][f"clap-{n}-matched"] = matched["models"][a.model]
+            result["best_of_n"][f"clap-{n}-matched"] = {**matched["models"][a.model], "tuned_minus_this": tuned_minus(
+                a, out, finals["clap-topk"], f"best-of-{n}-clap-matched")}  # fmt: skip
     if "guardrail" in a.questions:
         result["guardrail"] = json.loads((out / "runs" / "clap-topk-guarded" / "guardrail.json").read_text())
     atomic_write_json(out / "results.json", result)
@@ -343,12 +352,61 @@ def disjoint_from_rollout(a: StudyArguments, finals: dict) -> dict:
             "paired_vs_base": {n: paired_between(subset, f, a.model) for n, f in finals.items()}}  # fmt: skip
 
 
-def paired_difference(a: StudyArguments, report: dict, first: str, second: str) -> dict:
+def tuned_rollout(a: StudyArguments, rollout: str, model: str) -> str:
+    """`model` rolled out on the prompts of the study's first rollout with the seeds of an oracle round 2 (the
+    first rollout's seed + 1), into `<model>/../tuned-rollout`: how much of its rollout's best-of-n margin a
+    fine-tune carries onto the prompts it was tuned on."""
+    meta = json.loads((Path(rollout) / "run.json").read_text())["settings"]
+    return make_rollout(a, model, Path(model).parent / "tuned-rollout", meta["seed"] + 1, prompts=meta["prompts"],
+                        max_prompts=meta["max_prompts"], first_prompt=meta["first_prompt"])  # fmt: skip
+
+
+def oracle_beta(a: StudyArguments, rollout: str, out: Path, first_round: str, first_tuned: Path | None) -> dict:
+    """Round-1 oracle runs at each `--oracle_betas` β on the study's rollout, against the base and against the
+    study's β (`first_round`), on the evaluated prompts and on the tuned ones (`tuned_rollout`; `first_tuned` is
+    the study's round-2 rollout, the same thing for `first_round`, when there is one)."""
+    topk = {"reward": "verifier", "weighting": "topk", "top_k": a.top_k}
+    folders = {
+        b: finetune_run(a, f"verifier-topk-beta{b:g}", {**topk, "beta": b}, rollout, out) for b in a.oracle_betas
+    }
+    report = evaluate_models(a, [a.model, first_round, *folders.values()], out, "oracle-beta")
+    first_tuned = str(first_tuned) if first_tuned else tuned_rollout(a, rollout, first_round)
+    rows = {}
+    for beta, folder in {a.beta: first_round, **folders}.items():
+        tuned = first_tuned if folder == first_round else tuned_rollout(a, rollout, folder)
+        train = json.loads((Path(folder) / "metrics.json").read_text())
+        rows[f"{beta:g}"] = {
+            "beta": beta,
+            "model": report["models"][folder],
+            "paired_vs_base": report["paired_vs_first"][folder],
+            "paired_vs_study_beta": None
+            if folder == first_round
+            else paired_difference(a, report, folder, first_round, "oracle-beta"),
+            "train": {k: train["last_log"].get(k) for k in ("loss/flow", "loss/reference")},
+            "on_tuned_prompts": {"vs_base": rollout_paired(rollout, tuned, "reward/verifier"),
+                                 "vs_study_beta": rollout_paired(first_tuned, tuned, "reward/verifier")},
+        }  # fmt: skip
+    return {"study_beta": a.beta, "rollout_best_of_n": rollout_spread(rollout, "reward/verifier"), "runs": rows}
+
+
+def tuned_minus(a: StudyArguments, out: Path, tuned: str, name: str) -> dict:
+    """The tuned model of the main evaluation minus the base reranked in evaluation `name` (the same prompts and
+    seeds), per score, paired by prompt."""
+    from experiments.results_io import paired_between
+
+    main_clips = json.loads((out / "eval-main.json").read_text())["per_prompt"]
+    other = json.loads((out / f"eval-{name}.json").read_text())["per_prompt"][a.model]
+    if main_clips[tuned]["prompt_ids"] != other["prompt_ids"]:
+        raise ValueError(f"eval-{name}.json and eval-main.json evaluate other prompts: they cannot be paired.")
+    return paired_between({"tuned": main_clips[tuned], "reranked": other}, "tuned", "reranked")
+
+
+def paired_difference(a: StudyArguments, report: dict, first: str, second: str, name: str = "main") -> dict:
     """`first - second` per score, paired by prompt with a 95 % bootstrap interval, from the evaluation's per-prompt
     means (re-read from the JSON it wrote, which a read-back report carries as well)."""
     from experiments.results_io import paired_between
 
-    clips = json.loads((Path(a.output_dir) / "eval-main.json").read_text()).get("per_prompt")
+    clips = json.loads((Path(a.output_dir) / f"eval-{name}.json").read_text()).get("per_prompt")
     return paired_between(clips, first, second) if clips else {}
 
 

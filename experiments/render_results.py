@@ -433,6 +433,31 @@ def heldout_rollout(name: str = "heldout_rollout_guided.json") -> str:
     return "\n".join(lines) + "\n"
 
 
+def oracle_beta(name: str = "heldout_rollout_guided.json") -> str:
+    """The study's round-1 oracle at each β of `--oracle_betas` (`oracle_beta`): on the evaluated prompts and on the
+    prompts it was tuned on (fresh seeds), against the base and against the study's own β."""
+    r = _load(RESULTS / "alignment" / name)
+    ob, a = r["oracle_beta"], r["settings"]
+    study = f"{ob['study_beta']:g}"
+    lines = [_row(["β", "Δ verifier vs base", f"Δ verifier vs β = {study}", "tuned prompts: Δ verifier vs base",
+                   f"tuned prompts: Δ verifier vs β = {study}", "Δ CLAP", "Δ KL", "mel Fréchet",
+                   "final flow loss", "final reference term"]), "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for key, m in sorted(ob["runs"].items(), key=lambda kv: -kv[1]["beta"]):
+        tuned, vs = m["on_tuned_prompts"], m["paired_vs_study_beta"]
+        lines.append(_row([key, _delta(m, "verifier"), _bci(vs["verifier"]) if vs else "",
+                           _bci(tuned["vs_base"]), _bci(tuned["vs_study_beta"]) if key != study else "",
+                           *_run_cells(m, ("clap", "kl")), _f(m["train"]["loss/flow"], 3),
+                           _f(m["train"]["loss/reference"], 3)]))  # fmt: skip
+    spread = ob["rollout_best_of_n"]
+    lines.append(f"\nEvery run: the oracle's round 1 ({_kept(a)} by the verifier, {a['max_steps']} steps, loss "
+                 f"guided at s = {a['loss_cfg_scale']:g}) on the study's rollout, whose {_kept(a)} is worth "
+                 f"{spread['best_of_n'] - spread['mean']:+.3f} on the verifier over its mean; evaluated on "
+                 f"{a['eval_prompts']} held-out prompts from {a['first_prompt']}, and on the "
+                 f"{ob['runs'][study]['on_tuned_prompts']['vs_base']['prompts']} tuned prompts rolled out again "
+                 f"(the rollout's CFG, its seed + 1).")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def rollout_guidance() -> str:
     """The same study runs tuned on a CFG 3 rollout (`results.json`), on a CFG 1 rollout (`rollout_cfg1.json`) and on
     a CFG 1 rollout of four times the prompts (`rollout_cfg1_768.json`), all evaluated at CFG 3."""
@@ -500,21 +525,27 @@ def real_clips() -> str:
     return "\n".join(lines) + "\n"
 
 
-def aesthetics() -> str:
-    r = _alignment()
+def aesthetics(name: str = "results.json") -> str:
+    """Degraded clips (read from the audio by the SynthCaps classifier) of the base, the control and the
+    aesthetics-tuned model of one study, and the aesthetics run against its control where the study paired them."""
+    r = _load(RESULTS / "alignment" / name)
     deg = r["degradation"]
     lines = [
-        _row(["model", "degraded (any)", "hiss", "clipping", "muffled", "Δ verifier vs base"]),
-        "|---|---|---|---|---|---|",
+        _row(["model", "degraded (any)", "hiss", "clipping", "muffled", "Δ verifier vs base", "Δ aesthetics vs base"]),
+        "|---|---|---|---|---|---|---|",
     ]
     for label, n in (
         ("base", "base"),
         ("uniform weights (control)", "control"),
-        ("aesthetics, best of 4", "aesthetics-topk"),
+        (f"aesthetics, {_kept(r['settings'])}", "aesthetics-topk"),
     ):
         d = deg[n]
-        delta = _delta(r["runs"][n], "verifier") if n in r["runs"] else ""
-        lines.append(_row([label, _f(d["degraded"]), _f(d["hiss"]), _f(d["clipping"]), _f(d["muffled"]), delta]))
+        deltas = [_delta(r["runs"][n], k) for k in ("verifier", "aesthetics")] if n in r["runs"] else ["", ""]
+        lines.append(_row([label, _f(d["degraded"]), _f(d["hiss"]), _f(d["clipping"]), _f(d["muffled"]), *deltas]))
+    if "aesthetics_minus_control" in r:
+        d = r["aesthetics_minus_control"]
+        lines.append(f"\nAesthetics-tuned − control, paired by prompt: verifier {_bci(d['verifier'])}, aesthetics "
+                     f"{_bci(d['aesthetics'])}, KL {_bci(d['kl'])}; {deg['base']['clips']} clips per model.")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -541,39 +572,36 @@ def tau() -> str:
     return "\n".join(lines) + "\n"
 
 
-def best_of_n() -> str:
-    r = _alignment()
-    rows = [
-        ("base, 1 sample", r["base"], 1),
-        (f"CLAP-tuned ({_kept(r['settings'])} weighting), 1 sample", r["runs"]["clap-topk"]["model"], 1),
-    ]
+def best_of_n(name: str = "results.json") -> str:
+    """The tuned models against best-of-N reranking of the base by the same reward (N× the inference compute, and
+    matched compute with fewer decoding iterations per clip), paired by prompt where the study paired them."""
+    r = _load(RESULTS / "alignment" / name)
+    kept = _kept(r["settings"])
+    rows = [("base, 1 sample", r["base"], 1, None)]
+    for reward, run in (("CLAP", "clap-topk"), ("verifier", "verifier-topk")):
+        if run in r["runs"]:
+            rows.append((f"{reward}-tuned ({kept}), 1 sample", r["runs"][run]["model"], 1, None))
     for key in sorted(r["best_of_n"], key=lambda k: (k.split("-")[0], int(k.split("-")[1]), k.endswith("matched"))):
         reward, n = key.split("-")[:2]
         matched = key.endswith("matched")
         label = f"base, best of {n} by {reward}" + (
             f" at {max(8 // int(n), 1)} iterations each (matched compute)" if matched else ""
         )
-        rows.append((label, r["best_of_n"][key], 1 if matched else int(n)))
-    lines = [_row(["model", "inference cost (× one 8-iteration sample)", "CLAP", "verifier", "aesthetics", "mel Fréchet"]),
-             "|---|---|---|---|---|---|"]  # fmt: skip
-    for label, m, cost in rows:
-        lines.append(
-            _row(
-                [
-                    label,
-                    f"{cost}×",
-                    _f(m.get("clap")),
-                    _f(m.get("verifier")),
-                    _f(m.get("aesthetics")),
-                    _f(m.get("mel_frechet"), 1),
-                ]
-            )
-        )
+        m = r["best_of_n"][key]
+        rows.append((label, m, 1 if matched else int(n), m.get("tuned_minus_this")))
+    lines = [_row(["model", "inference cost (× one 8-iteration sample)", "CLAP", "verifier", "aesthetics",
+                   "mel Fréchet", "tuned on the same reward − this: verifier", "… : that reward"]),
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for label, m, cost, paired in rows:
+        reward = "verifier" if " by verifier" in label else "clap"
+        cells = [_bci(paired["verifier"]), _bci(paired[reward])] if paired else ["", ""]
+        lines.append(_row([label, f"{cost}×", _f(m.get("clap")), _f(m.get("verifier")), _f(m.get("aesthetics")),
+                           _f(m.get("mel_frechet"), 1), *cells]))  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
-def guardrail() -> str:
-    g = _alignment()["guardrail"]
+def guardrail(name: str = "results.json") -> str:
+    g = _load(RESULTS / "alignment" / name)["guardrail"]
     keys = [k for k in ("mel_frechet", "kl", "clap", "aesthetics") if k in g["history"][0]]
     lines = [_row(["step", *keys, "kept"]), "|" + "---|" * (len(keys) + 2)]
     for h in g["history"]:
@@ -780,6 +808,10 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "oracle-diagnostics-gpu-build": oracle_diagnostics,
     "rollout-guidance": rollout_guidance,
     "heldout-rollout": heldout_rollout,
+    "oracle-beta": oracle_beta,
+    "aesthetics-heldout": lambda: aesthetics("heldout_rollout_items.json"),
+    "best-of-n-heldout": lambda: best_of_n("heldout_rollout_items.json"),
+    "guardrail-heldout": lambda: guardrail("heldout_rollout_items.json"),
     "oracle-steps": oracle_steps,
     "real-clips": real_clips,
     "aesthetics": aesthetics,

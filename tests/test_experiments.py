@@ -226,6 +226,9 @@ def test_alignment_study_tiny(tmp_path, monkeypatch):
     assert tuned["round-1"]["vs_base"]["mean"] == pytest.approx(spread["round-2"]["mean"] - spread["round-1"]["mean"])
     assert 0 <= result["degradation"]["base"]["degraded"] <= 1
     assert set(result["best_of_n"]) == {"clap-2", "verifier-2", "clap-2-matched"}
+    assert all(
+        "verifier" in b["tuned_minus_this"] and "clap" in b["tuned_minus_this"] for b in result["best_of_n"].values()
+    )
     assert [r["step"] for r in result["guardrail"]["history"]] == [0, 1, 2]
     assert json.loads((tmp_path / "published" / "results.json").read_text())["runs"].keys() == result["runs"].keys()
     # every table of the record renders from that JSON
@@ -423,8 +426,9 @@ def test_oracle_diagnostics_checks_the_rollouts_prompts_and_reuses_its_reports(t
 
 def test_alignment_study_heldout_rollout_is_checked_and_read_without_shared_prompts(tmp_path, monkeypatch):
     """`--rollout_split heldout`: a rollout range that reaches the evaluated prompts is refused before anything runs;
-    a tiny run fits the guided velocity, and `disjoint_from_rollout` leaves out exactly the evaluated prompts whose
-    attributes a rolled-out prompt has."""
+    a tiny run fits the guided velocity, an `--oracle_betas` run differs in β alone and is read on the tuned prompts
+    too, and `disjoint_from_rollout` leaves out exactly the evaluated prompts whose attributes a rolled-out prompt
+    has."""
     import numpy as np
 
     import experiments.alignment_study as study
@@ -438,11 +442,22 @@ def test_alignment_study_heldout_rollout_is_checked_and_read_without_shared_prom
         StudyArguments(loss_cfg_scale=-1.0)
     a = StudyArguments(output_dir=str(tmp_path / "study"), results_dir="", questions=["oracle"], rollout_prompts=3,
                        num_generations=2, max_steps=2, batch_size=4, oracle_rounds=1, eval_prompts=3, processes=1,
-                       rollout_split="heldout", rollout_first_prompt=400, loss_cfg_scale=3.0)  # fmt: skip
+                       rollout_split="heldout", rollout_first_prompt=400, loss_cfg_scale=3.0,
+                       oracle_betas=[0.5])  # fmt: skip
     result = main(a)
-    for name, scale in (("control", 3.0), ("verifier-topk", 3.0), ("verifier-topk-paper-loss", 1.0)):
+    for name, scale, beta in (("control", 3.0, 1.0), ("verifier-topk", 3.0, 1.0),
+                              ("verifier-topk-paper-loss", 1.0, 1.0), ("verifier-topk-beta0.5", 3.0, 0.5)):  # fmt: skip
         run = json.loads((tmp_path / "study" / "runs" / name / "finetune_run.json").read_text())
-        assert run["objective"]["loss_cfg_scale"] == scale, name
+        assert run["objective"]["loss_cfg_scale"] == scale and run["objective"]["beta"] == beta, name
+    betas = result["oracle_beta"]["runs"]
+    assert set(betas) == {"1", "0.5"} and betas["1"]["paired_vs_study_beta"] is None
+    assert (
+        "verifier" in betas["0.5"]["paired_vs_study_beta"]
+        and betas["0.5"]["on_tuned_prompts"]["vs_base"]["prompts"] == 3
+    )
+    for folder in ("verifier-topk", "verifier-topk-beta0.5"):  # the tuned prompts again, with round 2's seed
+        again = json.loads((tmp_path / "study" / "runs" / folder / "tuned-rollout" / "run.json").read_text())
+        assert (again["settings"]["seed"], again["settings"]["first_prompt"]) == (1, 400), folder
     rollout = json.loads((tmp_path / "study" / "rollout" / "run.json").read_text())["settings"]
     assert rollout["prompts"] == "synthcaps:heldout" and rollout["first_prompt"] == 400
     assert set(result["disjoint_from_rollout"]["paired_vs_base"]) == {
@@ -459,6 +474,8 @@ def test_alignment_study_heldout_rollout_is_checked_and_read_without_shared_prom
     table = render_results.heldout_rollout()
     assert sum(r.startswith("| verifier, best of 2 (oracle) | ") for r in table.splitlines()) == 2  # both losses
     assert "| guided, s = 3 |" in table and "the paper's (v_c)" in table and "held-out prompts 400–402" in table
+    table = render_results.oracle_beta()
+    assert [r.split(" | ")[0] for r in table.splitlines()[2:4]] == ["| 1", "| 0.5"] and "3 tuned prompts" in table
     # the subset: evaluated prompt 129 is given the attributes of a rolled-out prompt, so it is the one left out
     from rewardflow import prompts as prompts_module
 

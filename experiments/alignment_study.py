@@ -361,6 +361,19 @@ def tuned_rollout(a: StudyArguments, rollout: str, model: str) -> str:
                         max_prompts=meta["max_prompts"], first_prompt=meta["first_prompt"])  # fmt: skip
 
 
+def logged_means(final: str, keys: tuple[str, ...], last: int = 10) -> dict:
+    """Each of `keys` averaged over a run's last `last` logged values (from its last checkpoint's trainer state), a
+    steadier reading than one logged batch; `logs` says how many were averaged."""
+    folder = Path(final).parent
+    state = max(folder.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
+    state = json.loads(state.read_text())
+    out = {}
+    for key in keys:
+        values = [h[key] for h in state["log_history"] if key in h][-last:]
+        out[key] = sum(values) / len(values) if values else None
+    return {**out, "logs": len(values), "logging_steps": state.get("logging_steps")}
+
+
 def oracle_beta(a: StudyArguments, rollout: str, out: Path, first_round: str, first_tuned: Path | None) -> dict:
     """Round-1 oracle runs at each `--oracle_betas` β on the study's rollout, against the base and against the
     study's β (`first_round`), on the evaluated prompts and on the tuned ones (`tuned_rollout`; `first_tuned` is
@@ -374,7 +387,6 @@ def oracle_beta(a: StudyArguments, rollout: str, out: Path, first_round: str, fi
     rows = {}
     for beta, folder in {a.beta: first_round, **folders}.items():
         tuned = first_tuned if folder == first_round else tuned_rollout(a, rollout, folder)
-        train = json.loads((Path(folder) / "metrics.json").read_text())
         rows[f"{beta:g}"] = {
             "beta": beta,
             "model": report["models"][folder],
@@ -382,7 +394,7 @@ def oracle_beta(a: StudyArguments, rollout: str, out: Path, first_round: str, fi
             "paired_vs_study_beta": None
             if folder == first_round
             else paired_difference(a, report, folder, first_round, "oracle-beta"),
-            "train": {k: train["last_log"].get(k) for k in ("loss/flow", "loss/reference")},
+            "train": logged_means(folder, ("loss/flow", "loss/reference")),
             "on_tuned_prompts": {"vs_base": rollout_paired(rollout, tuned, "reward/verifier"),
                                  "vs_study_beta": rollout_paired(first_tuned, tuned, "reward/verifier")},
         }  # fmt: skip

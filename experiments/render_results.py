@@ -441,7 +441,7 @@ def oracle_beta(name: str = "heldout_rollout_guided.json") -> str:
     study = f"{ob['study_beta']:g}"
     lines = [_row(["β", "Δ verifier vs base", f"Δ verifier vs β = {study}", "tuned prompts: Δ verifier vs base",
                    f"tuned prompts: Δ verifier vs β = {study}", "Δ CLAP", "Δ KL", "mel Fréchet",
-                   "final flow loss", "final reference term"]), "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                   "flow loss", "reference term"]), "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for key, m in sorted(ob["runs"].items(), key=lambda kv: -kv[1]["beta"]):
         tuned, vs = m["on_tuned_prompts"], m["paired_vs_study_beta"]
         lines.append(_row([key, _delta(m, "verifier"), _bci(vs["verifier"]) if vs else "",
@@ -454,7 +454,9 @@ def oracle_beta(name: str = "heldout_rollout_guided.json") -> str:
                  f"{spread['best_of_n'] - spread['mean']:+.3f} on the verifier over its mean; evaluated on "
                  f"{a['eval_prompts']} held-out prompts from {a['first_prompt']}, and on the "
                  f"{ob['runs'][study]['on_tuned_prompts']['vs_base']['prompts']} tuned prompts rolled out again "
-                 f"(the rollout's CFG, its seed + 1).")  # fmt: skip
+                 f"(the rollout's CFG, its seed + 1). Flow loss and reference term (unweighted by β): each run's "
+                 f"mean of its last {ob['runs'][study]['train']['logs']} logs, one every "
+                 f"{ob['runs'][study]['train']['logging_steps']} steps.")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -306,10 +306,20 @@ def main(a: StudyArguments) -> dict:
     if "oracle" in a.questions and a.oracle_betas:
         first_tuned = Path(rounds[2]).parent / "rollout" if a.oracle_rounds > 1 else None
         result["oracle_beta"] = oracle_beta(a, rollout, out, finals["verifier-topk"], first_tuned)
-    if "aesthetics" in a.questions:
-        result["degradation"] = {n: degradation_rates(f, a) for n, f in
-                                 (("base", a.model), ("aesthetics-topk", finals["aesthetics-topk"]),
-                                  ("control", finals["control"]))}  # fmt: skip
+    if "aesthetics" in a.questions:  # read back when made for the same model and prompts
+        path = out / "degradation.json"
+        made = json.loads(path.read_text()) if path.is_file() else {}
+        settings = {"first_prompt": a.first_prompt, "eval_prompts": a.eval_prompts}
+        result["degradation"] = {}
+        for n, f in (
+            ("base", a.model),
+            ("aesthetics-topk", finals["aesthetics-topk"]),
+            ("control", finals["control"]),
+        ):
+            if made.get(n, {}).get("study_settings") != {**settings, "model": f}:
+                made[n] = {**degradation_rates(f, a), "study_settings": {**settings, "model": f}}
+                atomic_write_json(path, made)
+            result["degradation"][n] = {k: v for k, v in made[n].items() if k != "study_settings"}
     if "clap_vs_control" in a.questions:
         result["clap_minus_control"] = paired_difference(a, report, finals["clap-topk"], finals["control"])
     if "aesthetics-topk" in finals:  # the control is in every study
@@ -327,6 +337,10 @@ def main(a: StudyArguments) -> dict:
                 a, out, finals["clap-topk"], f"best-of-{n}-clap-matched")}  # fmt: skip
     if "guardrail" in a.questions:
         result["guardrail"] = json.loads((out / "runs" / "clap-topk-guarded" / "guardrail.json").read_text())
+        if "clap-topk" in finals:  # the same run unguarded ends at the last step: the kept checkpoint against it
+            result["guardrail"]["kept_minus_last"] = paired_difference(
+                a, report, finals["clap-topk-guarded"], finals["clap-topk"]
+            )
     atomic_write_json(out / "results.json", result)
     publish_json(result, a.results_dir)
     return result

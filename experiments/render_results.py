@@ -611,6 +611,11 @@ def guardrail(name: str = "results.json") -> str:
             _row([h["step"], *[_f(h[k]) for k in keys], "**kept**" if h["step"] == g["best"]["step"] else ""])
         )
     lines.append(f"\nRule: {g['rule']}.")
+    if "kept_minus_last" in g:
+        d = g["kept_minus_last"]
+        lines.append(f"The kept checkpoint (step {g['best']['step']}) − the last (step {g['history'][-1]['step']}) on the "
+                     f"study's evaluated prompts, paired: verifier {_bci(d['verifier'])}, CLAP {_bci(d['clap'])}, "
+                     f"aesthetics {_bci(d['aesthetics'])}, KL {_bci(d['kl'])}.")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

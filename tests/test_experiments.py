@@ -230,6 +230,14 @@ def test_alignment_study_tiny(tmp_path, monkeypatch):
         "verifier" in b["tuned_minus_this"] and "clap" in b["tuned_minus_this"] for b in result["best_of_n"].values()
     )
     assert [r["step"] for r in result["guardrail"]["history"]] == [0, 1, 2]
+    assert "verifier" in result["guardrail"]["kept_minus_last"]  # against clap-topk, the same run unguarded
+    import experiments.alignment_study as study
+
+    def unexpected(*args):
+        raise AssertionError("the degradation reading is read back, not made again")
+
+    monkeypatch.setattr(study, "degradation_rates", unexpected)
+    assert main(a)["degradation"] == result["degradation"]  # a rerun reads everything back
     assert json.loads((tmp_path / "published" / "results.json").read_text())["runs"].keys() == result["runs"].keys()
     # every table of the record renders from that JSON
     from experiments import render_results

@@ -198,7 +198,7 @@ def evaluate_models(a: StudyArguments, models: list[str], out: Path, name: str, 
 
 def degradation_rates(folder: str, a: StudyArguments) -> dict:
     """Share of a model's clips the SynthCaps classifier reads as degraded (hiss, clipping, muffling), on the
-    evaluation prompts and seeds; and the same reading of real renders, so its calibration is on record."""
+    evaluation prompts and seeds (one clip each); `degraded_by_prompt` is 1 where a prompt's clip reads degraded."""
     import torch
 
     from base_model import MaskAudioFlowPipeline
@@ -210,7 +210,7 @@ def degradation_rates(folder: str, a: StudyArguments) -> dict:
     names = [clf.labels[i].split("=")[1] for i in idx]
     rows = load_prompts("synthcaps:heldout", a.eval_prompts, first_prompt=a.first_prompt)
     pipe = MaskAudioFlowPipeline.from_pretrained(folder)
-    counts = dict.fromkeys(names, 0)
+    counts, flags = dict.fromkeys(names, 0), []
     for b in range(0, len(rows), 16):
         chunk = rows[b : b + 16]
         seeds = [sample_seed(1000, r["prompt_id"], 0) for r in chunk]  # the evaluation's seeds (EvaluateConfig.seed)
@@ -218,8 +218,46 @@ def degradation_rates(folder: str, a: StudyArguments) -> dict:
             wav = pipe([r["prompt"] for r in chunk], seed=seeds).waveforms
         for j in clf.probs(wav, 16000)[:, idx].argmax(1).tolist():
             counts[names[j]] += 1
+            flags.append(int(names[j] != "none"))
     n = len(rows)
-    return {"clips": n, **{k: v / n for k, v in counts.items()}, "degraded": 1 - counts["none"] / n}
+    return {"clips": n, **{k: v / n for k, v in counts.items()}, "degraded": 1 - counts["none"] / n,
+            "degraded_by_prompt": flags, "prompt_ids": [r["prompt_id"] for r in rows]}  # fmt: skip
+
+
+def degradation_readings(a: StudyArguments, out: Path, models: dict[str, str]) -> dict:
+    """`degradation_rates` of each of `models` (`name -> folder`), read back from `<out>/degradation.json` when made
+    for the same model and prompts; then each model other than the first and the base against `control`, and every
+    model against the base: the difference in the share of degraded clips, paired by prompt (one clip each, the
+    same seed), with a 95 % bootstrap interval."""
+    import numpy as np
+
+    from base_model.files import atomic_write_json
+    from rewardflow.metrics import bootstrap_interval
+
+    path = out / "degradation.json"
+    made = json.loads(path.read_text()) if path.is_file() else {}
+    settings = {"first_prompt": a.first_prompt, "eval_prompts": a.eval_prompts}
+    for name, folder in models.items():
+        reading = made.get(name, {})
+        if reading.get("study_settings") != {**settings, "model": folder} or "degraded_by_prompt" not in reading:
+            made[name] = {**degradation_rates(folder, a), "study_settings": {**settings, "model": folder}}
+            atomic_write_json(path, made)
+    rows = {n: {k: v for k, v in made[n].items() if k not in ("study_settings", "degraded_by_prompt", "prompt_ids")}
+            for n in models}  # fmt: skip
+
+    def paired(first: str, second: str) -> dict:
+        if made[first]["prompt_ids"] != made[second]["prompt_ids"]:
+            raise ValueError(f"the degradation readings of {first} and {second} are on other prompts.")
+        diff = np.subtract(made[first]["degraded_by_prompt"], made[second]["degraded_by_prompt"], dtype=np.float64)
+        mean, lo, hi = bootstrap_interval(diff)
+        return {"mean": mean, "ci95": [lo, hi], "prompts": len(diff)}
+
+    for name in models:
+        if name != "base":
+            rows[name]["degraded_minus_base"] = paired(name, "base")
+        if name not in ("base", "control") and "control" in models:
+            rows[name]["degraded_minus_control"] = paired(name, "control")
+    return rows
 
 
 def rollout_spread(rollout: str | Path, column: str) -> dict:
@@ -289,7 +327,7 @@ def main(a: StudyArguments) -> dict:
         result["disjoint_from_rollout"] = disjoint_from_rollout(a, finals)
     if "oracle" in a.questions and a.oracle_rounds > 1:  # does each round add to the last?
         result["oracle_round_gains"] = {
-            f"round-{k}": paired_difference(a, report, rounds[k], rounds[k - 1]) for k in range(2, a.oracle_rounds + 1)
+            f"round-{k}": paired_difference(a, rounds[k], rounds[k - 1]) for k in range(2, a.oracle_rounds + 1)
         }
         # what each round trained on: round 1 the study's rollout, round k the rollout of round k - 1's model
         result["oracle_round_rollouts"] = {
@@ -306,40 +344,30 @@ def main(a: StudyArguments) -> dict:
     if "oracle" in a.questions and a.oracle_betas:
         first_tuned = Path(rounds[2]).parent / "rollout" if a.oracle_rounds > 1 else None
         result["oracle_beta"] = oracle_beta(a, rollout, out, finals["verifier-topk"], first_tuned)
-    if "aesthetics" in a.questions:  # read back when made for the same model and prompts
-        path = out / "degradation.json"
-        made = json.loads(path.read_text()) if path.is_file() else {}
-        settings = {"first_prompt": a.first_prompt, "eval_prompts": a.eval_prompts}
-        result["degradation"] = {}
-        for n, f in (
-            ("base", a.model),
-            ("aesthetics-topk", finals["aesthetics-topk"]),
-            ("control", finals["control"]),
-        ):
-            if made.get(n, {}).get("study_settings") != {**settings, "model": f}:
-                made[n] = {**degradation_rates(f, a), "study_settings": {**settings, "model": f}}
-                atomic_write_json(path, made)
-            result["degradation"][n] = {k: v for k, v in made[n].items() if k != "study_settings"}
+    if "aesthetics" in a.questions:
+        result["degradation"] = degradation_readings(
+            a, out, {"base": a.model, "aesthetics-topk": finals["aesthetics-topk"], "control": finals["control"]}
+        )
     if "clap_vs_control" in a.questions:
-        result["clap_minus_control"] = paired_difference(a, report, finals["clap-topk"], finals["control"])
+        result["clap_minus_control"] = paired_difference(a, finals["clap-topk"], finals["control"])
     if "aesthetics-topk" in finals:  # the control is in every study
-        result["aesthetics_minus_control"] = paired_difference(a, report, finals["aesthetics-topk"], finals["control"])
+        result["aesthetics_minus_control"] = paired_difference(a, finals["aesthetics-topk"], finals["control"])
     if "best_of_n" in a.questions:  # each against the model tuned on the same reward, paired by prompt
         result["best_of_n"] = {}
         for n in a.best_of:
             for reward in ("clap", "verifier"):
                 r = evaluate_models(a, [a.model], out, f"best-of-{n}-{reward}", best_of=n, rerank_reward=reward)
-                result["best_of_n"][f"{reward}-{n}"] = {**r["models"][a.model], "tuned_minus_this": tuned_minus(
-                    a, out, finals[f"{reward}-topk"], f"best-of-{n}-{reward}")}  # fmt: skip
+                result["best_of_n"][f"{reward}-{n}"] = {**r["models"][a.model], "tuned_minus_this": paired_between_evals(
+                    out, ("main", finals[f"{reward}-topk"]), (f"best-of-{n}-{reward}", a.model))}  # fmt: skip
             matched = evaluate_models(a, [a.model], out, f"best-of-{n}-clap-matched", best_of=n, rerank_reward="clap",
                                       num_iterations=max(8 // n, 1))  # fmt: skip
-            result["best_of_n"][f"clap-{n}-matched"] = {**matched["models"][a.model], "tuned_minus_this": tuned_minus(
-                a, out, finals["clap-topk"], f"best-of-{n}-clap-matched")}  # fmt: skip
+            result["best_of_n"][f"clap-{n}-matched"] = {**matched["models"][a.model], "tuned_minus_this": paired_between_evals(
+                out, ("main", finals["clap-topk"]), (f"best-of-{n}-clap-matched", a.model))}  # fmt: skip
     if "guardrail" in a.questions:
         result["guardrail"] = json.loads((out / "runs" / "clap-topk-guarded" / "guardrail.json").read_text())
         if "clap-topk" in finals:  # the same run unguarded ends at the last step: the kept checkpoint against it
             result["guardrail"]["kept_minus_last"] = paired_difference(
-                a, report, finals["clap-topk-guarded"], finals["clap-topk"]
+                a, finals["clap-topk-guarded"], finals["clap-topk"]
             )
     atomic_write_json(out / "results.json", result)
     publish_json(result, a.results_dir)
@@ -367,12 +395,19 @@ def disjoint_from_rollout(a: StudyArguments, finals: dict) -> dict:
 
 
 def tuned_rollout(a: StudyArguments, rollout: str, model: str) -> str:
-    """`model` rolled out on the prompts of the study's first rollout with the seeds of an oracle round 2 (the
-    first rollout's seed + 1), into `<model>/../tuned-rollout`: how much of its rollout's best-of-n margin a
-    fine-tune carries onto the prompts it was tuned on."""
-    meta = json.loads((Path(rollout) / "run.json").read_text())["settings"]
-    return make_rollout(a, model, Path(model).parent / "tuned-rollout", meta["seed"] + 1, prompts=meta["prompts"],
-                        max_prompts=meta["max_prompts"], first_prompt=meta["first_prompt"])  # fmt: skip
+    """`model` rolled out as an oracle round 2 would roll out after it (`round_rollout_settings`: the study's first
+    rollout's prompts and settings, its seed + 1), into `<model>/../tuned-rollout`: how much of its rollout's
+    best-of-n margin a fine-tune carries onto the prompts it was tuned on."""
+    from types import SimpleNamespace
+
+    from rewardflow.finetune import round_rollout_settings
+
+    meta = json.loads((Path(rollout) / "run.json").read_text())
+    s = round_rollout_settings(meta, model, 2)
+    like = SimpleNamespace(rollout_prompts=s["max_prompts"], num_generations=s["num_generations"],
+                           rollout_cfg_scale=s["cfg_scale"], processes=a.processes)  # fmt: skip
+    return make_rollout(like, model, Path(model).parent / "tuned-rollout", s["seed"], prompts=s["prompts"],
+                        first_prompt=s["first_prompt"], rewards=tuple(meta["rewards"]))  # fmt: skip
 
 
 def logged_means(final: str, keys: tuple[str, ...], last: int = 10) -> dict:
@@ -407,33 +442,32 @@ def oracle_beta(a: StudyArguments, rollout: str, out: Path, first_round: str, fi
             "paired_vs_base": report["paired_vs_first"][folder],
             "paired_vs_study_beta": None
             if folder == first_round
-            else paired_difference(a, report, folder, first_round, "oracle-beta"),
+            else paired_difference(a, folder, first_round, "oracle-beta"),
             "train": logged_means(folder, ("loss/flow", "loss/reference")),
             "on_tuned_prompts": {"vs_base": rollout_paired(rollout, tuned, "reward/verifier"),
-                                 "vs_study_beta": rollout_paired(first_tuned, tuned, "reward/verifier")},
+                                 "vs_study_beta": None if folder == first_round
+                                 else rollout_paired(first_tuned, tuned, "reward/verifier")},
         }  # fmt: skip
     return {"study_beta": a.beta, "rollout_best_of_n": rollout_spread(rollout, "reward/verifier"), "runs": rows}
 
 
-def tuned_minus(a: StudyArguments, out: Path, tuned: str, name: str) -> dict:
-    """The tuned model of the main evaluation minus the base reranked in evaluation `name` (the same prompts and
-    seeds), per score, paired by prompt."""
+def paired_between_evals(out: Path, first: tuple[str, str], second: tuple[str, str]) -> dict:
+    """`first - second` per score, paired by prompt with a 95 % bootstrap interval; each is `(evaluation, model)`,
+    read from the per-prompt means `eval-<evaluation>.json` holds, and both must be on the same prompts."""
     from experiments.results_io import paired_between
 
-    main_clips = json.loads((out / "eval-main.json").read_text())["per_prompt"]
-    other = json.loads((out / f"eval-{name}.json").read_text())["per_prompt"][a.model]
-    if main_clips[tuned]["prompt_ids"] != other["prompt_ids"]:
-        raise ValueError(f"eval-{name}.json and eval-main.json evaluate other prompts: they cannot be paired.")
-    return paired_between({"tuned": main_clips[tuned], "reranked": other}, "tuned", "reranked")
+    cols = {}
+    for label, (name, model) in (("first", first), ("second", second)):
+        cols[label] = json.loads((out / f"eval-{name}.json").read_text())["per_prompt"][model]
+    if cols["first"]["prompt_ids"] != cols["second"]["prompt_ids"]:
+        raise ValueError(f"eval-{first[0]}.json and eval-{second[0]}.json evaluate other prompts: they cannot be "
+                         "paired.")  # fmt: skip
+    return paired_between(cols, "first", "second")
 
 
-def paired_difference(a: StudyArguments, report: dict, first: str, second: str, name: str = "main") -> dict:
-    """`first - second` per score, paired by prompt with a 95 % bootstrap interval, from the evaluation's per-prompt
-    means (re-read from the JSON it wrote, which a read-back report carries as well)."""
-    from experiments.results_io import paired_between
-
-    clips = json.loads((Path(a.output_dir) / f"eval-{name}.json").read_text()).get("per_prompt")
-    return paired_between(clips, first, second) if clips else {}
+def paired_difference(a: StudyArguments, first: str, second: str, name: str = "main") -> dict:
+    """`first - second` per score within the study's evaluation `name`, paired by prompt."""
+    return paired_between_evals(Path(a.output_dir), (name, first), (name, second))
 
 
 def make_parser():

@@ -251,7 +251,7 @@ def main(a: LoopArguments) -> dict:
     for name, folder in finals.items():
         result["runs"][name] = {"model": report["models"][folder], "paired_vs_base": report["paired_vs_first"][folder]}
     for name in ("preference-topk", *map(dpo_name, a.dpo_betas)):
-        result["runs"][name]["paired_vs_clap"] = paired_difference(study, report, finals[name], finals["clap-topk"])
+        result["runs"][name]["paired_vs_clap"] = paired_difference(study, finals[name], finals["clap-topk"])
     result["metric_info"] = report["metric_info"]
     return finish(result)
 

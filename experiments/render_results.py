@@ -544,6 +544,10 @@ def aesthetics(name: str = "results.json") -> str:
         d = deg[n]
         deltas = [_delta(r["runs"][n], k) for k in ("verifier", "aesthetics")] if n in r["runs"] else ["", ""]
         lines.append(_row([label, _f(d["degraded"]), _f(d["hiss"]), _f(d["clipping"]), _f(d["muffled"]), *deltas]))
+    paired = deg["aesthetics-topk"].get("degraded_minus_control")
+    if paired:  # studies made before the readings were kept per prompt have no interval
+        lines.append(f"\nDegraded share, aesthetics-tuned − control, paired by prompt: {_bci(paired)}; − base: "
+                     f"{_bci(deg['aesthetics-topk']['degraded_minus_base'])}.")  # fmt: skip
     if "aesthetics_minus_control" in r:
         d = r["aesthetics_minus_control"]
         lines.append(f"\nAesthetics-tuned − control, paired by prompt: verifier {_bci(d['verifier'])}, aesthetics "
@@ -551,24 +555,27 @@ def aesthetics(name: str = "results.json") -> str:
     return "\n".join(lines) + "\n"
 
 
-def tau() -> str:
-    r = _alignment()
+def tau(name: str = "results.json") -> str:
+    """The paper's raw `exp(τ·r)` weights on CLAP per τ, then the safer weightings, on the same axes: the reward,
+    the referee and the other reward (paired with the base), KL, the Fréchet distances and how concentrated the
+    weights were (their effective sample size as a share of the table)."""
+    r = _load(RESULTS / "alignment" / name)
     order = ["control"] + sorted((n for n in r["runs"] if n.startswith("clap-exp-tau")), key=lambda n: float(n[12:]))
     order += [
         n
         for n in ("clap-standardized", "clap-self_normalized", "clap-clipped", "clap-topk", "clap-advantage")
         if n in r["runs"]
     ]
-    lines = [_row(["weighting (CLAP reward)", "Δ CLAP", "Δ verifier", "Δ aesthetics", "KL", "mel Fréchet", "FAD",
-                   "weights ESS"]), "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [_row(["weighting (CLAP reward)", "Δ CLAP", "Δ verifier", "Δ aesthetics", "Δ KL", "mel Fréchet",
+                   "FAD (CLAP)", "weights ESS"]), "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     b = r["base"]
-    lines.append(_row(["base", "", "", "", _f(b.get("kl")), _f(b.get("mel_frechet"), 1), _f(b.get("fad_clap")), ""]))
+    lines.append(_row(["base", "", "", "", f"{b['kl']:.3f}", _f(b.get("mel_frechet"), 1), _f(b.get("fad_clap")), ""]))
     for n in order:
         m = r["runs"][n]
-        label = {"control": "exp(τ·r), τ = 0 (uniform)"}.get(
+        label = {"control": "exp(τ·r), τ = 0 (uniform)", "clap-topk": f"topk ({_kept(r['settings'])})"}.get(
             n, n.replace("clap-exp-tau", "exp(τ·r), τ = ").replace("clap-", "")
         )
-        lines.append(_row([label, _delta(m, "clap"), _delta(m, "verifier"), _delta(m, "aesthetics"), _f(m["model"].get("kl")),
+        lines.append(_row([label, _delta(m, "clap"), _delta(m, "verifier"), _delta(m, "aesthetics"), _delta(m, "kl"),
                            _f(m["model"].get("mel_frechet"), 1), _f(m["model"].get("fad_clap")),
                            _f(m["train"]["weights_ess"] if m.get("train") else None)]))  # fmt: skip
     return "\n".join(lines) + "\n"
@@ -819,6 +826,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "aesthetics-heldout": lambda: aesthetics("heldout_rollout_items.json"),
     "best-of-n-heldout": lambda: best_of_n("heldout_rollout_items.json"),
     "guardrail-heldout": lambda: guardrail("heldout_rollout_items.json"),
+    "tau-heldout": lambda: tau("heldout_rollout_tau.json"),
     "oracle-steps": oracle_steps,
     "real-clips": real_clips,
     "aesthetics": aesthetics,

@@ -405,6 +405,14 @@ def main(args: RewardFlowConfig, model_args=None, callbacks: list | None = None)
     return run_rounds(args, model_args, callbacks)
 
 
+def round_rollout_settings(first_meta: dict, model: str, k: int) -> dict:
+    """The rollout settings of online round `k` > 1: the first rollout's (its `run.json`), with `model` (round
+    k - 1's tuned pipeline) and the first rollout's seed + k - 1."""
+    settings = dict(first_meta["settings"])
+    settings.update(model=model, seed=settings["seed"] + k - 1)
+    return settings
+
+
 def run_rounds(args: RewardFlowConfig, model_args=None, callbacks: list | None = None) -> dict:
     """Online rounds (after ORW-CFM): round 1 trains on `--rollout`; round k > 1 first rolls out with round k-1's
     tuned pipeline, with the first rollout's generation settings and seed + k - 1. The reference stays the starting
@@ -432,8 +440,7 @@ def run_rounds(args: RewardFlowConfig, model_args=None, callbacks: list | None =
             rollout_dir, start = str(first), base_model
         else:
             prev = root / f"round-{k - 1}" / "final"
-            settings = dict(first_meta["settings"])
-            settings.update(model=str(prev), seed=settings["seed"] + k - 1)
+            settings = round_rollout_settings(first_meta, str(prev), k)
             rollout_dir = str(folder / "rollout")
             rollout(RolloutConfig(**settings, rewards=list(first_meta["rewards"]), output_dir=rollout_dir))
             process_state().wait_for_everyone()

@@ -224,7 +224,12 @@ def test_alignment_study_tiny(tmp_path, monkeypatch):
     tuned = result["oracle_on_tuned_prompts"]  # round 2's rollout: round 1's model on the tuned prompts
     assert set(tuned) == {"round-1"} and tuned["round-1"]["vs_base"]["prompts"] == 3
     assert tuned["round-1"]["vs_base"]["mean"] == pytest.approx(spread["round-2"]["mean"] - spread["round-1"]["mean"])
-    assert 0 <= result["degradation"]["base"]["degraded"] <= 1
+    deg = result["degradation"]
+    assert 0 <= deg["base"]["degraded"] <= 1 and "degraded_minus_base" not in deg["base"]
+    paired = deg["aesthetics-topk"]["degraded_minus_control"]  # one clip per prompt: a share difference per prompt
+    assert paired["prompts"] == 3
+    assert paired["mean"] == pytest.approx(deg["aesthetics-topk"]["degraded"] - deg["control"]["degraded"])
+    assert paired["ci95"][0] <= paired["mean"] <= paired["ci95"][1] and "degraded_minus_control" not in deg["control"]
     assert set(result["best_of_n"]) == {"clap-2", "verifier-2", "clap-2-matched"}
     assert all(
         "verifier" in b["tuned_minus_this"] and "clap" in b["tuned_minus_this"] for b in result["best_of_n"].values()
@@ -253,6 +258,9 @@ def test_alignment_study_tiny(tmp_path, monkeypatch):
     for name in ("oracle", "clap-control", "aesthetics", "tau", "best-of-n", "guardrail"):
         table = render_results.RENDERERS[name]()
         assert table.count("\n") >= 3 and "| " in table, name
+    assert "Degraded share, aesthetics-tuned − control, paired by prompt: " in render_results.aesthetics()
+    assert [r.split(" | ")[0] for r in render_results.tau().splitlines()[3:5]] == ["| exp(τ·r), τ = 0 (uniform)",
+                                                                                    "| exp(τ·r), τ = 1"]  # fmt: skip
     oracle_rows = render_results.oracle().splitlines()
     assert sum(r.startswith("On the 3 prompts it was tuned on") and "round-1 model" in r for r in oracle_rows) == 3
     for label in ("CFG 3, best of 2", "CFG 1, best of 2", "CFG 1, best of 8"):  # each study named by its rollout
@@ -459,6 +467,7 @@ def test_alignment_study_heldout_rollout_is_checked_and_read_without_shared_prom
         assert run["objective"]["loss_cfg_scale"] == scale and run["objective"]["beta"] == beta, name
     betas = result["oracle_beta"]["runs"]
     assert set(betas) == {"1", "0.5"} and betas["1"]["paired_vs_study_beta"] is None
+    assert betas["1"]["on_tuned_prompts"]["vs_study_beta"] is None  # the study's β against itself is no reading
     assert (
         "verifier" in betas["0.5"]["paired_vs_study_beta"]
         and betas["0.5"]["on_tuned_prompts"]["vs_base"]["prompts"] == 3

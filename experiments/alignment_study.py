@@ -226,9 +226,9 @@ def degradation_rates(folder: str, a: StudyArguments) -> dict:
 
 def degradation_readings(a: StudyArguments, out: Path, models: dict[str, str]) -> dict:
     """`degradation_rates` of each of `models` (`name -> folder`), read back from `<out>/degradation.json` when made
-    for the same model and prompts; then each model other than the first and the base against `control`, and every
-    model against the base: the difference in the share of degraded clips, paired by prompt (one clip each, the
-    same seed), with a 95 % bootstrap interval."""
+    for the same model and prompts; then every model but the base against the base, and every model but the base
+    and the control against `control` (when one is given): the difference in the share of degraded clips, paired by
+    prompt (one clip each, the same seed), with a 95 % bootstrap interval."""
     import numpy as np
 
     from base_model.files import atomic_write_json

@@ -460,12 +460,14 @@ def oracle_beta(name: str = "heldout_rollout_guided.json") -> str:
     return "\n".join(lines) + "\n"
 
 
-def rollout_guidance() -> str:
-    """The same study runs tuned on a CFG 3 rollout (`results.json`), on a CFG 1 rollout (`rollout_cfg1.json`) and on
-    a CFG 1 rollout of four times the prompts (`rollout_cfg1_768.json`), all evaluated at CFG 3."""
-    studies = [_alignment()] + [
-        _load(RESULTS / "alignment" / f) for f in ("rollout_cfg1.json", "rollout_cfg1_768.json")
-    ]
+def rollout_guidance(
+    names: tuple[str, ...] = ("results.json", "rollout_cfg1.json", "rollout_cfg1_768.json"),
+    minus_control: bool = False,
+) -> str:
+    """The same study runs tuned on each study's rollout in `names` (under `results/alignment/`), all evaluated at
+    CFG 3 on the same prompts: by default a CFG 3 rollout, a CFG 1 one and a CFG 1 one of four times the prompts.
+    `minus_control` adds each study's paired CLAP − control row."""
+    studies = [_load(RESULTS / "alignment" / f) for f in names]
     label = {id(r): f"CFG {r['settings']['rollout_cfg_scale']:g}, {r['settings']['rollout_prompts']} prompts"
              for r in studies}  # fmt: skip
     lines = [_row(["tuned on", "rollout", "Δ verifier vs base", "Δ CLAP", "Δ KL", "mel Fréchet (base "
@@ -474,6 +476,11 @@ def rollout_guidance() -> str:
                     ("verifier, best of 4 (oracle)", "verifier-topk")):  # fmt: skip
         for r in studies:
             lines.append(_row([name, label[id(r)], *_run_cells(r["runs"][n], ("verifier", "clap", "kl"))]))
+    if minus_control:
+        for r in studies:
+            d = r["clap_minus_control"]
+            lines.append(_row(["**CLAP − control**, paired", label[id(r)], *(_bci(d[k]) for k in ("verifier", "clap",
+                               "kl")), ""]))  # fmt: skip
     gains = [f"{label[id(r)]}: oracle {r['agreement']['verifier']['top1_gain'][0]:+.3f}, CLAP "
              f"{r['agreement']['clap']['top1_gain'][0]:+.3f}" for r in studies]  # fmt: skip
     lines.append("\nBest of 4 on the rollout itself (the agreement diagnostic's top-1 gain on the verifier): "
@@ -821,9 +828,13 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "clap-control-gpu-build": lambda: clap_control("gpu_build_cfg1.json"),
     "oracle-diagnostics-gpu-build": oracle_diagnostics,
     "rollout-guidance": rollout_guidance,
+    "rollout-size-heldout": lambda: rollout_guidance(
+        ("heldout_rollout_guided.json", "heldout_rollout_guided_768.json"), minus_control=True
+    ),
     "heldout-rollout": heldout_rollout,
     "oracle-beta": oracle_beta,
     "aesthetics-heldout": lambda: aesthetics("heldout_rollout_items.json"),
+    "aesthetics-heldout-768": lambda: aesthetics("heldout_rollout_guided_768.json"),
     "best-of-n-heldout": lambda: best_of_n("heldout_rollout_items.json"),
     "guardrail-heldout": lambda: guardrail("heldout_rollout_items.json"),
     "tau-heldout": lambda: tau("heldout_rollout_tau.json"),

@@ -282,10 +282,6 @@ def masking_ablation() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _alignment() -> dict:
-    return _load(RESULTS / "alignment" / "results.json")
-
-
 def _delta(run: dict, key: str) -> str:
     d = run["paired_vs_base"].get(key)
     return _bci(d) if d else "n/a"

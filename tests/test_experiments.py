@@ -327,7 +327,7 @@ def test_measure_bundled_pair_small(tmp_path):
         MeasureArguments(eval_prompts=1)
 
 
-@pytest.mark.slow  # about 75 s on 2 cores; `make test-slow` runs it
+@pytest.mark.slow  # 74-88 s on 2 cores; `make test-slow` runs it
 def test_preference_loop_tiny(tmp_path, monkeypatch):
     """The whole loop on a toy budget: rollout, simulated labels through the page's API, one reward model per budget,
     the fresh-prompt agreement, the three fine-tunes and their paired comparisons; a rerun resumes."""

@@ -77,7 +77,8 @@ class RewardFlowConfig(TrainingArguments):
         default=1.0,
         metadata={
             "help": "Fit the guided velocity v_u + s·(v_c − v_u) that sampling at --cfg_scale s follows, in both "
-            "the flow and the reference term (1: the conditional velocity alone, the paper's loss)."
+            "the flow and the reference term, or in DPO's per-clip losses (1: the conditional velocity alone, the "
+            "paper's loss)."
         },
     )
     weighting: str = field(default="exp", metadata={"help": f"Reward weighting: {', '.join(WEIGHTINGS)}."})
@@ -170,11 +171,6 @@ class RewardFlowConfig(TrainingArguments):
                 f"--dpo_beta must be > 0 and --dpo_sft_weight >= 0, got {self.dpo_beta}, {self.dpo_sft_weight}."
             )
         check_loss_cfg_scale(self.loss_cfg_scale)
-        if self.loss_cfg_scale != 1 and self.objective != "reward_weighted":
-            raise ValueError(
-                f"--loss_cfg_scale {self.loss_cfg_scale} applies to --objective reward_weighted only; use 1 with "
-                f"--objective {self.objective}."
-            )
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"--weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}.")
         if not math.isfinite(self.tau) or self.tau < 0:

@@ -96,11 +96,15 @@ def paired(value, batch: int):
     return torch.cat([v, v], dim=1).reshape(M * 2 * batch, *value.shape[1:])
 
 
-def guided_flow_output(model, inputs: dict, scale: float, reference: Callable | None = None, generator=None):
+def guided_flow_output(
+    model, inputs: dict, scale: float, reference: Callable | None = None, generator=None, drawn: dict | None = None
+):
     """`--loss_cfg_scale s`: the guided velocity `v_u + s·(v_c − v_u)` that sampling at `--cfg_scale s` follows, with
     its per-sample flow loss, at one draw of (mask, t, noise): one forward of the batch twice over, with its prompts
     and then with the null prompt. `reference(inputs, drawn)` gives the reference's output at the same doubled
-    inputs; its guided velocity is returned too (None without a reference). Both passes get gradients.
+    inputs; its guided velocity is returned too (None without a reference). Both passes get gradients. `drawn`:
+    the batch's draw of (mask, t, noise) when the caller made it (DPO shares one between a winner and its loser);
+    drawn here otherwise.
 
     Returns `(out, v_ref)`: `out` has `loss (B,)`, `v_t` and `u_t` `(M*B, T, C)` and `infill_mask (B, T)`, what
     [`RewardWeightedObjective`] reads.
@@ -111,7 +115,8 @@ def guided_flow_output(model, inputs: dict, scale: float, reference: Callable | 
     from base_model.sampling import classifier_free_guidance
 
     B = inputs["latents"].shape[0]
-    drawn = base_model_of(model).draw_flow_inputs(inputs["latents"], generator=generator, drop_text=False)
+    if drawn is None:
+        drawn = base_model_of(model).draw_flow_inputs(inputs["latents"], generator=generator, drop_text=False)
     drawn = {k: paired(v, B) for k, v in drawn.items() if k != "text_drop_mask"}
     drawn["text_drop_mask"] = torch.arange(2 * B, device=inputs["latents"].device) >= B  # [prompts; null prompt]
     both = {k: torch.cat([v, v]) for k, v in inputs.items()}
@@ -289,9 +294,19 @@ class RewardFlowTrainer(Trainer):
         both = {"latents": torch.cat([inputs["latents"], losers]),
                 "text_hidden_states": torch.cat([inputs["text_hidden_states"]] * 2),
                 "text_padding_mask": torch.cat([inputs["text_padding_mask"]] * 2)}  # fmt: skip
-        out = model(**both, **drawn)
-        with torch.no_grad(), self.accelerator.autocast():
-            ref = self._reference_forward(model, both, drawn).loss
+        if self.args.loss_cfg_scale != 1:  # L is the guided velocity's loss, the policy's and the reference's
+            from base_model.flow import masked_flow_loss
+
+            shared = {k: v for k, v in drawn.items() if k != "text_drop_mask"}
+            with self.accelerator.autocast():
+                out, v_ref = guided_flow_output(model, both, self.args.loss_cfg_scale,
+                                                lambda x, d: self._reference_forward(model, x, d), drawn=shared)  # fmt: skip
+            M = out.v_t.shape[0] // (2 * B)
+            ref = masked_flow_loss(v_ref, out.u_t, out.infill_mask.repeat(M, 1)).view(M, 2 * B).mean(0)
+        else:
+            out = model(**both, **drawn)
+            with torch.no_grad(), self.accelerator.autocast():
+                ref = self._reference_forward(model, both, drawn).loss
         terms = self.preference_objective(out.loss, ref)
         if torch.isfinite(terms["loss"].detach()):
             for key, value in (("loss/dpo", terms["dpo"]), ("dpo/implicit_accuracy", terms["implicit_accuracy"]),

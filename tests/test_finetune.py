@@ -607,6 +607,21 @@ def test_loss_cfg_scale_trains_and_is_recorded(rollout_dir, tmp_path):
     assert "guided, v_u + 3·(v_c − v_u)" in (tmp_path / "g" / "final" / "README.md").read_text()
     with pytest.raises(ValueError, match="--loss_cfg_scale must be a finite number >= 0"):
         run(rollout_dir, tmp_path / "bad", "--loss_cfg_scale", "-1")
-    with pytest.raises(ValueError, match="--loss_cfg_scale 3.0 applies to --objective reward_weighted only"):
-        run(rollout_dir, tmp_path / "bad2", "--loss_cfg_scale", "3", "--objective", "dpo")
-    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad2").exists()
+    assert not (tmp_path / "bad").exists()
+
+
+def test_dpo_with_loss_cfg_scale_shares_each_pairs_draw_with_the_reference(rollout_dir, tmp_path):
+    """DPO on the guided velocity's losses: at the first step the policy is the reference, so with one draw shared by
+    the policy and the reference the implicit margin is 0 and the DPO term is log 2 for every pair (a draw not shared
+    would give other losses and another value); training then moves the weights and is recorded."""
+    snap = Snapshots()
+    metrics = run(rollout_dir, tmp_path / "gdpo", "--objective", "dpo", "--dpo_beta", "50", "--loss_cfg_scale", "3",
+                  "--logging_steps", "1", callbacks=[snap])  # fmt: skip
+    state = max((tmp_path / "gdpo").glob("checkpoint-*/trainer_state.json"), key=lambda p: p.stat().st_mtime)
+    first = json.loads(state.read_text())["log_history"][0]
+    assert first["step"] == 1 and abs(first["loss/dpo"] - math.log(2)) < 1e-4, first
+    assert first["dpo/implicit_accuracy"] == 0.0  # a margin of exactly 0 is not > 0
+    assert metrics["steps"] == 3 and math.isfinite(metrics["last_log"]["loss/dpo"])
+    assert any(not torch.equal(v, snap.after[-1][k]) for k, v in snap.before.items())
+    run_json = json.loads((tmp_path / "gdpo" / "finetune_run.json").read_text())
+    assert run_json["objective"]["objective"] == "dpo" and run_json["objective"]["loss_cfg_scale"] == 3.0

@@ -456,6 +456,42 @@ def oracle_beta(name: str = "heldout_rollout_guided.json") -> str:
     return "\n".join(lines) + "\n"
 
 
+def oracle_variants(name: str = "oracle_variants.json") -> str:
+    """`experiments/oracle_variants.py`: the oracle's round 1 at each fine-tune seed, and DPO on each prompt's best and
+    worst clip, on one rollout; each against the base and against the first seed's run."""
+    r = _load(RESULTS / "alignment" / name)
+    a, runs = r["settings"], r["runs"]
+    first = f"seed {a['seeds'][0]}"
+    lines = [_row(["run", "pairs or clips trained on", "Δ verifier vs base", f"Δ verifier vs oracle, {first}",
+                   "Δ CLAP", "Δ KL", "mel Fréchet"]), "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for key, m in runs.items():
+        if key.startswith("oracle-seed"):
+            label, trained = (
+                f"oracle ({_kept(a)}), seed {key.removeprefix('oracle-seed')}",
+                f"{m['train']['rows']} clips",
+            )
+        else:
+            label, trained = (
+                f"DPO, best vs worst by the verifier, β = {key.removeprefix('dpo-beta')}",
+                f"{m['train']['rows']} pairs",
+            )
+        vs = m["paired_vs_first_seed"]
+        lines.append(_row([label, trained, _delta(m, "verifier"), _bci(vs["verifier"]) if vs else "",
+                           *_run_cells(m, ("clap", "kl"))]))  # fmt: skip
+    seeds = [runs[f"oracle-seed{s}"]["paired_vs_base"]["verifier"]["mean"] for s in a["seeds"]]
+    spread = r["rollout_best_of_n"]
+    lines.append(f"\nBase: verifier {r['base']['verifier']:.3f}, mel Fréchet {r['base']['mel_frechet']:.1f} on "
+                 f"{a['eval_prompts']} held-out prompts from {a['first_prompt']} (CFG 3). Every run: {a['max_steps']} "
+                 f"steps, loss guided at s = {a['loss_cfg_scale']:g}, learning rate {a['learning_rate']:g}, on one "
+                 f"rollout of held-out prompts {a['rollout_first_prompt']}–{a['rollout_first_prompt'] + a['rollout_prompts'] - 1}"
+                 f" × {a['num_generations']} at CFG {a['rollout_cfg_scale']:g}, whose {_kept(a)} by the verifier is "
+                 f"worth {spread['best_of_n'] - spread['mean']:+.3f} over its mean; the oracle runs {a['batch_size']} "
+                 f"clips per step (β = {a['beta']:g})" + (f", DPO {a['batch_size'] // 2} pairs (no β term; λ = 1)" if
+                 a["dpo_betas"] else "") + "." + (f" Across the {len(seeds)} seeds the oracle's Δ verifier ranges "
+                 f"{min(seeds):+.3f} to {max(seeds):+.3f}." if len(seeds) > 1 else ""))  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def rollout_guidance(
     names: tuple[str, ...] = ("results.json", "rollout_cfg1.json", "rollout_cfg1_768.json"),
     minus_control: bool = False,
@@ -829,6 +865,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     ),
     "heldout-rollout": heldout_rollout,
     "oracle-beta": oracle_beta,
+    "oracle-variants": oracle_variants,
     "aesthetics-heldout": lambda: aesthetics("heldout_rollout_items.json"),
     "aesthetics-heldout-768": lambda: aesthetics("heldout_rollout_guided_768.json"),
     "best-of-n-heldout": lambda: best_of_n("heldout_rollout_items.json"),

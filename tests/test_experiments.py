@@ -516,6 +516,48 @@ def test_alignment_study_heldout_rollout_is_checked_and_read_without_shared_prom
     assert disjoint["paired_vs_base"]["verifier-topk"]["verifier"]["mean"] == pytest.approx(diff.mean())
 
 
+@pytest.mark.slow  # 94-140 s on 2 cores beside a running study; the guided DPO loss is in the default suite
+def test_oracle_variants_tiny(tmp_path, monkeypatch):
+    """The seeds' runs differ from each other in the fine-tune's seed alone (the rollout is shared), the DPO run takes
+    half the batch in pairs with the same loss, and every run is paired with the base and with the first seed's."""
+    from experiments.oracle_variants import VariantArguments, main
+
+    with pytest.raises(ValueError, match="--seeds needs at least one"):
+        VariantArguments(seeds=[])
+    with pytest.raises(ValueError, match="--dpo_betas must all be > 0"):
+        VariantArguments(dpo_betas=[0.0])
+    a = VariantArguments(output_dir=str(tmp_path / "v"), results_dir="", rollout_prompts=4, num_generations=3,
+                         max_steps=2, batch_size=4, eval_prompts=3, processes=1, rollout_first_prompt=400,
+                         seeds=[0, 1], dpo_betas=[20.0])  # fmt: skip
+    result = main(a)
+    runs = {n: json.loads((tmp_path / "v" / "runs" / n / "finetune_run.json").read_text())
+            for n in ("verifier-topk-seed0", "verifier-topk-seed1", "verifier-dpo-beta20")}  # fmt: skip
+    strip = {"seed", "command", "versions"}
+    seed0, seed1 = ({k: v for k, v in r.items() if k not in strip} for r in list(runs.values())[:2])
+    assert seed0 == seed1 and runs["verifier-topk-seed1"]["seed"] == 1
+    assert runs["verifier-topk-seed0"]["objective"]["weighting"] == "topk"
+    dpo = runs["verifier-dpo-beta20"]
+    assert (dpo["objective"]["objective"], dpo["objective"]["dpo_beta"], dpo["objective"]["loss_cfg_scale"]) == (
+        "dpo",
+        20.0,
+        3.0,
+    )
+    assert dpo["batch_size"] == 2 and runs["verifier-topk-seed0"]["batch_size"] == 4
+    assert set(result["runs"]) == {"oracle-seed0", "oracle-seed1", "dpo-beta20"}
+    assert result["runs"]["oracle-seed0"]["paired_vs_first_seed"] is None
+    assert all("verifier" in result["runs"][n]["paired_vs_first_seed"] for n in ("oracle-seed1", "dpo-beta20"))
+    assert result["rollout_best_of_n"]["clips"] == 12 and result["base"]["verifier"] >= 0
+    from experiments import render_results
+
+    (tmp_path / "results" / "alignment").mkdir(parents=True)
+    (tmp_path / "results" / "alignment" / "oracle_variants.json").write_text(json.dumps(result))
+    monkeypatch.setattr(render_results, "RESULTS", tmp_path / "results")
+    rows = render_results.oracle_variants().splitlines()
+    assert [r.split(" | ")[0] for r in rows[2:5]] == ["| oracle (best of 3), seed 0", "| oracle (best of 3), seed 1",
+                                                      "| DPO, best vs worst by the verifier, β = 20"]  # fmt: skip
+    assert rows[2].split(" | ")[3] == "" and rows[3].split(" | ")[3].startswith("+0.000")  # none against itself
+
+
 def test_alignment_demo_checks_its_rollout_before_running():
     from experiments.alignment_demo import DemoArguments
 

@@ -1,0 +1,113 @@
+"""What one round of the oracle carries, on the study's held-out rollout: how far its seed alone moves the result, and
+whether DPO, which also uses each prompt's rejected clip, carries more than keeping the best clip.
+
+    python experiments/oracle_variants.py --dpo_betas 20       # resumable; results/alignment/oracle_variants.json
+    python experiments/oracle_variants.py --num_generations 8 --top_k 0.125 --seeds 0 \\
+        --results_name oracle_variants_n8.json                                      # best of 8 instead
+
+Takes `alignment_study.py`'s settings (the rollout, steps, batch, learning rate, β, loss, evaluated prompts) and
+makes, each skipped when complete:
+1. the study's rollout (`<output_dir>/rollout`; point it at an existing study's rollout to reuse it);
+2. the oracle's round 1 (each prompt's best `--top_k` of its clips by the verifier, `--weighting topk`) once per
+   `--seeds` fine-tune seed, the rollout's seed unchanged;
+3. DPO on each prompt's best and worst clip by the verifier (`--objective dpo --pairs reward`, the same loss) once
+   per `--dpo_betas`, with `--batch_size / 2` pairs per step so that every run sees as many clips per step;
+4. the base and every run on the study's held-out prompts, each against the base and the first seed's run, paired by
+   prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from experiments.alignment_study import (  # noqa: E402
+    StudyArguments,
+    evaluate_models,
+    finetune_run,
+    logged_means,
+    make_rollout,
+    paired_difference,
+    rollout_spread,
+)
+
+
+@dataclass
+class VariantArguments(StudyArguments):
+    output_dir: str = field(default="outputs/oracle_variants", metadata={"help": "Rollout, runs and evaluation."})
+    results_dir: str = field(default="experiments/results/alignment", metadata={"help": "Committed JSON ('' skips)."})
+    results_name: str = field(default="oracle_variants.json", metadata={"help": "File name in --results_dir."})
+    rollout_split: str = field(default="heldout", metadata={"help": "Split the rollout's prompts come from."})
+    rollout_first_prompt: int = field(default=1000, metadata={"help": "First prompt of the rollout split rolled out."})
+    loss_cfg_scale: float = field(default=3.0, metadata={"help": "Every run's --loss_cfg_scale."})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Fine-tune seeds of the oracle."})
+    dpo_betas: list[float] = field(
+        default_factory=list, metadata={"help": "--dpo_beta of each DPO run (none: no DPO run)."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.seeds:
+            raise ValueError(
+                "--seeds needs at least one fine-tune seed (the first is what the others are paired with)."
+            )
+        if self.batch_size < 2:
+            raise ValueError(
+                f"--batch_size must be >= 2 (DPO runs take --batch_size / 2 pairs), got {self.batch_size}."
+            )
+        if any(not b > 0 for b in self.dpo_betas):
+            raise ValueError(f"--dpo_betas must all be > 0, got {self.dpo_betas}.")
+
+
+def main(a: VariantArguments) -> dict:
+    from dataclasses import replace
+
+    from base_model.files import atomic_write_json
+    from experiments.results_io import publish_json
+
+    out = Path(a.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rollout = make_rollout(a, a.model, out / "rollout", a.seed, prompts=f"synthcaps:{a.rollout_split}",
+                           first_prompt=a.rollout_first_prompt)  # fmt: skip
+    topk = {"reward": "verifier", "weighting": "topk", "top_k": a.top_k}
+    finals = {f"oracle-seed{s}": finetune_run(replace(a, seed=s), f"verifier-topk-seed{s}", dict(topk), rollout, out)
+              for s in a.seeds}  # fmt: skip
+    halved = replace(a, batch_size=a.batch_size // 2)
+    for b in a.dpo_betas:
+        fields = {"objective": "dpo", "pairs": "reward", "reward": "verifier", "dpo_beta": b}
+        finals[f"dpo-beta{b:g}"] = finetune_run(halved, f"verifier-dpo-beta{b:g}", fields, rollout, out)
+    report = evaluate_models(a, [a.model, *finals.values()], out, "main")
+    first = finals[f"oracle-seed{a.seeds[0]}"]
+    result: dict = {"settings": asdict(a), "base": report["models"][a.model], "metric_info": report["metric_info"],
+                    "rollout_best_of_n": rollout_spread(rollout, "reward/verifier"), "runs": {}}  # fmt: skip
+    for name, folder in finals.items():
+        dpo = name.startswith("dpo-")
+        keys = (
+            ("loss/dpo", "dpo/implicit_accuracy", "loss/flow_w", "loss/flow_l")
+            if dpo
+            else ("loss/flow", "loss/reference")
+        )
+        result["runs"][name] = {
+            "model": report["models"][folder],
+            "paired_vs_base": report["paired_vs_first"][folder],
+            "paired_vs_first_seed": None if folder == first else paired_difference(a, folder, first),
+            "train": {**json.loads((Path(folder) / "metrics.json").read_text()), "last_logs": logged_means(folder, keys)},
+        }  # fmt: skip
+    atomic_write_json(out / "results.json", result)
+    publish_json(result, a.results_dir, a.results_name)
+    return result
+
+
+def make_parser():
+    from trl import TrlParser
+
+    return TrlParser((VariantArguments,))
+
+
+if __name__ == "__main__":
+    main(*make_parser().parse_args_and_config())

@@ -866,6 +866,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "heldout-rollout": heldout_rollout,
     "oracle-beta": oracle_beta,
     "oracle-variants": oracle_variants,
+    "oracle-variants-n8": lambda: oracle_variants("oracle_variants_n8.json"),
     "aesthetics-heldout": lambda: aesthetics("heldout_rollout_items.json"),
     "aesthetics-heldout-768": lambda: aesthetics("heldout_rollout_guided_768.json"),
     "best-of-n-heldout": lambda: best_of_n("heldout_rollout_items.json"),

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,8 +65,6 @@ class VariantArguments(StudyArguments):
 
 
 def main(a: VariantArguments) -> dict:
-    from dataclasses import replace
-
     from base_model.files import atomic_write_json
     from experiments.results_io import publish_json
 

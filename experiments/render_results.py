@@ -461,9 +461,17 @@ def oracle_variants(name: str = "oracle_variants.json") -> str:
     worst clip, on one rollout; each against the base and against the first seed's run."""
     r = _load(RESULTS / "alignment" / name)
     a, runs = r["settings"], r["runs"]
-    first = f"seed {a['seeds'][0]}"
-    lines = [_row(["run", "pairs or clips trained on", "Δ verifier vs base", f"Δ verifier vs oracle, {first}",
-                   "Δ CLAP", "Δ KL", "mel Fréchet"]), "|---|---|---|---|---|---|---|"]  # fmt: skip
+    paired = len(runs) > 1  # a column against the first seed's run only where there is another run
+    head = [
+        "run",
+        "pairs or clips trained on",
+        "Δ verifier vs base",
+        *([f"Δ verifier vs oracle, seed {a['seeds'][0]}"] if paired else []),
+        "Δ CLAP",
+        "Δ KL",
+        "mel Fréchet",
+    ]
+    lines = [_row(head), "|" + "---|" * len(head)]  # fmt: skip
     for key, m in runs.items():
         if key.startswith("oracle-seed"):
             label, trained = (
@@ -476,8 +484,8 @@ def oracle_variants(name: str = "oracle_variants.json") -> str:
                 f"{m['train']['rows']} pairs",
             )
         vs = m["paired_vs_first_seed"]
-        lines.append(_row([label, trained, _delta(m, "verifier"), _bci(vs["verifier"]) if vs else "",
-                           *_run_cells(m, ("clap", "kl"))]))  # fmt: skip
+        against = [_bci(vs["verifier"]) if vs else ""] if paired else []
+        lines.append(_row([label, trained, _delta(m, "verifier"), *against, *_run_cells(m, ("clap", "kl"))]))
     seeds = [runs[f"oracle-seed{s}"]["paired_vs_base"]["verifier"]["mean"] for s in a["seeds"]]
     spread = r["rollout_best_of_n"]
     lines.append(f"\nBase: verifier {r['base']['verifier']:.3f}, mel Fréchet {r['base']['mel_frechet']:.1f} on "

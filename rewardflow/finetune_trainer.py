@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from transformers import Trainer
 
+from base_model.flow import masked_flow_loss
+
 from .finetune_config import RewardFlowConfig
 from .objectives import PreferenceObjective, RewardWeightedObjective, effective_sample_size
 
@@ -111,7 +113,6 @@ def guided_flow_output(
     """
     from types import SimpleNamespace
 
-    from base_model.flow import masked_flow_loss
     from base_model.sampling import classifier_free_guidance
 
     B = inputs["latents"].shape[0]
@@ -295,8 +296,6 @@ class RewardFlowTrainer(Trainer):
                 "text_hidden_states": torch.cat([inputs["text_hidden_states"]] * 2),
                 "text_padding_mask": torch.cat([inputs["text_padding_mask"]] * 2)}  # fmt: skip
         if self.args.loss_cfg_scale != 1:  # L is the guided velocity's loss, the policy's and the reference's
-            from base_model.flow import masked_flow_loss
-
             shared = {k: v for k, v in drawn.items() if k != "text_drop_mask"}
             with self.accelerator.autocast():
                 out, v_ref = guided_flow_output(model, both, self.args.loss_cfg_scale,

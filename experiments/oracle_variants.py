@@ -4,21 +4,26 @@ whether DPO, which also uses each prompt's rejected clip, carries more than keep
     python experiments/oracle_variants.py --dpo_betas 20       # resumable; results/alignment/oracle_variants.json
     python experiments/oracle_variants.py --num_generations 8 --top_k 0.125 --seeds 0 \\
         --results_name oracle_variants_n8.json                                      # best of 8 instead
+    python experiments/oracle_variants.py --rollout_prompts 768 --seeds 0 --continue_steps 1200 1800 2400 \\
+        --results_name oracle_steps_768.json                                        # longer runs on more prompts
 
 Takes `alignment_study.py`'s settings (the rollout, steps, batch, learning rate, β, loss, evaluated prompts) and
 makes, each skipped when complete:
 1. the study's rollout (`<output_dir>/rollout`; point it at an existing study's rollout to reuse it);
 2. the oracle's round 1 (each prompt's best `--top_k` of its clips by the verifier, `--weighting topk`) once per
    `--seeds` fine-tune seed, the rollout's seed unchanged;
-3. DPO on each prompt's best and worst clip by the verifier (`--objective dpo --pairs reward`, the same loss) once
+3. with `--continue_steps`, the first seed's run continued from its last checkpoint to each of those step counts in
+   turn (the learning rate is constant after warm-up, so this is the longer run's own trajectory);
+4. DPO on each prompt's best and worst clip by the verifier (`--objective dpo --pairs reward`, the same loss) once
    per `--dpo_betas`, with `--batch_size / 2` pairs per step so that every run sees as many clips per step;
-4. the base and every run on the study's held-out prompts, each against the base and the first seed's run, paired by
+5. the base and every run on the study's held-out prompts, each against the base and the first seed's run, paired by
    prompt.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -50,6 +55,11 @@ class VariantArguments(StudyArguments):
         default_factory=list, metadata={"help": "--dpo_beta of each DPO run (none: no DPO run)."}
     )
 
+    continue_steps: list[int] = field(
+        default_factory=list,
+        metadata={"help": "Step counts above --max_steps to continue the first seed's run to, each evaluated."},
+    )
+
     def __post_init__(self):
         super().__post_init__()
         if not self.seeds:
@@ -60,8 +70,31 @@ class VariantArguments(StudyArguments):
             raise ValueError(
                 f"--batch_size must be >= 2 (DPO runs take --batch_size / 2 pairs), got {self.batch_size}."
             )
+        if self.continue_steps and (
+            self.continue_steps != sorted(set(self.continue_steps)) or self.continue_steps[0] <= self.max_steps
+        ):
+            raise ValueError(
+                f"--continue_steps must rise and start above --max_steps {self.max_steps}, got {self.continue_steps}."
+            )
         if any(not b > 0 for b in self.dpo_betas):
             raise ValueError(f"--dpo_betas must all be > 0, got {self.dpo_betas}.")
+
+
+def continue_from(start: Path, folder: Path) -> None:
+    """Seeds the run folder `folder` with the newest complete checkpoint of the run in `start`, unless `folder` has a
+    checkpoint of its own already (a continuation that was cut off resumes from there)."""
+    from base_model.training import latest_complete_checkpoint
+
+    if latest_complete_checkpoint(folder) is not None:
+        return
+    last = latest_complete_checkpoint(start)
+    if last is None:
+        raise FileNotFoundError(f"{start} has no complete checkpoint to continue from.")
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{Path(last).name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(last, partial)
+    partial.rename(folder / Path(last).name)
 
 
 def main(a: VariantArguments) -> dict:
@@ -75,6 +108,14 @@ def main(a: VariantArguments) -> dict:
     topk = {"reward": "verifier", "weighting": "topk", "top_k": a.top_k}
     finals = {f"oracle-seed{s}": finetune_run(replace(a, seed=s), f"verifier-topk-seed{s}", dict(topk), rollout, out)
               for s in a.seeds}  # fmt: skip
+    start = out / "runs" / f"verifier-topk-seed{a.seeds[0]}"
+    for steps in a.continue_steps:
+        name = f"verifier-topk-seed{a.seeds[0]}-steps{steps}"
+        continue_from(start, out / "runs" / name)
+        finals[f"oracle-seed{a.seeds[0]}-steps{steps}"] = finetune_run(
+            replace(a, seed=a.seeds[0], max_steps=steps, continue_steps=[]), name, dict(topk), rollout, out
+        )
+        start = out / "runs" / name
     halved = replace(a, batch_size=a.batch_size // 2)
     for b in a.dpo_betas:
         fields = {"objective": "dpo", "pairs": "reward", "reward": "verifier", "dpo_beta": b}

@@ -457,40 +457,44 @@ def oracle_beta(name: str = "heldout_rollout_guided.json") -> str:
 
 
 def oracle_variants(name: str = "oracle_variants.json") -> str:
-    """`experiments/oracle_variants.py`: the oracle's round 1 at each fine-tune seed, and DPO on each prompt's best and
-    worst clip, on one rollout; each against the base and against the first seed's run."""
+    """`experiments/oracle_variants.py`: the oracle's round 1 at each fine-tune seed, the first seed's run continued to
+    more steps, and DPO on each prompt's best and worst clip, on one rollout; each against the base and against the
+    first seed's run."""
     r = _load(RESULTS / "alignment" / name)
     a, runs = r["settings"], r["runs"]
+    longer = bool(a.get("continue_steps"))  # results made before --continue_steps lack the key
+    steps = f", {a['max_steps']} steps" if longer else ""
     paired = len(runs) > 1  # a column against the first seed's run only where there is another run
     head = [
         "run",
         "pairs or clips trained on",
         "Δ verifier vs base",
-        *([f"Δ verifier vs oracle, seed {a['seeds'][0]}"] if paired else []),
+        *([f"Δ verifier vs oracle, seed {a['seeds'][0]}{steps}"] if paired else []),
         "Δ CLAP",
         "Δ KL",
         "mel Fréchet",
     ]
     lines = [_row(head), "|" + "---|" * len(head)]  # fmt: skip
     for key, m in runs.items():
+        rows = m["train"]["rows"]
         if key.startswith("oracle-seed"):
-            label, trained = (
-                f"oracle ({_kept(a)}), seed {key.removeprefix('oracle-seed')}",
-                f"{m['train']['rows']} clips",
-            )
+            seed, _, more = key.removeprefix("oracle-seed").partition("-steps")
+            n = int(more or a["max_steps"])
+            label = f"oracle ({_kept(a)}), seed {seed}" + (f", {n} steps" if longer else "")
+            trained = f"{rows} clips" + (f", {n * a['batch_size'] / rows:.1f} passes" if longer else "")
         else:
-            label, trained = (
-                f"DPO, best vs worst by the verifier, β = {key.removeprefix('dpo-beta')}",
-                f"{m['train']['rows']} pairs",
-            )
+            label, trained = f"DPO, best vs worst by the verifier, β = {key.removeprefix('dpo-beta')}", f"{rows} pairs"
         vs = m["paired_vs_first_seed"]
         against = [_bci(vs["verifier"]) if vs else ""] if paired else []
         lines.append(_row([label, trained, _delta(m, "verifier"), *against, *_run_cells(m, ("clap", "kl"))]))
     seeds = [runs[f"oracle-seed{s}"]["paired_vs_base"]["verifier"]["mean"] for s in a["seeds"]]
     spread = r["rollout_best_of_n"]
+    every = (f"{a['max_steps']} steps unless the row says more (a longer run is the {a['max_steps']}-step run "
+             "continued from its last checkpoint, at the same constant learning rate)" if longer
+             else f"{a['max_steps']} steps")  # fmt: skip
     lines.append(f"\nBase: verifier {r['base']['verifier']:.3f}, mel Fréchet {r['base']['mel_frechet']:.1f} on "
-                 f"{a['eval_prompts']} held-out prompts from {a['first_prompt']} (CFG 3). Every run: {a['max_steps']} "
-                 f"steps, loss guided at s = {a['loss_cfg_scale']:g}, learning rate {a['learning_rate']:g}, on one "
+                 f"{a['eval_prompts']} held-out prompts from {a['first_prompt']} (CFG 3). Every run: {every}, "
+                 f"loss guided at s = {a['loss_cfg_scale']:g}, learning rate {a['learning_rate']:g}, on one "
                  f"rollout of held-out prompts {a['rollout_first_prompt']}–{a['rollout_first_prompt'] + a['rollout_prompts'] - 1}"
                  f" × {a['num_generations']} at CFG {a['rollout_cfg_scale']:g}, whose {_kept(a)} by the verifier is "
                  f"worth {spread['best_of_n'] - spread['mean']:+.3f} over its mean; the oracle runs {a['batch_size']} "

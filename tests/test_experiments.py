@@ -516,7 +516,29 @@ def test_alignment_study_heldout_rollout_is_checked_and_read_without_shared_prom
     assert disjoint["paired_vs_base"]["verifier-topk"]["verifier"]["mean"] == pytest.approx(diff.mean())
 
 
-@pytest.mark.slow  # 94-140 s on 2 cores beside a running study; the guided DPO loss is in the default suite
+def test_oracle_variants_continues_from_the_newest_complete_checkpoint(tmp_path):
+    from experiments.oracle_variants import VariantArguments, continue_from
+
+    for steps in ([600], [1800, 1200], [1200, 1200]):
+        with pytest.raises(ValueError, match="--continue_steps must rise and start above --max_steps 600"):
+            VariantArguments(continue_steps=steps)
+    start, folder = tmp_path / "run", tmp_path / "longer"
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        continue_from(start, folder)
+    for step, complete in ((200, True), (400, True), (600, False)):  # 600 was cut off while being written
+        (start / f"checkpoint-{step}").mkdir(parents=True)
+        (start / f"checkpoint-{step}" / "model.safetensors").write_text(str(step))
+        if complete:
+            (start / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    continue_from(start, folder)
+    assert [p.name for p in folder.iterdir()] == ["checkpoint-400"]
+    assert (folder / "checkpoint-400" / "model.safetensors").read_text() == "400"
+    (start / "checkpoint-600" / "trainer_state.json").write_text("{}")
+    continue_from(start, folder)  # the continuation has a checkpoint of its own: left as it is
+    assert [p.name for p in folder.iterdir()] == ["checkpoint-400"]
+
+
+@pytest.mark.slow  # 94-174 s on 2 cores beside a running study; the guided DPO loss is in the default suite
 def test_oracle_variants_tiny(tmp_path, monkeypatch):
     """The seeds' runs differ from each other in the fine-tune's seed alone (the rollout is shared), the DPO run takes
     half the batch in pairs with the same loss, and every run is paired with the base and with the first seed's."""
@@ -528,8 +550,24 @@ def test_oracle_variants_tiny(tmp_path, monkeypatch):
         VariantArguments(dpo_betas=[0.0])
     a = VariantArguments(output_dir=str(tmp_path / "v"), results_dir="", rollout_prompts=4, num_generations=3,
                          max_steps=2, batch_size=4, eval_prompts=3, processes=1, rollout_first_prompt=400,
-                         seeds=[0, 1], dpo_betas=[20.0])  # fmt: skip
+                         seeds=[0, 1], dpo_betas=[20.0], continue_steps=[4])  # fmt: skip
     result = main(a)
+    # The continued run is the longer run's own trajectory: a straight 4-step run ends at the same weights.
+    from dataclasses import replace
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import load_file
+
+    from experiments.alignment_study import finetune_run
+
+    straight = finetune_run(replace(a, max_steps=4, continue_steps=[]), "straight", {"reward": "verifier",
+                            "weighting": "topk", "top_k": a.top_k}, str(tmp_path / "v" / "rollout"), tmp_path / "s")  # fmt: skip
+    longer = load_file(tmp_path / "v" / "runs" / "verifier-topk-seed0-steps4" / "final" / "flow" / "model.safetensors")
+    shorter = load_file(tmp_path / "v" / "runs" / "verifier-topk-seed0" / "final" / "flow" / "model.safetensors")
+    for k, v in load_file(Path(straight) / "flow" / "model.safetensors").items():
+        torch.testing.assert_close(longer[k], v, rtol=1e-4, atol=1e-5)
+    assert any(not torch.equal(longer[k], v) for k, v in shorter.items())
     runs = {n: json.loads((tmp_path / "v" / "runs" / n / "finetune_run.json").read_text())
             for n in ("verifier-topk-seed0", "verifier-topk-seed1", "verifier-dpo-beta20")}  # fmt: skip
     strip = {"seed", "command", "versions"}
@@ -543,9 +581,11 @@ def test_oracle_variants_tiny(tmp_path, monkeypatch):
         3.0,
     )
     assert dpo["batch_size"] == 2 and runs["verifier-topk-seed0"]["batch_size"] == 4
-    assert set(result["runs"]) == {"oracle-seed0", "oracle-seed1", "dpo-beta20"}
+    assert set(result["runs"]) == {"oracle-seed0", "oracle-seed1", "oracle-seed0-steps4", "dpo-beta20"}
+    assert result["runs"]["oracle-seed0-steps4"]["train"]["steps"] == 4
     assert result["runs"]["oracle-seed0"]["paired_vs_first_seed"] is None
-    assert all("verifier" in result["runs"][n]["paired_vs_first_seed"] for n in ("oracle-seed1", "dpo-beta20"))
+    assert all("verifier" in result["runs"][n]["paired_vs_first_seed"]
+               for n in ("oracle-seed1", "oracle-seed0-steps4", "dpo-beta20"))  # fmt: skip
     assert result["rollout_best_of_n"]["clips"] == 12 and result["base"]["verifier"] >= 0
     from experiments import render_results
 
@@ -553,8 +593,12 @@ def test_oracle_variants_tiny(tmp_path, monkeypatch):
     (tmp_path / "results" / "alignment" / "oracle_variants.json").write_text(json.dumps(result))
     monkeypatch.setattr(render_results, "RESULTS", tmp_path / "results")
     rows = render_results.oracle_variants().splitlines()
-    assert [r.split(" | ")[0] for r in rows[2:5]] == ["| oracle (best of 3), seed 0", "| oracle (best of 3), seed 1",
-                                                      "| DPO, best vs worst by the verifier, β = 20"]  # fmt: skip
+    assert [r.split(" | ")[:2] for r in rows[2:5]] == [
+        ["| oracle (best of 3), seed 0, 2 steps", "4 clips, 2.0 passes"],
+        ["| oracle (best of 3), seed 1, 2 steps", "4 clips, 2.0 passes"],
+        ["| oracle (best of 3), seed 0, 4 steps", "4 clips, 4.0 passes"],
+    ]
+    assert rows[5].startswith("| DPO, best vs worst by the verifier, β = 20 | ")
     assert rows[2].split(" | ")[3] == "" and rows[3].split(" | ")[3].startswith("+0.000")  # none against itself
 
 

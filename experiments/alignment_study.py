@@ -132,8 +132,18 @@ def needed(a: StudyArguments) -> list[str]:
     return [n for n in runs(a) if n in names]
 
 
+@dataclass(frozen=True)
+class RolloutSettings:
+    """What `make_rollout` reads of a study's arguments, for a rollout made with settings other than the study's."""
+
+    rollout_prompts: int
+    num_generations: int
+    rollout_cfg_scale: float
+    processes: int
+
+
 def make_rollout(
-    a,
+    a: StudyArguments | RolloutSettings,
     model: str,
     folder: Path,
     seed: int,
@@ -144,7 +154,7 @@ def make_rollout(
     first_prompt: int = 0,
 ) -> str:
     """Rolls out `model` into `folder` with `a.processes` processes (torchrun on CPU), unless it is complete there;
-    `a` needs `rollout_prompts`, `num_generations`, `rollout_cfg_scale` and `processes`."""
+    `a` gives the prompts, clips per prompt, guidance and processes (a study's arguments or a `RolloutSettings`)."""
     import subprocess
 
     if not (folder / "manifest.json").is_file():
@@ -398,14 +408,11 @@ def tuned_rollout(a: StudyArguments, rollout: str, model: str) -> str:
     """`model` rolled out as an oracle round 2 would roll out after it (`round_rollout_settings`: the study's first
     rollout's prompts and settings, its seed + 1), into `<model>/../tuned-rollout`: how much of its rollout's
     best-of-n margin a fine-tune carries onto the prompts it was tuned on."""
-    from types import SimpleNamespace
-
     from rewardflow.finetune import round_rollout_settings
 
     meta = json.loads((Path(rollout) / "run.json").read_text())
     s = round_rollout_settings(meta, model, 2)
-    like = SimpleNamespace(rollout_prompts=s["max_prompts"], num_generations=s["num_generations"],
-                           rollout_cfg_scale=s["cfg_scale"], processes=a.processes)  # fmt: skip
+    like = RolloutSettings(s["max_prompts"], s["num_generations"], s["cfg_scale"], a.processes)
     return make_rollout(like, model, Path(model).parent / "tuned-rollout", s["seed"], prompts=s["prompts"],
                         first_prompt=s["first_prompt"], rewards=tuple(meta["rewards"]))  # fmt: skip
 

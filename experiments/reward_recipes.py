@@ -177,13 +177,10 @@ def main(a: RecipeArguments) -> dict:
     with_desc = embed_clips(every, clap, with_descriptors=True)  # once; recipes without descriptors drop them
     clips = {True: with_desc, False: {k: v for k, v in with_desc.items() if k != "desc"}}
     if a.large_prompts:  # rolled out as the loop rolled out its fresh sets
-        from types import SimpleNamespace
-
-        from experiments.alignment_study import make_rollout
+        from experiments.alignment_study import RolloutSettings, make_rollout
 
         ls = a.loop_settings()
-        like = SimpleNamespace(rollout_prompts=a.large_prompts, num_generations=ls["num_generations"],
-                               rollout_cfg_scale=ls["rollout_cfg_scale"], processes=ls["processes"])  # fmt: skip
+        like = RolloutSettings(a.large_prompts, ls["num_generations"], ls["rollout_cfg_scale"], ls["processes"])
         make_rollout(like, ls["model"], loop / "rollout-large", a.large_seed, audio_format="flac",
                      prompts="synthcaps:heldout", max_prompts=a.large_prompts, first_prompt=a.large_first_prompt,
                      rewards=("clap", "verifier"))  # fmt: skip

@@ -246,7 +246,9 @@ def run_record(args, model_args, model_id, start_adapter, reference, rollout_dir
     }
 
 
-def run_metrics(trainer, data: dict, dataset, result, train_seconds: float, device) -> dict:
+def run_metrics(trainer, data: dict, dataset, result, train_seconds: float, device, start: int) -> dict:
+    """The run's `metrics.json`. `train_seconds` and `seconds_per_step` cover the steps this invocation trained, those
+    after `start` (`resumed_from_step`: the step of the checkpoint it resumed from, else 0)."""
     from rewardflow.objectives import effective_sample_size
 
     history = trainer.state.log_history
@@ -260,9 +262,10 @@ def run_metrics(trainer, data: dict, dataset, result, train_seconds: float, devi
         "weights_ess": effective_sample_size(data["table_weights"]),
         "weights_max_min_ratio": float(data["weights"].max() / data["weights"].min()),
         "steps": steps,
+        "resumed_from_step": start,
         "world_size": trainer.args.world_size,
         "train_seconds": round(train_seconds, 2),
-        "seconds_per_step": round(train_seconds / max(steps, 1), 4),
+        "seconds_per_step": round(train_seconds / max(steps - start, 1), 4),
         "peak_memory_gib": _peak_memory_gib(device),
         "peak_memory_kind": "cuda max allocated" if device.type == "cuda" else "process peak RSS",
         "train_loss": result.training_loss,
@@ -373,9 +376,14 @@ def finetune(
     device = trainer.accelerator.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    # read before training: the checkpoint resumed from may be rotated away by the time the run ends
+    resumed_state = Path(resume) / "trainer_state.json" if resume else None
+    first_step = (
+        json.loads(resumed_state.read_text())["global_step"] if resumed_state and resumed_state.is_file() else 0
+    )
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
-    metrics = run_metrics(trainer, data, dataset, result, time.perf_counter() - start, device)
+    metrics = run_metrics(trainer, data, dataset, result, time.perf_counter() - start, device, first_step)
     if guard:
         guard.restore_best(trainer.model)
         metrics["guardrail"] = guard.summary()

@@ -257,13 +257,14 @@ class KillAt(TrainerCallback):
 @pytest.mark.parametrize("lora", [False, True])
 def test_resume_after_kill_is_bitwise(rollout_dir, tmp_path, lora):
     extra = ["--max_steps", "4", "--save_steps", "2", "--use_cpu"] + (["--use_peft", "--lora_r", "4"] if lora else [])
-    run(rollout_dir, tmp_path / "a", *extra)
+    assert run(rollout_dir, tmp_path / "a", *extra)["resumed_from_step"] == 0
     with pytest.raises(KeyboardInterrupt):
         run(rollout_dir, tmp_path / "b", *extra, callbacks=[KillAt(3)])
     assert not (tmp_path / "b" / "final").exists()
     # a half-written newer checkpoint (no trainer_state.json) must be skipped by "latest"
     (tmp_path / "b" / "checkpoint-3").mkdir()
-    run(rollout_dir, tmp_path / "b", *extra, "--resume_from_checkpoint", "latest")
+    resumed = run(rollout_dir, tmp_path / "b", *extra, "--resume_from_checkpoint", "latest")
+    assert resumed["resumed_from_step"] == 2 and resumed["steps"] == 4  # its time per step is over 2 steps
     a, b = state_of(tmp_path / "a" / "final"), state_of(tmp_path / "b" / "final")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

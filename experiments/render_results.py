@@ -464,6 +464,8 @@ def oracle_variants(name: str = "oracle_variants.json") -> str:
     a, runs = r["settings"], r["runs"]
     longer = bool(a.get("continue_steps"))  # results made before --continue_steps lack the key
     steps = f", {a['max_steps']} steps" if longer else ""
+    logged = next(iter(runs.values()))["train"]["last_logs"]
+    window = logged["logs"] * logged["logging_steps"]  # the steps each run's logged means cover
     paired = len(runs) > 1  # a column against the first seed's run only where there is another run
     head = [
         "run",
@@ -473,10 +475,11 @@ def oracle_variants(name: str = "oracle_variants.json") -> str:
         "Δ CLAP",
         "Δ KL",
         "mel Fréchet",
+        *([f"flow loss, last {window} steps"] if longer else []),
     ]
     lines = [_row(head), "|" + "---|" * len(head)]  # fmt: skip
     for key, m in runs.items():
-        rows = m["train"]["rows"]
+        rows, logs = m["train"]["rows"], m["train"]["last_logs"]
         if key.startswith("oracle-seed"):
             seed, _, more = key.removeprefix("oracle-seed").partition("-steps")
             n = int(more or a["max_steps"])
@@ -486,7 +489,8 @@ def oracle_variants(name: str = "oracle_variants.json") -> str:
             label, trained = f"DPO, best vs worst by the verifier, β = {key.removeprefix('dpo-beta')}", f"{rows} pairs"
         vs = m["paired_vs_first_seed"]
         against = [_bci(vs["verifier"]) if vs else ""] if paired else []
-        lines.append(_row([label, trained, _delta(m, "verifier"), *against, *_run_cells(m, ("clap", "kl"))]))
+        fit = [f"{logs['loss/flow']:.3f}" if "loss/flow" in logs else ""] if longer else []
+        lines.append(_row([label, trained, _delta(m, "verifier"), *against, *_run_cells(m, ("clap", "kl")), *fit]))
     seeds = [runs[f"oracle-seed{s}"]["paired_vs_base"]["verifier"]["mean"] for s in a["seeds"]]
     spread = r["rollout_best_of_n"]
     every = (f"{a['max_steps']} steps unless the row says more (a longer run is the {a['max_steps']}-step run "
@@ -879,6 +883,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "oracle-beta": oracle_beta,
     "oracle-variants": oracle_variants,
     "oracle-variants-n8": lambda: oracle_variants("oracle_variants_n8.json"),
+    "oracle-steps-768": lambda: oracle_variants("oracle_steps_768.json"),
     "aesthetics-heldout": lambda: aesthetics("heldout_rollout_items.json"),
     "aesthetics-heldout-768": lambda: aesthetics("heldout_rollout_guided_768.json"),
     "best-of-n-heldout": lambda: best_of_n("heldout_rollout_items.json"),

@@ -363,16 +363,18 @@ def main(a: StudyArguments) -> dict:
     if "aesthetics-topk" in finals:  # the control is in every study
         result["aesthetics_minus_control"] = paired_difference(a, finals["aesthetics-topk"], finals["control"])
     if "best_of_n" in a.questions:  # each against the model tuned on the same reward, paired by prompt
+
+        def reranked(name: str, reward: str, n: int, **extra) -> dict:
+            r = evaluate_models(a, [a.model], out, name, best_of=n, rerank_reward=reward, **extra)
+            tuned = ("main", finals[f"{reward}-topk"])
+            return {**r["models"][a.model], "tuned_minus_this": paired_between_evals(out, tuned, (name, a.model))}
+
         result["best_of_n"] = {}
         for n in a.best_of:
             for reward in ("clap", "verifier"):
-                r = evaluate_models(a, [a.model], out, f"best-of-{n}-{reward}", best_of=n, rerank_reward=reward)
-                result["best_of_n"][f"{reward}-{n}"] = {**r["models"][a.model], "tuned_minus_this": paired_between_evals(
-                    out, ("main", finals[f"{reward}-topk"]), (f"best-of-{n}-{reward}", a.model))}  # fmt: skip
-            matched = evaluate_models(a, [a.model], out, f"best-of-{n}-clap-matched", best_of=n, rerank_reward="clap",
-                                      num_iterations=max(8 // n, 1))  # fmt: skip
-            result["best_of_n"][f"clap-{n}-matched"] = {**matched["models"][a.model], "tuned_minus_this": paired_between_evals(
-                out, ("main", finals["clap-topk"]), (f"best-of-{n}-clap-matched", a.model))}  # fmt: skip
+                result["best_of_n"][f"{reward}-{n}"] = reranked(f"best-of-{n}-{reward}", reward, n)
+            matched = {"num_iterations": max(8 // n, 1)}  # matched compute: N candidates at 8 / N iterations each
+            result["best_of_n"][f"clap-{n}-matched"] = reranked(f"best-of-{n}-clap-matched", "clap", n, **matched)
     if "guardrail" in a.questions:
         result["guardrail"] = json.loads((out / "runs" / "clap-topk-guarded" / "guardrail.json").read_text())
         if "clap-topk" in finals:  # the same run unguarded ends at the last step: the kept checkpoint against it

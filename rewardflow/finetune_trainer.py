@@ -296,10 +296,9 @@ class RewardFlowTrainer(Trainer):
                 "text_hidden_states": torch.cat([inputs["text_hidden_states"]] * 2),
                 "text_padding_mask": torch.cat([inputs["text_padding_mask"]] * 2)}  # fmt: skip
         if self.args.loss_cfg_scale != 1:  # L is the guided velocity's loss, the policy's and the reference's
-            shared = {k: v for k, v in drawn.items() if k != "text_drop_mask"}
-            with self.accelerator.autocast():
+            with self.accelerator.autocast():  # guided_flow_output sets its own text_drop_mask over drawn's
                 out, v_ref = guided_flow_output(model, both, self.args.loss_cfg_scale,
-                                                lambda x, d: self._reference_forward(model, x, d), drawn=shared)  # fmt: skip
+                                                lambda x, d: self._reference_forward(model, x, d), drawn=drawn)  # fmt: skip
             M = out.v_t.shape[0] // (2 * B)
             ref = masked_flow_loss(v_ref, out.u_t, out.infill_mask.repeat(M, 1)).view(M, 2 * B).mean(0)
         else:

@@ -489,7 +489,8 @@ def oracle_variants(name: str = "oracle_variants.json") -> str:
             label, trained = f"DPO, best vs worst by the verifier, β = {key.removeprefix('dpo-beta')}", f"{rows} pairs"
         vs = m["paired_vs_first_seed"]
         against = [_bci(vs["verifier"]) if vs else ""] if paired else []
-        fit = [f"{logs['loss/flow']:.3f}" if "loss/flow" in logs else ""] if longer else []
+        flow = logs.get("loss/flow")  # None for a DPO run, which logs its winners' and losers' flow losses
+        fit = [f"{flow:.3f}" if flow is not None else ""] if longer else []
         lines.append(_row([label, trained, _delta(m, "verifier"), *against, *_run_cells(m, ("clap", "kl")), *fit]))
     seeds = [runs[f"oracle-seed{s}"]["paired_vs_base"]["verifier"]["mean"] for s in a["seeds"]]
     spread = r["rollout_best_of_n"]

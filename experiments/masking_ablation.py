@@ -25,14 +25,13 @@ sys.path.insert(0, str(ROOT))
 
 
 @dataclass
-class AblationArguments:
+class ReducedBudget:
+    """The reduced pretraining budget and evaluation that each run of an ablation shares."""
+
     output_dir: str = field(default="outputs/masking_ablation", metadata={"help": "Runs and evaluation."})
     results_dir: str = field(
         default="experiments/results/masking_ablation", metadata={"help": "Committed JSON ('' skips)."}
     )
-    ratios: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7], metadata={"help": "Masking ratios p."})
-    spans: list[int] = field(default_factory=lambda: [1, 2, 3, 4], metadata={"help": "Span lengths l."})
-    cosine: bool = field(default=True, metadata={"help": "Also train span 4 with MaskGIT's cosine ratio."})
     vae: str = field(default="", metadata={"help": "VAE folder (default: the bundled pipeline's)."})
     preset: str = field(default="tiny", metadata={"help": "Model preset."})
     hidden_size: int = field(default=128, metadata={"help": "Backbone and head width."})
@@ -43,6 +42,13 @@ class AblationArguments:
     eval_prompts: int = field(default=64, metadata={"help": "Held-out prompts for the evaluation."})
     first_prompt: int = field(default=3000, metadata={"help": "First held-out prompt (away from other experiments')."})
     parallel: bool = field(default=True, metadata={"help": "Train two runs at once, one thread each."})
+
+
+@dataclass
+class AblationArguments(ReducedBudget):
+    ratios: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7], metadata={"help": "Masking ratios p."})
+    spans: list[int] = field(default_factory=lambda: [1, 2, 3, 4], metadata={"help": "Span lengths l."})
+    cosine: bool = field(default=True, metadata={"help": "Also train span 4 with MaskGIT's cosine ratio."})
 
 
 def run_name(ratio: float | str, span: int) -> str:
@@ -57,7 +63,8 @@ def configurations(a: AblationArguments) -> list[dict]:
     return runs
 
 
-def pretrain_argv(a: AblationArguments, run: dict, vae: str) -> list[str]:
+def pretrain_argv(a: ReducedBudget, run: dict, vae: str) -> list[str]:
+    """`pretrain.py`'s flags for one run: the shared budget, the run's masking recipe, then its own `argv`."""
     return [
         "--output_dir", str(Path(a.output_dir) / run["name"]), "--vae", vae, "--preset", a.preset,
         "--hidden_size", str(a.hidden_size), "--head_hidden_size", str(a.hidden_size), "--num_layers", str(a.num_layers),
@@ -65,10 +72,11 @@ def pretrain_argv(a: AblationArguments, run: dict, vae: str) -> list[str]:
         "--mask_ratio_mode", run["mask_ratio_mode"], "--max_steps", str(a.max_steps), "--seed", str(a.seed),
         "--num_train_examples", str(a.train_examples), "--save_steps", str(max(a.max_steps // 4, 1)),
         "--logging_steps", str(max(a.max_steps // 10, 1)), "--report_to", "none", "--resume_from_checkpoint", "latest",
+        *run.get("argv", []),
     ]  # fmt: skip
 
 
-def train_all(a: AblationArguments, runs: list[dict], vae: str) -> None:
+def train_all(a: ReducedBudget, runs: list[dict], vae: str) -> None:
     todo = [r for r in runs if not (Path(a.output_dir) / r["name"] / "final" / "pipeline.json").is_file()]
     width = 2 if a.parallel else 1
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if a.parallel else dict(os.environ)

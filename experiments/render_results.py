@@ -282,6 +282,27 @@ def masking_ablation() -> str:
     return "\n".join(lines) + "\n"
 
 
+def head_ablation() -> str:
+    r = _load(RESULTS / "head_ablation" / "results.json")
+    attrs = ["type", "pitch", "tempo", "direction", "colour", "fade", "loudness"]
+    names = {"masked-mlp": "MaskAudioFlow, MLP head (per frame)", "masked-transformer": "MaskAudioFlow, transformer "
+             "head", "cfm": "CFM baseline"}  # fmt: skip
+    lines = [_row(["model", "parameters", "verifier", *attrs, "mel Fréchet", f"Δ verifier vs {r['reference']}",
+                   f"Δ tempo vs {r['reference']}"]), "|" + "---|" * (len(attrs) + 6)]  # fmt: skip
+    for name, row in r["runs"].items():
+        d = row.get("vs_reference", {})
+        cells = [_bci(d[k]) if k in d else "—" for k in ("verifier", "tempo")]
+        lines.append(_row([names.get(name, name), f"{row['parameters'] / 1e6:.2f} M", _f(row["verifier"]),
+                           *[_f(row[k]) for k in attrs], _f(row["mel_frechet"], 1), *cells]))  # fmt: skip
+    s = r["settings"]
+    tempo = r["runs"]["cfm"]["vs_reference"]["tempo"]["prompts"] if "cfm" in r["runs"] else "n/a"
+    lines.append(f"\nEach: {s['max_steps']} steps, {s['hidden_size']} wide × {s['num_layers']} layers, "
+                 f"{s['train_examples']} clips, seed {s['seed']}; {s['eval_prompts']} held-out prompts from "
+                 f"{s['first_prompt']} ({tempo} name a tempo), seeds {r['seeds']}, CFG {r['cfg_scale']}; masked models "
+                 f"8 iterations × {r['num_steps']} steps, CFM {r['num_steps']} steps.")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def _delta(run: dict, key: str) -> str:
     d = run["paired_vs_base"].get(key)
     return _bci(d) if d else "n/a"
@@ -907,6 +928,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "generator-builds": generator_builds,
     "decoding-scaling": decoding_scaling,
     "masking-ablation": masking_ablation,
+    "head-ablation": head_ablation,
     "bench-headline": bench_headline,
     "vocoder": vocoder,
     "vocoder-sweep": vocoder_sweep,

@@ -22,6 +22,7 @@ SCRIPTS = [
     "experiments/alignment_study.py",
     "experiments/decoding_scaling.py",
     "experiments/masking_ablation.py",
+    "experiments/head_ablation.py",
     "experiments/clap_level_probe.py",
 ]
 

@@ -204,6 +204,43 @@ def test_masking_ablation_tiny(tmp_path):
     assert json.loads((tmp_path / "published" / "results.json").read_text())["runs"] == result["runs"]
 
 
+def test_head_ablation_pairs_each_attribute_over_the_prompts_that_name_it():
+    import numpy as np
+
+    from experiments.head_ablation import paired
+
+    nan = float("nan")
+    this = {"verifier": np.array([0.5, 1.0, 0.0]), "tempo": np.array([1.0, nan, 0.0]), "colour": np.full(3, nan)}
+    ref = {"verifier": np.array([0.25, 0.5, 0.0]), "tempo": np.array([0.0, nan, 0.0]), "colour": np.full(3, nan)}
+    d = paired(this, ref)
+    assert set(d) == {"verifier", "tempo"}  # no prompt names a colour: no difference, not a NaN
+    assert d["verifier"]["prompts"] == 3 and d["verifier"]["mean"] == pytest.approx(0.25)
+    assert d["tempo"]["prompts"] == 2 and d["tempo"]["mean"] == pytest.approx(0.5)
+    assert d["tempo"]["low"] <= d["tempo"]["mean"] <= d["tempo"]["high"]
+
+
+@pytest.mark.slow
+def test_head_ablation_tiny(tmp_path, monkeypatch):
+    from experiments import render_results
+    from experiments.head_ablation import HeadAblationArguments, main
+
+    a = HeadAblationArguments(output_dir=str(tmp_path / "abl"), results_dir=str(tmp_path / "results" / "head_ablation"),
+                              max_steps=2, train_examples=16, eval_prompts=3, hidden_size=32, num_layers=1,
+                              num_steps=2, parallel=False)  # fmt: skip
+    result = main(a)
+    runs = result["runs"]
+    assert list(runs) == ["masked-mlp", "masked-transformer", "cfm"] and result["reference"] == "masked-mlp"
+    assert [r["decoding_iterations"] for r in runs.values()] == [8, 8, 1]
+    assert runs["masked-transformer"]["parameters"] > runs["masked-mlp"]["parameters"]
+    assert all(r["train"]["steps"] == 2 and 0 <= r["verifier"] <= 1 for r in runs.values())
+    assert "vs_reference" not in runs["masked-mlp"] and runs["cfm"]["vs_reference"]["verifier"]["prompts"] == 3
+    published = json.loads((tmp_path / "results" / "head_ablation" / "results.json").read_text())
+    assert published["runs"] == json.loads(json.dumps(runs))
+    monkeypatch.setattr(render_results, "RESULTS", tmp_path / "results")
+    table = render_results.head_ablation()
+    assert "MaskAudioFlow, transformer head" in table and "Each: 2 steps, 32 wide × 1 layers" in table
+
+
 def test_alignment_study_tiny(tmp_path, monkeypatch):
     """Every question on a toy budget: runs, rounds, evaluations, degradation reading, guardrail, committed JSON."""
     from experiments.alignment_study import StudyArguments, main, needed

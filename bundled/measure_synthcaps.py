@@ -62,20 +62,25 @@ def decoder_ceiling(pipe, rows, verifier, corpus: str = "synthcaps") -> dict:
     }, real
 
 
-def measure_pipeline(
-    pipe, rows, verifier, real, num_iterations: int, steps: int
-) -> tuple[dict, np.ndarray, torch.Tensor]:
+def mel_frechet(waveforms: torch.Tensor, real: torch.Tensor) -> float:
+    """Fréchet distance between the default mel statistics of `waveforms` and of `real`, over their common length."""
     from base_model import MelSpectrogram
     from rewardflow.metrics import frechet_distance, mel_statistics
 
+    mel_fn = MelSpectrogram()
+    n = min(waveforms.shape[1], real.shape[1])
+    return frechet_distance(mel_statistics(mel_fn(waveforms[:, :n])), mel_statistics(mel_fn(real[:, :n])))
+
+
+def measure_pipeline(
+    pipe, rows, verifier, real, num_iterations: int, steps: int
+) -> tuple[dict, np.ndarray, torch.Tensor]:
     prompts = [r["caption"] for r in rows]
     start = time.perf_counter()
     out = pipe(prompts, seed=list(range(1000, 1000 + len(rows))), num_iterations=num_iterations, num_steps=steps)
     seconds = time.perf_counter() - start
     acc, per_clip = accuracy_by_attribute(verifier, out.waveforms, rows)
-    mel_fn = MelSpectrogram()
-    n = min(out.waveforms.shape[1], real.shape[1])
-    fd = frechet_distance(mel_statistics(mel_fn(out.waveforms[:, :n])), mel_statistics(mel_fn(real[:, :n])))
+    fd = mel_frechet(out.waveforms, real)
     return (
         {**acc, "mel_frechet": round(fd, 3), "seconds_per_clip": round(seconds / len(rows), 3)},
         per_clip,

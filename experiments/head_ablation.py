@@ -47,20 +47,19 @@ class HeadAblationArguments(ReducedBudget):
 def configurations() -> list[dict]:
     """The three runs: the masking recipe is the bundled build's (span 4, cosine ratio) for the two masked models."""
     recipe = {"mask_ratio": 0.6, "span_length": 4, "mask_ratio_mode": "cosine"}
+    runs = [(REFERENCE, "masked", "mlp"), ("masked-transformer", "masked", "transformer"), ("cfm", "cfm", "mlp")]
     return [
-        {"name": REFERENCE, **recipe, "flow_type": "masked", "head_type": "mlp",
-         "argv": ["--flow_type", "masked", "--head_type", "mlp"]},
-        {"name": "masked-transformer", **recipe, "flow_type": "masked", "head_type": "transformer",
-         "argv": ["--flow_type", "masked", "--head_type", "transformer"]},
-        {"name": "cfm", **recipe, "flow_type": "cfm", "head_type": "mlp", "argv": ["--flow_type", "cfm"]},
+        {"name": name, **recipe, "flow_type": flow, "head_type": head,
+         "argv": ["--flow_type", flow, "--head_type", head]}
+        for name, flow, head in runs
     ]  # fmt: skip
 
 
 def score_model(folder: Path, rows: list[dict], seeds: list[int], real: torch.Tensor, verifier, num_steps: int):
     """Generates one clip per row and returns `(summary, per-clip scores)`: the verifier's mean overall and per
     attribute, mel Fréchet distance to the real renders, seconds per clip and parameters."""
-    from base_model import MaskAudioFlowPipeline, MelSpectrogram
-    from rewardflow.metrics import frechet_distance, mel_statistics
+    from base_model import MaskAudioFlowPipeline
+    from bundled.measure_synthcaps import mel_frechet
 
     pipe = MaskAudioFlowPipeline.from_pretrained(folder)
     iterations = 1 if pipe.model.config.flow_type == "cfm" else 8
@@ -69,9 +68,7 @@ def score_model(folder: Path, rows: list[dict], seeds: list[int], real: torch.Te
     seconds = time.perf_counter() - start
     scores = verifier(out.waveforms, 16000, [r["caption"] for r in rows], attributes=[r["attributes"] for r in rows])
     per_clip = {k.removeprefix("verifier/"): v.numpy().astype(np.float64) for k, v in scores.items()}
-    mel = MelSpectrogram()
-    n = min(out.waveforms.shape[1], real.shape[1])
-    fd = frechet_distance(mel_statistics(mel(out.waveforms[:, :n])), mel_statistics(mel(real[:, :n])))
+    fd = mel_frechet(out.waveforms, real)
     summary = {k: round(float(v[np.isfinite(v)].mean()), 4) if np.isfinite(v).any() else None
                for k, v in per_clip.items()}  # fmt: skip
     summary |= {"mel_frechet": round(fd, 3), "seconds_per_clip": round(seconds / len(rows), 3),

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 QUESTIONS = ("oracle", "clap_vs_control", "aesthetics", "tau", "best_of_n", "guardrail")
+SAFER_WEIGHTINGS = ("standardized", "self_normalized", "clipped", "advantage")
 
 
 @dataclass
@@ -67,6 +68,11 @@ class StudyArguments:
                   "may move from the reference, on the evaluated prompts and on the tuned ones."},
     )  # fmt: skip
     taus: list[float] = field(default_factory=lambda: [0.0, 0.1, 1.0, 10.0], metadata={"help": "τ of exp(τ·r)."})
+    tau_weightings: list[str] = field(
+        default_factory=lambda: list(SAFER_WEIGHTINGS),
+        metadata={"help": f"The safer weightings beside exp(τ·r) (`tau`): any of {', '.join(SAFER_WEIGHTINGS)}, "
+                  "or none."},
+    )  # fmt: skip
     best_of: list[int] = field(default_factory=lambda: [2, 4, 8], metadata={"help": "N of best-of-N reranking."})
     first_prompt: int = field(default=128, metadata={"help": "First held-out prompt evaluated (fresh prompts)."})
     eval_prompts: int = field(default=256, metadata={"help": "Held-out prompts evaluated."})
@@ -78,6 +84,12 @@ class StudyArguments:
         from rewardflow.finetune_config import check_loss_cfg_scale
 
         check_loss_cfg_scale(self.loss_cfg_scale)
+        if self.tau_weightings == ["none"]:
+            self.tau_weightings = []
+        unknown = sorted(set(self.tau_weightings) - set(SAFER_WEIGHTINGS))
+        if unknown:
+            raise ValueError(f"--tau_weightings: unknown {', '.join(unknown)}; use any of "
+                             f"{', '.join(SAFER_WEIGHTINGS)}, or none.")  # fmt: skip
         check_rollout_range(self.rollout_split, self.rollout_first_prompt, self.rollout_prompts, self.first_prompt,
                             self.eval_prompts)  # fmt: skip
 
@@ -107,7 +119,7 @@ def runs(a: StudyArguments) -> dict[str, dict]:
     for tau in a.taus:
         if tau > 0:
             out[f"clap-exp-tau{tau:g}"] = {"reward": "clap", "weighting": "exp", "tau": tau}
-    for w in ("standardized", "self_normalized", "clipped", "advantage"):
+    for w in a.tau_weightings:
         out[f"clap-{w}"] = {"reward": "clap", "weighting": w, "tau": 1.0}
     if a.loss_cfg_scale != 1:  # the oracle with the paper's loss on the same rollout: what the guided velocity adds
         out["verifier-topk-paper-loss"] = {"reward": "verifier", **topk, "loss_cfg_scale": 1.0}

@@ -241,6 +241,20 @@ def test_head_ablation_tiny(tmp_path, monkeypatch):
     assert "MaskAudioFlow, transformer head" in table and "Each: 2 steps, 32 wide × 1 layers" in table
 
 
+def test_alignment_study_tau_weightings_pick_the_safer_runs():
+    """`--tau_weightings` names which safer weightings run beside exp(τ·r) (`none`: only the τ values, the control
+    and top-k); an unknown one is refused with the flag and the choices before anything runs."""
+    from experiments.alignment_study import SAFER_WEIGHTINGS, StudyArguments, needed
+
+    every = needed(StudyArguments(questions=["tau"]))
+    assert [n for n in every if n.removeprefix("clap-") in SAFER_WEIGHTINGS] == [f"clap-{w}" for w in SAFER_WEIGHTINGS]
+    only = needed(StudyArguments(questions=["tau"], tau_weightings=["none"]))
+    assert only == ["control", "clap-topk", "clap-exp-tau0.1", "clap-exp-tau1", "clap-exp-tau10"]
+    assert needed(StudyArguments(questions=["tau"], tau_weightings=["advantage"])) == [*only, "clap-advantage"]
+    with pytest.raises(ValueError, match="--tau_weightings: unknown bogus; use any of standardized, .*, or none"):
+        StudyArguments(tau_weightings=["advantage", "bogus"])
+
+
 def test_alignment_study_tiny(tmp_path, monkeypatch):
     """Every question on a toy budget: runs, rounds, evaluations, degradation reading, guardrail, committed JSON."""
     from experiments.alignment_study import StudyArguments, main, needed

@@ -911,6 +911,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "best-of-n-heldout": lambda: best_of_n("heldout_rollout_items.json"),
     "guardrail-heldout": lambda: guardrail("heldout_rollout_items.json"),
     "tau-heldout": lambda: tau("heldout_rollout_tau.json"),
+    "tau-heldout-guided": lambda: tau("heldout_rollout_tau_guided.json"),
     "oracle-steps": oracle_steps,
     "real-clips": real_clips,
     "aesthetics": aesthetics,

@@ -27,6 +27,7 @@ velocity its samples follow. Every model is evaluated on the same held-out promp
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -73,6 +74,10 @@ class StudyArguments:
         metadata={"help": f"The safer weightings beside exp(τ·r) (`tau`): any of {', '.join(SAFER_WEIGHTINGS)}, "
                   "or none."},
     )  # fmt: skip
+    safer_tau: float = field(
+        default=1.0,
+        metadata={"help": "τ of the safer weightings (`tau`); a run at a τ other than 1 carries it in its name."},
+    )  # fmt: skip
     best_of: list[int] = field(default_factory=lambda: [2, 4, 8], metadata={"help": "N of best-of-N reranking."})
     first_prompt: int = field(default=128, metadata={"help": "First held-out prompt evaluated (fresh prompts)."})
     eval_prompts: int = field(default=256, metadata={"help": "Held-out prompts evaluated."})
@@ -87,6 +92,8 @@ class StudyArguments:
         if self.tau_weightings == ["none"]:
             self.tau_weightings = []
         unknown = sorted(set(self.tau_weightings) - set(SAFER_WEIGHTINGS))
+        if not math.isfinite(self.safer_tau) or self.safer_tau < 0:
+            raise ValueError(f"--safer_tau must be a finite number >= 0, got {self.safer_tau}.")
         if unknown:
             raise ValueError(f"--tau_weightings: unknown {', '.join(unknown)}; use any of "
                              f"{', '.join(SAFER_WEIGHTINGS)}, or none.")  # fmt: skip
@@ -120,7 +127,8 @@ def runs(a: StudyArguments) -> dict[str, dict]:
         if tau > 0:
             out[f"clap-exp-tau{tau:g}"] = {"reward": "clap", "weighting": "exp", "tau": tau}
     for w in a.tau_weightings:
-        out[f"clap-{w}"] = {"reward": "clap", "weighting": w, "tau": 1.0}
+        out[f"clap-{w}" + ("" if a.safer_tau == 1 else f"-tau{a.safer_tau:g}")] = {
+            "reward": "clap", "weighting": w, "tau": a.safer_tau}  # fmt: skip
     if a.loss_cfg_scale != 1:  # the oracle with the paper's loss on the same rollout: what the guided velocity adds
         out["verifier-topk-paper-loss"] = {"reward": "verifier", **topk, "loss_cfg_scale": 1.0}
     out["clap-topk-guarded"] = {"reward": "clap", **topk, "guard_every": a.guard_every, "guard_patience": 0}

@@ -638,11 +638,8 @@ def tau(name: str = "results.json") -> str:
     weights were (their effective sample size as a share of the table)."""
     r = _load(RESULTS / "alignment" / name)
     order = ["control"] + sorted((n for n in r["runs"] if n.startswith("clap-exp-tau")), key=lambda n: float(n[12:]))
-    order += [
-        n
-        for n in ("clap-standardized", "clap-self_normalized", "clap-clipped", "clap-topk", "clap-advantage")
-        if n in r["runs"]
-    ]
+    safer = ("clap-standardized", "clap-self_normalized", "clap-clipped", "clap-topk", "clap-advantage")
+    order += [n for s in safer for n in r["runs"] if n == s or n.startswith(f"{s}-tau")]  # at --safer_tau
     lines = [_row(["weighting (CLAP reward)", "Δ CLAP", "Δ verifier", "Δ aesthetics", "Δ KL", "mel Fréchet",
                    "FAD (CLAP)", "weights ESS"]), "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     b = r["base"]
@@ -650,7 +647,7 @@ def tau(name: str = "results.json") -> str:
     for n in order:
         m = r["runs"][n]
         label = {"control": "exp(τ·r), τ = 0 (uniform)", "clap-topk": f"topk ({_kept(r['settings'])})"}.get(
-            n, n.replace("clap-exp-tau", "exp(τ·r), τ = ").replace("clap-", "")
+            n, n.replace("clap-exp-tau", "exp(τ·r), τ = ").replace("-tau", ", τ = ").replace("clap-", "")
         )
         lines.append(_row([label, _delta(m, "clap"), _delta(m, "verifier"), _delta(m, "aesthetics"), _delta(m, "kl"),
                            _f(m["model"].get("mel_frechet"), 1), _f(m["model"].get("fad_clap")),

@@ -243,8 +243,9 @@ def test_head_ablation_tiny(tmp_path, monkeypatch):
 
 def test_alignment_study_tau_weightings_pick_the_safer_runs():
     """`--tau_weightings` names which safer weightings run beside exp(τ·r) (`none`: only the τ values, the control
-    and top-k); an unknown one is refused with the flag and the choices before anything runs."""
-    from experiments.alignment_study import SAFER_WEIGHTINGS, StudyArguments, needed
+    and top-k), `--safer_tau` their τ (named in the run when not 1); bad values are refused with the flag before
+    anything runs."""
+    from experiments.alignment_study import SAFER_WEIGHTINGS, StudyArguments, needed, runs
 
     every = needed(StudyArguments(questions=["tau"]))
     assert [n for n in every if n.removeprefix("clap-") in SAFER_WEIGHTINGS] == [f"clap-{w}" for w in SAFER_WEIGHTINGS]
@@ -253,6 +254,11 @@ def test_alignment_study_tau_weightings_pick_the_safer_runs():
     assert needed(StudyArguments(questions=["tau"], tau_weightings=["advantage"])) == [*only, "clap-advantage"]
     with pytest.raises(ValueError, match="--tau_weightings: unknown bogus; use any of standardized, .*, or none"):
         StudyArguments(tau_weightings=["advantage", "bogus"])
+    hot = StudyArguments(questions=["tau"], taus=[0.0], tau_weightings=["self_normalized"], safer_tau=10.0)
+    assert needed(hot) == ["control", "clap-topk", "clap-self_normalized-tau10"]  # a τ other than 1 is in the name
+    assert runs(hot)["clap-self_normalized-tau10"] == {"reward": "clap", "weighting": "self_normalized", "tau": 10.0}
+    with pytest.raises(ValueError, match="--safer_tau must be a finite number >= 0"):
+        StudyArguments(safer_tau=float("nan"))
 
 
 def test_alignment_study_tiny(tmp_path, monkeypatch):

@@ -909,6 +909,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "guardrail-heldout": lambda: guardrail("heldout_rollout_items.json"),
     "tau-heldout": lambda: tau("heldout_rollout_tau.json"),
     "tau-heldout-guided": lambda: tau("heldout_rollout_tau_guided.json"),
+    "tau-heldout-guided-normalized": lambda: tau("heldout_rollout_tau_guided_normalized.json"),
     "oracle-steps": oracle_steps,
     "real-clips": real_clips,
     "aesthetics": aesthetics,

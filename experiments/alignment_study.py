@@ -12,7 +12,8 @@ Questions (each a committed result under `experiments/results/alignment/`):
 3. `aesthetics`: tuned on the aesthetics reward: fewer degraded clips (hiss, clipping, muffling, read from the audio
    by the SynthCaps attribute classifier), without losing prompt following beyond its interval?
 4. `tau`: the paper's raw `exp(τ·r)` weights, τ ∈ {0, 0.1, 1, 10}, each with the reference term, and the safer
-   weightings (standardized, self_normalized, clipped, topk, advantage) on the same axes.
+   weightings (standardized, self_normalized, clipped, topk, advantage) on the same axes (`--tau_weightings` picks which,
+   `--safer_tau` their τ).
 5. `best_of_n`: the tuned model against best-of-N reranking of the base by the same reward, at N× the inference
    compute and at matched compute, paired by prompt.
 6. `guardrail`: one run with the guardrail, where the kept checkpoint is not the last one.
@@ -91,9 +92,9 @@ class StudyArguments:
         check_loss_cfg_scale(self.loss_cfg_scale)
         if self.tau_weightings == ["none"]:
             self.tau_weightings = []
-        unknown = sorted(set(self.tau_weightings) - set(SAFER_WEIGHTINGS))
         if not math.isfinite(self.safer_tau) or self.safer_tau < 0:
             raise ValueError(f"--safer_tau must be a finite number >= 0, got {self.safer_tau}.")
+        unknown = sorted(set(self.tau_weightings) - set(SAFER_WEIGHTINGS))
         if unknown:
             raise ValueError(f"--tau_weightings: unknown {', '.join(unknown)}; use any of "
                              f"{', '.join(SAFER_WEIGHTINGS)}, or none.")  # fmt: skip

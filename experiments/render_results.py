@@ -533,15 +533,23 @@ def oracle_variants(name: str = "oracle_variants.json") -> str:
 def rollout_guidance(
     names: tuple[str, ...] = ("results.json", "rollout_cfg1.json", "rollout_cfg1_768.json"),
     minus_control: bool = False,
+    by: str = "rollout",
 ) -> str:
     """The same study runs tuned on each study's rollout in `names` (under `results/alignment/`), all evaluated at
-    CFG 3 on the same prompts: by default a CFG 3 rollout, a CFG 1 one and a CFG 1 one of four times the prompts.
-    `minus_control` adds each study's paired CLAP − control row."""
+    CFG 3: by default a CFG 3 rollout, a CFG 1 one and a CFG 1 one of four times the prompts, on the same evaluated
+    prompts. With `by="evaluation"` the studies differ in the prompts they evaluate instead, and each row is labelled
+    by those. `minus_control` adds each study's paired CLAP − control row."""
     studies = [_load(RESULTS / "alignment" / f) for f in names]
-    label = {id(r): f"CFG {r['settings']['rollout_cfg_scale']:g}, {r['settings']['rollout_prompts']} prompts"
-             for r in studies}  # fmt: skip
-    lines = [_row(["tuned on", "rollout", "Δ verifier vs base", "Δ CLAP", "Δ KL", "mel Fréchet (base "
-                   f"{studies[0]['base']['mel_frechet']:.1f})"]), "|---|---|---|---|---|---|"]  # fmt: skip
+    if by == "rollout":
+        label = {id(r): f"CFG {r['settings']['rollout_cfg_scale']:g}, {r['settings']['rollout_prompts']} prompts"
+                 for r in studies}  # fmt: skip
+    else:
+        label = {id(r): f"{r['settings']['eval_prompts']} held-out prompts from {r['settings']['first_prompt']}"
+                 for r in studies}  # fmt: skip
+    bases = " / ".join(dict.fromkeys(f"{r['base']['mel_frechet']:.1f}" for r in studies))
+    columns = ("tuned on", "rollout") if by == "rollout" else ("tuned on (one rollout)", "evaluated on")
+    lines = [_row([*columns, "Δ verifier vs base", "Δ CLAP", "Δ KL", f"mel Fréchet (base {bases})"]),
+             "|---|---|---|---|---|---|"]  # fmt: skip
     for name, n in (("uniform weights (the control)", "control"), ("CLAP, best of 4", "clap-topk"),
                     ("verifier, best of 4 (oracle)", "verifier-topk")):  # fmt: skip
         for r in studies:
@@ -551,11 +559,39 @@ def rollout_guidance(
             d = r["clap_minus_control"]
             lines.append(_row(["**CLAP − control**, paired", label[id(r)], *(_bci(d[k]) for k in ("verifier", "clap",
                                "kl")), ""]))  # fmt: skip
+    if by != "rollout":  # one rollout: its best-of-4 gains once, and each evaluation's base
+        base = " / ".join(f"{r['base']['verifier']:.3f}" for r in studies)
+        gain = studies[0]["agreement"]
+        lines.append(f"\nBase verifier: {base}. Best of 4 on the rollout itself (the agreement diagnostic's top-1 "
+                     f"gain on the verifier): oracle {gain['verifier']['top1_gain'][0]:+.3f}, CLAP "
+                     f"{gain['clap']['top1_gain'][0]:+.3f}.")  # fmt: skip
+        return "\n".join(lines) + "\n"
     gains = [f"{label[id(r)]}: oracle {r['agreement']['verifier']['top1_gain'][0]:+.3f}, CLAP "
              f"{r['agreement']['clap']['top1_gain'][0]:+.3f}" for r in studies]  # fmt: skip
     lines.append("\nBest of 4 on the rollout itself (the agreement diagnostic's top-1 gain on the verifier): "
                  + "; ".join(gains) + ".")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def fresh_prompts() -> str:
+    """The study's runs on one rollout, on the prompts the study evaluated and on fresh ones; then its CLAP run
+    against the demo's run of the same recipe, on the demo's prompts."""
+    table = rollout_guidance(
+        ("heldout_rollout_guided.json", "heldout_rollout_guided_fresh.json"), minus_control=True, by="evaluation"
+    )
+    ev, demo = (
+        _load(RESULTS / "alignment" / "heldout_rollout_guided_on_demo_prompts.json"),
+        _load(RESULTS / "demo" / "results.json"),
+    )
+    tuned = next(n for n in ev["models"] if n.endswith("clap-topk/final"))
+    s = ev["settings"]
+    return table + (
+        f"On the demo's {s['max_prompts']} prompts from {s['first_prompt']}, the study's CLAP run − base: verifier "
+        f"{_bci(ev['paired_vs_first'][tuned]['verifier'])}, CLAP {_bci(ev['paired_vs_first'][tuned]['clap'])} (base "
+        f"verifier {ev['models'][s['models'][0]]['verifier']:.3f}); the demo's own run of the same recipe: verifier "
+        f"{_bci(demo['paired']['verifier'])}, CLAP {_bci(demo['paired']['clap'])} (base "
+        f"{demo['models'][list(demo['models'])[0]]['verifier']:.3f}).\n"
+    )
 
 
 def oracle_steps() -> str:
@@ -898,6 +934,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "rollout-size-heldout": lambda: rollout_guidance(
         ("heldout_rollout_guided.json", "heldout_rollout_guided_768.json"), minus_control=True
     ),
+    "fresh-prompts-heldout": fresh_prompts,
     "heldout-rollout": heldout_rollout,
     "oracle-beta": oracle_beta,
     "oracle-variants": oracle_variants,

@@ -947,6 +947,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "tau-heldout": lambda: tau("heldout_rollout_tau.json"),
     "tau-heldout-guided": lambda: tau("heldout_rollout_tau_guided.json"),
     "tau-heldout-guided-normalized": lambda: tau("heldout_rollout_tau_guided_normalized.json"),
+    "tau-heldout-guided-safer": lambda: tau("heldout_rollout_tau_guided_safer.json"),
     "oracle-steps": oracle_steps,
     "real-clips": real_clips,
     "aesthetics": aesthetics,

@@ -539,6 +539,8 @@ def rollout_guidance(
     CFG 3: by default a CFG 3 rollout, a CFG 1 one and a CFG 1 one of four times the prompts, on the same evaluated
     prompts. With `by="evaluation"` the studies differ in the prompts they evaluate instead, and each row is labelled
     by those. `minus_control` adds each study's paired CLAP − control row."""
+    if by not in ("rollout", "evaluation"):
+        raise ValueError(f"by={by!r}: 'rollout' or 'evaluation'.")
     studies = [_load(RESULTS / "alignment" / f) for f in names]
     if by == "rollout":
         label = {id(r): f"CFG {r['settings']['rollout_cfg_scale']:g}, {r['settings']['rollout_prompts']} prompts"

@@ -585,14 +585,14 @@ def fresh_prompts() -> str:
         _load(RESULTS / "alignment" / "heldout_rollout_guided_on_demo_prompts.json"),
         _load(RESULTS / "demo" / "results.json"),
     )
-    tuned = next(n for n in ev["models"] if n.endswith("clap-topk/final"))
     s = ev["settings"]
+    study = ev["paired_vs_first"][s["models"][1]]  # evaluate pairs each model with the first, the base
+    base = {"study": ev["models"][s["models"][0]], "demo": next(iter(demo["models"].values()))}
     return table + (
         f"On the demo's {s['max_prompts']} prompts from {s['first_prompt']}, the study's CLAP run − base: verifier "
-        f"{_bci(ev['paired_vs_first'][tuned]['verifier'])}, CLAP {_bci(ev['paired_vs_first'][tuned]['clap'])} (base "
-        f"verifier {ev['models'][s['models'][0]]['verifier']:.3f}); the demo's own run of the same recipe: verifier "
-        f"{_bci(demo['paired']['verifier'])}, CLAP {_bci(demo['paired']['clap'])} (base "
-        f"{demo['models'][list(demo['models'])[0]]['verifier']:.3f}).\n"
+        f"{_bci(study['verifier'])}, CLAP {_bci(study['clap'])} (base verifier {base['study']['verifier']:.3f}); the "
+        f"demo's own run of the same recipe: verifier {_bci(demo['paired']['verifier'])}, CLAP "
+        f"{_bci(demo['paired']['clap'])} (base {base['demo']['verifier']:.3f}).\n"
     )
 
 

@@ -9,6 +9,7 @@ Questions (each a committed result under `experiments/results/alignment/`):
    loss (`verifier-topk-paper-loss`), on the same rollout; `--oracle_betas` adds round-1 runs at other β.
 2. `clap_vs_control`: CLAP-tuned against the control that differs only in the weights (same rollout, same steps,
    uniform weights); how much of the oracle's gain CLAP recovers, next to the agreement diagnostic's prediction.
+   `--pair_seeds` repeats the pair at further fine-tune seeds: how much of CLAP − control is the seed's.
 3. `aesthetics`: tuned on the aesthetics reward: fewer degraded clips (hiss, clipping, muffling, read from the audio
    by the SynthCaps attribute classifier), without losing prompt following beyond its interval?
 4. `tau`: the paper's raw `exp(τ·r)` weights, τ ∈ {0, 0.1, 1, 10}, each with the reference term, and the safer
@@ -85,6 +86,12 @@ class StudyArguments:
     guard_every: int = field(default=100, metadata={"help": "Guardrail evaluation interval (the guardrail run)."})
     processes: int = field(default=2, metadata={"help": "Rollout processes (torchrun on CPU)."})
     seed: int = field(default=0, metadata={"help": "Seed of rollouts and fine-tunes."})
+    pair_seeds: list[int] = field(
+        default_factory=list,
+        metadata={"help": "Further fine-tune seeds of the CLAP and control pair (`clap_vs_control`): each trains "
+                  "`clap-topk-seed<s>` and `control-seed<s>` on the same rollout, and CLAP − control is read per "
+                  "seed and averaged over the seeds."},
+    )  # fmt: skip
 
     def __post_init__(self):
         from rewardflow.finetune_config import check_loss_cfg_scale
@@ -100,6 +107,9 @@ class StudyArguments:
                              f"{', '.join(SAFER_WEIGHTINGS)}, or none.")  # fmt: skip
         check_rollout_range(self.rollout_split, self.rollout_first_prompt, self.rollout_prompts, self.first_prompt,
                             self.eval_prompts)  # fmt: skip
+        if self.seed in self.pair_seeds or len(set(self.pair_seeds)) != len(self.pair_seeds):
+            raise ValueError(f"--pair_seeds must be distinct and leave out --seed {self.seed} (its pair is the "
+                             f"study's own), got {self.pair_seeds}.")  # fmt: skip
 
 
 def check_rollout_range(split: str, first: int, count: int, eval_first: int, eval_count: int) -> None:
@@ -133,6 +143,9 @@ def runs(a: StudyArguments) -> dict[str, dict]:
     if a.loss_cfg_scale != 1:  # the oracle with the paper's loss on the same rollout: what the guided velocity adds
         out["verifier-topk-paper-loss"] = {"reward": "verifier", **topk, "loss_cfg_scale": 1.0}
     out["clap-topk-guarded"] = {"reward": "clap", **topk, "guard_every": a.guard_every, "guard_patience": 0}
+    for seed in a.pair_seeds:  # the same pair at another fine-tune seed (the rollout's unchanged)
+        for name in ("clap-topk", "control"):
+            out[f"{name}-seed{seed}"] = {**out[name], "seed": seed}
     return out
 
 
@@ -140,6 +153,8 @@ def needed(a: StudyArguments) -> list[str]:
     names = {"control"}
     if "oracle" in a.questions or "clap_vs_control" in a.questions:
         names |= {"verifier-topk", "clap-topk"}
+    if "clap_vs_control" in a.questions:
+        names |= {f"{n}-seed{s}" for s in a.pair_seeds for n in ("clap-topk", "control")}
     if "oracle" in a.questions and a.loss_cfg_scale != 1:
         names |= {"verifier-topk-paper-loss"}
     if "aesthetics" in a.questions:
@@ -198,8 +213,9 @@ def finetune_run(a: StudyArguments, name: str, fields: dict, rollout: str, out: 
     rounds = fields.pop("rounds", 1)
     fields.setdefault("loss_cfg_scale", a.loss_cfg_scale)
     fields.setdefault("beta", a.beta)
+    seed = fields.pop("seed", a.seed)
     args = RewardFlowConfig(output_dir=str(folder), rollout=rollout, model=a.model, max_steps=a.max_steps,
-                            per_device_train_batch_size=a.batch_size, learning_rate=a.learning_rate, seed=a.seed,
+                            per_device_train_batch_size=a.batch_size, learning_rate=a.learning_rate, seed=seed,
                             save_steps=max(a.max_steps // 3, 1), logging_steps=20, resume_from_checkpoint="latest",
                             disable_tqdm=True, report_to="none", rounds=rounds, **fields)  # fmt: skip
     if rounds > 1:
@@ -381,6 +397,16 @@ def main(a: StudyArguments) -> dict:
         )
     if "clap_vs_control" in a.questions:
         result["clap_minus_control"] = paired_difference(a, finals["clap-topk"], finals["control"])
+        if a.pair_seeds:  # the pair at each fine-tune seed, and each prompt's difference averaged over the seeds
+            pairs = {a.seed: ("clap-topk", "control")} | {
+                s: (f"clap-topk-seed{s}", f"control-seed{s}") for s in a.pair_seeds
+            }
+            result["clap_minus_control_by_seed"] = {
+                str(s): paired_difference(a, finals[c], finals[k]) for s, (c, k) in pairs.items()
+            }
+            result["clap_minus_control_over_seeds"] = paired_over_seeds(
+                out, [(finals[c], finals[k]) for c, k in pairs.values()]
+            )
     if "aesthetics-topk" in finals:  # the control is in every study
         result["aesthetics_minus_control"] = paired_difference(a, finals["aesthetics-topk"], finals["control"])
     if "best_of_n" in a.questions:  # each against the model tuned on the same reward, paired by prompt
@@ -493,6 +519,24 @@ def paired_between_evals(out: Path, first: tuple[str, str], second: tuple[str, s
         raise ValueError(f"eval-{first[0]}.json and eval-{second[0]}.json evaluate other prompts: they cannot be "
                          "paired.")  # fmt: skip
     return paired_between(cols, "first", "second")
+
+
+def paired_over_seeds(out: Path, pairs: list[tuple[str, str]], name: str = "main") -> dict:
+    """`first - second` per score for each `(first, second)` pair of models in the study's evaluation `name`, each
+    prompt's difference averaged over the pairs (the same recipe at several seeds), with a 95 % bootstrap interval
+    over prompts; `seed_std` is the spread of the pairs' mean differences (sample std over pairs)."""
+    import numpy as np
+
+    from experiments.results_io import paired_between
+
+    per_prompt = json.loads((out / f"eval-{name}.json").read_text())["per_prompt"]
+    cols = ("verifier", "clap", "aesthetics", "kl")
+    diffs = {c: np.array([np.subtract(per_prompt[f][c], per_prompt[s][c]) for f, s in pairs]) for c in cols}
+    result = paired_between({"first": {c: diffs[c].mean(0) for c in cols}, "second": dict.fromkeys(cols, 0.0)},
+                            "first", "second", cols)  # fmt: skip
+    for c in cols:
+        result[c]["seed_std"] = float(diffs[c].mean(1).std(ddof=1)) if len(pairs) > 1 else 0.0
+    return {**result, "pairs": len(pairs)}
 
 
 def paired_difference(a: StudyArguments, first: str, second: str, name: str = "main") -> dict:

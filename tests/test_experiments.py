@@ -1,6 +1,7 @@
 """Experiment scripts at toy size: each writes its result with every figure or an explicit n/a."""
 
 import json
+import math
 
 import pytest
 
@@ -259,6 +260,37 @@ def test_alignment_study_tau_weightings_pick_the_safer_runs():
     assert runs(hot)["clap-self_normalized-tau10"] == {"reward": "clap", "weighting": "self_normalized", "tau": 10.0}
     with pytest.raises(ValueError, match="--safer_tau must be a finite number >= 0"):
         StudyArguments(safer_tau=float("nan"))
+
+
+def test_alignment_study_pair_seeds_train_the_pair_again_and_average_over_seeds(tmp_path, monkeypatch):
+    """`--pair_seeds` adds the CLAP and control runs at each further fine-tune seed (the seed reaches the trainer);
+    `paired_over_seeds` averages each prompt's difference over the pairs and reports the pairs' spread."""
+    import experiments.alignment_study as study
+    import rewardflow.finetune
+
+    a = study.StudyArguments(questions=["clap_vs_control"], pair_seeds=[42, 1], output_dir=str(tmp_path))
+    assert study.needed(a) == ["control", "clap-topk", "verifier-topk", "clap-topk-seed42", "control-seed42",
+                               "clap-topk-seed1", "control-seed1"]  # fmt: skip
+    assert study.runs(a)["control-seed1"] == {**study.runs(a)["control"], "seed": 1}
+    assert "control-seed1" not in study.needed(study.StudyArguments(questions=["clap_vs_control"]))
+    for bad in ([0], [1, 1]):
+        with pytest.raises(ValueError, match="--pair_seeds must be distinct and leave out --seed 0"):
+            study.StudyArguments(pair_seeds=bad)
+    seen = []
+    monkeypatch.setattr(rewardflow.finetune, "finetune", lambda args: seen.append((args.seed, args.output_dir)))
+    for name in ("control-seed1", "control"):
+        study.finetune_run(a, name, dict(study.runs(a)[name]), "rollout", tmp_path)
+    assert seen == [(1, str(tmp_path / "runs" / "control-seed1")), (0, str(tmp_path / "runs" / "control"))]
+
+    cols = ("verifier", "clap", "aesthetics", "kl")
+    scores = {"c0": [1.0, 0.0, 1.0], "k0": [0.0, 0.0, 1.0], "c1": [0.0, 1.0, 1.0], "k1": [0.0, 0.0, 0.0]}
+    per_prompt = {m: dict.fromkeys(cols, v) for m, v in scores.items()}
+    (tmp_path / "eval-main.json").write_text(json.dumps({"per_prompt": per_prompt}))
+    over = study.paired_over_seeds(tmp_path, [("c0", "k0"), ("c1", "k1")])
+    # per prompt: (1 + 0) / 2, (0 + 1) / 2, (0 + 1) / 2; the pairs' means 1/3 and 2/3
+    assert over["pairs"] == 2 and over["verifier"]["mean"] == pytest.approx(0.5)
+    assert over["verifier"]["seed_std"] == pytest.approx(math.sqrt(2) / 6)
+    assert over["verifier"]["ci95"] == [pytest.approx(0.5), pytest.approx(0.5)]  # every prompt's average is 0.5
 
 
 def test_alignment_study_tiny(tmp_path, monkeypatch):

@@ -430,6 +430,21 @@ def test_command_line_end_to_end(rollout_dir, tmp_path):
     assert metrics["steps"] == 2 and metrics["dropped_topk_rows"] == 4 and metrics["weights_ess"] == 0.5
     assert (out / "final" / "pipeline.json").is_file() and (out / "final" / "README.md").is_file()
 
+    # The same run in-process, checkpointing and logging every step, ends where the command line did (finetune.py's
+    # default seed is 42); the change it made is far from a run at another seed's.
+    same = ["--weighting", "topk", "--max_steps", "2", "--per_device_train_batch_size", "2", "--seed", "42"]
+    run(rollout_dir, tmp_path / "in-process", *same, "--save_steps", "1", "--logging_steps", "1")
+    run(rollout_dir, tmp_path / "seed-0", *same, "--seed", "0")
+    base = state_of(ROOT / "base_model" / "pretrained" / "synthcaps")
+    cli = state_of(out / "final")
+
+    def distance(folder):  # to the command line's weights, relative to how far they moved from the base
+        other = state_of(folder / "final")
+        num = sum(float((other[k] - cli[k]).double().pow(2).sum()) for k in cli)
+        return math.sqrt(num / sum(float((cli[k] - base[k]).double().pow(2).sum()) for k in cli))
+
+    assert distance(tmp_path / "in-process") < 1e-3 and distance(tmp_path / "seed-0") > 0.1
+
 
 def test_infinite_gradients_skip_the_step(tmp_path):
     """A finite loss with overflowing gradients (weights ~1e30) must not reach the optimizer."""

@@ -53,6 +53,9 @@ class DemoArguments:
         default=3.0, metadata={"help": "Fit the guided velocity at this scale (1: the paper's loss; finetune.py)."}
     )
     max_steps: int = field(default=600, metadata={"help": "Fine-tuning steps."})
+    seed: int = field(
+        default=42, metadata={"help": "Fine-tune seed (finetune.py's default); the rollout's is rollout.py's, 0."}
+    )
     eval_prompts: int = field(default=256, metadata={"help": "Held-out prompts evaluated."})
     first_prompt: int = field(
         default=384, metadata={"help": "First held-out prompt evaluated: after the prompts the recipe was chosen on."}
@@ -115,7 +118,8 @@ def main(a: DemoArguments) -> dict:
             [py, "rewardflow/finetune.py", "--rollout", str(out / "rollout"), "--output_dir", str(out / "finetune")]
             + ["--reward", a.reward, "--weighting", a.weighting, "--top_k", str(a.top_k), "--tau", str(a.tau)]
             + ["--beta", str(a.beta), "--loss_cfg_scale", str(a.loss_cfg_scale)]
-            + ["--max_steps", str(a.max_steps), "--save_steps", "50", "--resume_from_checkpoint", "latest"]
+            + ["--max_steps", str(a.max_steps), "--seed", str(a.seed), "--save_steps", "50"]
+            + ["--resume_from_checkpoint", "latest"]
         )
     report_file = out / "evaluation.json"
     seconds["evaluate"] = _run(

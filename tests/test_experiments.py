@@ -713,11 +713,11 @@ def test_alignment_demo_tiny(tmp_path):
 
     a = DemoArguments(output_dir=str(tmp_path / "demo"), max_prompts=2, num_generations=2, max_steps=2,
                       eval_prompts=2, listen_prompts=2, rollout_split="heldout", rollout_first_prompt=1000,
-                      loss_cfg_scale=3.0, processes=1)  # fmt: skip
+                      loss_cfg_scale=3.0, processes=1, seed=7)  # fmt: skip
     result = main(a)
     assert set(result["paired"]) >= {"clap", "aesthetics", "verifier", "kl"}
     run = json.loads((tmp_path / "demo" / "finetune" / "finetune_run.json").read_text())
-    assert run["objective"]["loss_cfg_scale"] == 3.0
+    assert run["objective"]["loss_cfg_scale"] == 3.0 and run["seed"] == 7
     rollout = json.loads((tmp_path / "demo" / "rollout" / "run.json").read_text())["settings"]
     assert rollout["prompts"] == "synthcaps:heldout" and rollout["first_prompt"] == 1000
     assert (tmp_path / "demo" / "listen" / "report.html").is_file()

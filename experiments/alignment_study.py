@@ -404,9 +404,10 @@ def main(a: StudyArguments) -> dict:
             result["clap_minus_control_by_seed"] = {
                 str(s): paired_difference(a, finals[c], finals[k]) for s, (c, k) in pairs.items()
             }
-            result["clap_minus_control_over_seeds"] = paired_over_seeds(
-                out, [(finals[c], finals[k]) for c, k in pairs.values()]
-            )
+            over = {"clap_minus_control": [(finals[c], finals[k]) for c, k in pairs.values()],
+                    "clap_minus_base": [(finals[c], a.model) for c, _ in pairs.values()],
+                    "control_minus_base": [(finals[k], a.model) for _, k in pairs.values()]}  # fmt: skip
+            result["over_seeds"] = {name: paired_over_seeds(out, p) for name, p in over.items()}
     if "aesthetics-topk" in finals:  # the control is in every study
         result["aesthetics_minus_control"] = paired_difference(a, finals["aesthetics-topk"], finals["control"])
     if "best_of_n" in a.questions:  # each against the model tuned on the same reward, paired by prompt

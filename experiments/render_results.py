@@ -596,6 +596,32 @@ def fresh_prompts() -> str:
     )
 
 
+def pair_seeds(name: str = "heldout_rollout_guided_seeds.json") -> str:
+    """The study's CLAP run and its control at several fine-tune seeds (`--pair_seeds`): each seed's differences, then
+    each prompt's difference averaged over the seeds, with the spread of the seeds' means."""
+    r = _load(RESULTS / "alignment" / name)
+    st, runs, over = r["settings"], r["runs"], r["over_seeds"]
+    seeds = [st["seed"], *st["pair_seeds"]]
+    suffix = {st["seed"]: ""} | {seed: f"-seed{seed}" for seed in st["pair_seeds"]}
+    lines = [_row(["fine-tune seed", "control − base, verifier", "CLAP − base, verifier", "CLAP − control, verifier",
+                   "CLAP − control, CLAP"]), "|---|---|---|---|---|"]  # fmt: skip
+    for seed in seeds:
+        control, clap = runs[f"control{suffix[seed]}"], runs[f"clap-topk{suffix[seed]}"]
+        diff = r["clap_minus_control_by_seed"][str(seed)]
+        lines.append(_row([seed, _bci(control["paired_vs_base"]["verifier"]), _bci(clap["paired_vs_base"]["verifier"]),
+                           _bci(diff["verifier"]), _bci(diff["clap"])]))  # fmt: skip
+    mean = {k: over[k] for k in ("control_minus_base", "clap_minus_base", "clap_minus_control")}
+    lines.append(_row([f"each prompt averaged over the {len(seeds)} seeds", *[_bci(mean[k]["verifier"]) for k in mean],
+                       _bci(mean["clap_minus_control"]["clap"])]))  # fmt: skip
+    lines.append(_row(["spread of the seeds' means (std)", *[f"{mean[k]['verifier']['seed_std']:.3f}" for k in mean],
+                       f"{mean['clap_minus_control']['clap']['seed_std']:.3f}"]))  # fmt: skip
+    oracle = runs["verifier-topk"]["paired_vs_base"]["verifier"]
+    return "\n".join(lines) + (
+        f"\n\n{st['eval_prompts']} held-out prompts from {st['first_prompt']}, base verifier {r['base']['verifier']:.3f}; "
+        f"the oracle (seed {st['seed']}) − base on them: verifier {_bci(oracle)}.\n"
+    )
+
+
 def oracle_steps() -> str:
     """One oracle fine-tune at several checkpoints (`oracle_steps.json`), per verifier attribute, and what the kept
     clips of its rollout win on."""
@@ -937,6 +963,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
         ("heldout_rollout_guided.json", "heldout_rollout_guided_768.json"), minus_control=True
     ),
     "fresh-prompts-heldout": fresh_prompts,
+    "pair-seeds-heldout": pair_seeds,
     "heldout-rollout": heldout_rollout,
     "oracle-beta": oracle_beta,
     "oracle-variants": oracle_variants,

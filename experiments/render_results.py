@@ -596,7 +596,7 @@ def fresh_prompts() -> str:
     )
 
 
-def pair_seeds(name: str = "heldout_rollout_guided_seeds.json") -> str:
+def pair_seeds(name: str = "heldout_rollout_guided_seeds.json", oracle_seeds: str = "oracle_seeds_fresh.json") -> str:
     """The study's CLAP run and its control at several fine-tune seeds (`--pair_seeds`): each seed's differences, then
     each prompt's difference averaged over the seeds, with the spread of the seeds' means."""
     r = _load(RESULTS / "alignment" / name)
@@ -615,10 +615,18 @@ def pair_seeds(name: str = "heldout_rollout_guided_seeds.json") -> str:
                        _bci(mean["clap_minus_control"]["clap"])]))  # fmt: skip
     lines.append(_row(["spread of the seeds' means (std)", *[f"{mean[k]['verifier']['seed_std']:.3f}" for k in mean],
                        f"{mean['clap_minus_control']['clap']['seed_std']:.3f}"]))  # fmt: skip
-    oracle = runs["verifier-topk"]["paired_vs_base"]["verifier"]
+    oracle = {f"the study's, seed {st['seed']}": runs["verifier-topk"]["paired_vs_base"]["verifier"]}
+    ev = _load(RESULTS / "alignment" / oracle_seeds)  # the oracle at further seeds, evaluated on the same prompts
+    for folder in ev["settings"]["models"][1:]:  # each named by its run folder (`oracle_variants.py --seeds`)
+        oracle[Path(folder).parent.name] = ev["paired_vs_first"][folder]["verifier"]
+    if (ev["settings"]["first_prompt"], ev["settings"]["max_prompts"]) != (st["first_prompt"], st["eval_prompts"]):
+        raise ValueError(f"{oracle_seeds} evaluates other prompts than {name}.")
+    mean = sum(d["mean"] for d in oracle.values()) / len(oracle)
     return "\n".join(lines) + (
         f"\n\n{st['eval_prompts']} held-out prompts from {st['first_prompt']}, base verifier {r['base']['verifier']:.3f}; "
-        f"the oracle (seed {st['seed']}) − base on them: verifier {_bci(oracle)}.\n"
+        f"the oracle − base on them: verifier "
+        + ", ".join(f"{_bci(d)} ({run})" for run, d in oracle.items())
+        + f"; mean of the {len(oracle)} seeds' means {mean:+.3f}.\n"
     )
 
 

@@ -106,14 +106,14 @@ def main(a: VariantArguments) -> dict:
     rollout = make_rollout(a, a.model, out / "rollout", a.seed, prompts=f"synthcaps:{a.rollout_split}",
                            first_prompt=a.rollout_first_prompt)  # fmt: skip
     topk = {"reward": "verifier", "weighting": "topk", "top_k": a.top_k}
-    finals = {f"oracle-seed{s}": finetune_run(replace(a, seed=s), f"verifier-topk-seed{s}", dict(topk), rollout, out)
+    finals = {f"oracle-seed{s}": finetune_run(a, f"verifier-topk-seed{s}", {**topk, "seed": s}, rollout, out)
               for s in a.seeds}  # fmt: skip
     start = out / "runs" / f"verifier-topk-seed{a.seeds[0]}"
     for steps in a.continue_steps:
         name = f"verifier-topk-seed{a.seeds[0]}-steps{steps}"
         continue_from(start, out / "runs" / name)
         finals[f"oracle-seed{a.seeds[0]}-steps{steps}"] = finetune_run(
-            replace(a, seed=a.seeds[0], max_steps=steps, continue_steps=[]), name, dict(topk), rollout, out
+            replace(a, max_steps=steps, continue_steps=[]), name, {**topk, "seed": a.seeds[0]}, rollout, out
         )
         start = out / "runs" / name
     halved = replace(a, batch_size=a.batch_size // 2)

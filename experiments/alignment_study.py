@@ -528,16 +528,16 @@ def paired_over_seeds(out: Path, pairs: list[tuple[str, str]], name: str = "main
     over prompts; `seed_std` is the spread of the pairs' mean differences (sample std over pairs)."""
     import numpy as np
 
-    from experiments.results_io import paired_between
+    from rewardflow.metrics import bootstrap_interval
 
     per_prompt = json.loads((out / f"eval-{name}.json").read_text())["per_prompt"]
-    cols = ("verifier", "clap", "aesthetics", "kl")
-    diffs = {c: np.array([np.subtract(per_prompt[f][c], per_prompt[s][c]) for f, s in pairs]) for c in cols}
-    result = paired_between({"first": {c: diffs[c].mean(0) for c in cols}, "second": dict.fromkeys(cols, 0.0)},
-                            "first", "second", cols)  # fmt: skip
-    for c in cols:
-        result[c]["seed_std"] = float(diffs[c].mean(1).std(ddof=1)) if len(pairs) > 1 else 0.0
-    return {**result, "pairs": len(pairs)}
+    result: dict = {"pairs": len(pairs)}
+    for c in ("verifier", "clap", "aesthetics", "kl"):
+        diffs = np.array([np.subtract(per_prompt[f][c], per_prompt[s][c]) for f, s in pairs])  # pairs × prompts
+        mean, lo, hi = bootstrap_interval(diffs.mean(0))
+        result[c] = {"mean": mean, "ci95": [lo, hi],
+                     "seed_std": float(diffs.mean(1).std(ddof=1)) if len(pairs) > 1 else 0.0}  # fmt: skip
+    return result
 
 
 def paired_difference(a: StudyArguments, first: str, second: str, name: str = "main") -> dict:

@@ -610,31 +610,17 @@ def pair_seeds(name: str = "heldout_rollout_guided_seeds.json", oracle_seeds: st
         diff = r["clap_minus_control_by_seed"][str(seed)]
         lines.append(_row([seed, _bci(control["paired_vs_base"]["verifier"]), _bci(clap["paired_vs_base"]["verifier"]),
                            _bci(diff["verifier"]), _bci(diff["clap"])]))  # fmt: skip
-    averaged = {k: over[k] for k in ("control_minus_base", "clap_minus_base", "clap_minus_control")}
-    lines.append(
-        _row(
-            [
-                f"each prompt averaged over the {len(seeds)} seeds",
-                *[_bci(d["verifier"]) for d in averaged.values()],
-                _bci(over["clap_minus_control"]["clap"]),
-            ]
-        )
-    )
-    lines.append(
-        _row(
-            [
-                "spread of the seeds' means (std)",
-                *[f"{d['verifier']['seed_std']:.3f}" for d in averaged.values()],
-                f"{over['clap_minus_control']['clap']['seed_std']:.3f}",
-            ]
-        )
-    )
-    oracle = {f"the study's, seed {st['seed']}": runs["verifier-topk"]["paired_vs_base"]["verifier"]}
+    averaged = [over[k] for k in ("control_minus_base", "clap_minus_base", "clap_minus_control")]
+    lines.append(_row([f"each prompt averaged over the {len(seeds)} seeds", *[_bci(d["verifier"]) for d in averaged],
+                       _bci(over["clap_minus_control"]["clap"])]))  # fmt: skip
+    lines.append(_row(["spread of the seeds' means (std)", *[f"{d['verifier']['seed_std']:.3f}" for d in averaged],
+                       f"{over['clap_minus_control']['clap']['seed_std']:.3f}"]))  # fmt: skip
     ev = _load(RESULTS / "alignment" / oracle_seeds)  # the oracle at further seeds, evaluated on the same prompts
-    for folder in ev["settings"]["models"][1:]:  # each named by its run folder (`oracle_variants.py --seeds`)
-        oracle[Path(folder).parent.name] = ev["paired_vs_first"][folder]["verifier"]
     if (ev["settings"]["first_prompt"], ev["settings"]["max_prompts"]) != (st["first_prompt"], st["eval_prompts"]):
         raise ValueError(f"{oracle_seeds} evaluates other prompts than {name}.")
+    oracle = {f"the study's, seed {st['seed']}": runs["verifier-topk"]["paired_vs_base"]["verifier"]}
+    for folder in ev["settings"]["models"][1:]:  # each named by its run folder (`oracle_variants.py --seeds`)
+        oracle[Path(folder).parent.name] = ev["paired_vs_first"][folder]["verifier"]
     oracle_mean = sum(d["mean"] for d in oracle.values()) / len(oracle)  # a mean of means, not paired
     return "\n".join(lines) + (
         f"\n\n{st['eval_prompts']} held-out prompts from {st['first_prompt']}, base verifier {r['base']['verifier']:.3f}; "

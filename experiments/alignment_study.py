@@ -214,8 +214,9 @@ def finetune_run(a: StudyArguments, name: str, fields: dict, rollout: str, out: 
     fields.setdefault("loss_cfg_scale", a.loss_cfg_scale)
     fields.setdefault("beta", a.beta)
     seed = fields.pop("seed", a.seed)
+    learning_rate = fields.pop("learning_rate", a.learning_rate)
     args = RewardFlowConfig(output_dir=str(folder), rollout=rollout, model=a.model, max_steps=a.max_steps,
-                            per_device_train_batch_size=a.batch_size, learning_rate=a.learning_rate, seed=seed,
+                            per_device_train_batch_size=a.batch_size, learning_rate=learning_rate, seed=seed,
                             save_steps=max(a.max_steps // 3, 1), logging_steps=20, resume_from_checkpoint="latest",
                             disable_tqdm=True, report_to="none", rounds=rounds, **fields)  # fmt: skip
     if rounds > 1:

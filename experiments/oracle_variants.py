@@ -6,6 +6,8 @@ whether DPO, which also uses each prompt's rejected clip, carries more than keep
         --results_name oracle_variants_n8.json                                      # best of 8 instead
     python experiments/oracle_variants.py --rollout_prompts 768 --seeds 0 --continue_steps 1200 1800 2400 \\
         --results_name oracle_steps_768.json                                        # longer runs on more prompts
+    python experiments/oracle_variants.py --seeds 0 --learning_rates 3e-4 1e-3 \
+        --results_name oracle_learning_rates.json                                   # faster fine-tunes
 
 Takes `alignment_study.py`'s settings (the rollout, steps, batch, learning rate, β, loss, evaluated prompts) and
 makes, each skipped when complete:
@@ -13,7 +15,8 @@ makes, each skipped when complete:
 2. the oracle's round 1 (each prompt's best `--top_k` of its clips by the verifier, `--weighting topk`) once per
    `--seeds` fine-tune seed, the rollout's seed unchanged;
 3. with `--continue_steps`, the first seed's run continued from its last checkpoint to each of those step counts in
-   turn (the learning rate is constant after warm-up, so this is the longer run's own trajectory);
+   turn (the learning rate is constant after warm-up, so this is the longer run's own trajectory); with
+   `--learning_rates`, the first seed's run again at each of those learning rates;
 4. DPO on each prompt's best and worst clip by the verifier (`--objective dpo --pairs reward`, the same loss) once
    per `--dpo_betas`, with `--batch_size / 2` pairs per step so that every run sees as many clips per step;
 5. the base and every run on the study's held-out prompts, each against the base and the first seed's run, paired by
@@ -51,6 +54,12 @@ class VariantArguments(StudyArguments):
     rollout_first_prompt: int = field(default=1000, metadata={"help": "First prompt of the rollout split rolled out."})
     loss_cfg_scale: float = field(default=3.0, metadata={"help": "Every run's --loss_cfg_scale."})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Fine-tune seeds of the oracle."})
+    learning_rates: list[float] = field(
+        default_factory=list,
+        metadata={
+            "help": "Further learning rates of the first seed's run, each a run of its own (none: no such run)."
+        },
+    )
     dpo_betas: list[float] = field(
         default_factory=list, metadata={"help": "--dpo_beta of each DPO run (none: no DPO run)."}
     )
@@ -75,6 +84,11 @@ class VariantArguments(StudyArguments):
         ):
             raise ValueError(
                 f"--continue_steps must rise and start above --max_steps {self.max_steps}, got {self.continue_steps}."
+            )
+        if any(not lr > 0 for lr in self.learning_rates) or self.learning_rate in self.learning_rates:
+            raise ValueError(
+                f"--learning_rates must all be > 0 and differ from --learning_rate {self.learning_rate:g} (whose run "
+                f"is the first seed's), got {self.learning_rates}."
             )
         if any(not b > 0 for b in self.dpo_betas):
             raise ValueError(f"--dpo_betas must all be > 0, got {self.dpo_betas}.")
@@ -116,6 +130,14 @@ def main(a: VariantArguments) -> dict:
             replace(a, max_steps=steps, continue_steps=[]), name, {**topk, "seed": a.seeds[0]}, rollout, out
         )
         start = out / "runs" / name
+    for lr in a.learning_rates:
+        finals[f"oracle-seed{a.seeds[0]}-lr{lr:g}"] = finetune_run(
+            a,
+            f"verifier-topk-seed{a.seeds[0]}-lr{lr:g}",
+            {**topk, "seed": a.seeds[0], "learning_rate": lr},
+            rollout,
+            out,
+        )
     halved = replace(a, batch_size=a.batch_size // 2)
     for b in a.dpo_betas:
         fields = {"objective": "dpo", "pairs": "reward", "reward": "verifier", "dpo_beta": b}

@@ -502,9 +502,11 @@ def oracle_variants(name: str = "oracle_variants.json") -> str:
     for key, m in runs.items():
         rows, logs = m["train"]["rows"], m["train"]["last_logs"]
         if key.startswith("oracle-seed"):
-            seed, _, more = key.removeprefix("oracle-seed").partition("-steps")
+            rest, _, rate = key.removeprefix("oracle-seed").partition("-lr")
+            seed, _, more = rest.partition("-steps")
             n = int(more or a["max_steps"])
-            label = f"oracle ({_kept(a)}), seed {seed}" + (f", {n} steps" if longer else "")
+            label = (f"oracle ({_kept(a)}), seed {seed}" + (f", {n} steps" if longer else "")
+                     + (f", learning rate {rate}" if rate else ""))  # fmt: skip
             trained = f"{rows} clips" + (f", {n * a['batch_size'] / rows:.1f} passes" if longer else "")
         else:
             label, trained = f"DPO, best vs worst by the verifier, β = {key.removeprefix('dpo-beta')}", f"{rows} pairs"
@@ -520,7 +522,8 @@ def oracle_variants(name: str = "oracle_variants.json") -> str:
              else f"{a['max_steps']} steps")  # fmt: skip
     lines.append(f"\nBase: verifier {r['base']['verifier']:.3f}, mel Fréchet {r['base']['mel_frechet']:.1f} on "
                  f"{a['eval_prompts']} held-out prompts from {a['first_prompt']} (CFG 3). Every run: {every}, "
-                 f"loss guided at s = {a['loss_cfg_scale']:g}, learning rate {a['learning_rate']:g}, on one "
+                 f"loss guided at s = {a['loss_cfg_scale']:g}, learning rate {a['learning_rate']:g}"
+                 + (" unless the row says another" if a.get("learning_rates") else "") + ", on one "
                  f"rollout of held-out prompts {a['rollout_first_prompt']}–{a['rollout_first_prompt'] + a['rollout_prompts'] - 1}"
                  f" × {a['num_generations']} at CFG {a['rollout_cfg_scale']:g}, whose {_kept(a)} by the verifier is "
                  f"worth {spread['best_of_n'] - spread['mean']:+.3f} over its mean; the oracle runs {a['batch_size']} "
@@ -977,6 +980,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "oracle-variants": oracle_variants,
     "oracle-variants-n8": lambda: oracle_variants("oracle_variants_n8.json"),
     "oracle-steps-768": lambda: oracle_variants("oracle_steps_768.json"),
+    "oracle-learning-rates": lambda: oracle_variants("oracle_learning_rates.json"),
     "aesthetics-heldout": lambda: aesthetics("heldout_rollout_items.json"),
     "aesthetics-heldout-768": lambda: aesthetics("heldout_rollout_guided_768.json"),
     "best-of-n-heldout": lambda: best_of_n("heldout_rollout_items.json"),

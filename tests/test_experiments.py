@@ -629,17 +629,20 @@ def test_oracle_variants_continues_from_the_newest_complete_checkpoint(tmp_path)
 
 @pytest.mark.slow  # 94-174 s on 2 cores beside a running study; the guided DPO loss is in the default suite
 def test_oracle_variants_tiny(tmp_path, monkeypatch):
-    """The seeds' runs differ from each other in the fine-tune's seed alone (the rollout is shared), the DPO run takes
-    half the batch in pairs with the same loss, and every run is paired with the base and with the first seed's."""
+    """The seeds' runs differ from each other in the fine-tune's seed alone (the rollout is shared), a further learning
+    rate's run from the first seed's in its learning rate alone, the DPO run takes half the batch in pairs with the
+    same loss, and every run is paired with the base and with the first seed's."""
     from experiments.oracle_variants import VariantArguments, main
 
     with pytest.raises(ValueError, match="--seeds needs at least one"):
         VariantArguments(seeds=[])
     with pytest.raises(ValueError, match="--dpo_betas must all be > 0"):
         VariantArguments(dpo_betas=[0.0])
+    with pytest.raises(ValueError, match="--learning_rates must all be > 0 and differ from --learning_rate 0.0001"):
+        VariantArguments(learning_rates=[1e-4])
     a = VariantArguments(output_dir=str(tmp_path / "v"), results_dir="", rollout_prompts=4, num_generations=3,
                          max_steps=2, batch_size=4, eval_prompts=3, processes=1, rollout_first_prompt=400,
-                         seeds=[0, 1], dpo_betas=[20.0], continue_steps=[4])  # fmt: skip
+                         seeds=[0, 1], dpo_betas=[20.0], continue_steps=[4], learning_rates=[1e-3])  # fmt: skip
     result = main(a)
     # The continued run is the longer run's own trajectory: a straight 4-step run ends at the same weights.
     from dataclasses import replace
@@ -658,10 +661,13 @@ def test_oracle_variants_tiny(tmp_path, monkeypatch):
         torch.testing.assert_close(longer[k], v, rtol=1e-4, atol=1e-5)
     assert any(not torch.equal(longer[k], v) for k, v in shorter.items())
     runs = {n: json.loads((tmp_path / "v" / "runs" / n / "finetune_run.json").read_text())
-            for n in ("verifier-topk-seed0", "verifier-topk-seed1", "verifier-dpo-beta20")}  # fmt: skip
+            for n in ("verifier-topk-seed0", "verifier-topk-seed1", "verifier-dpo-beta20",
+                      "verifier-topk-seed0-lr0.001")}  # fmt: skip
     strip = {"seed", "command", "versions"}
     seed0, seed1 = ({k: v for k, v in r.items() if k not in strip} for r in list(runs.values())[:2])
     assert seed0 == seed1 and runs["verifier-topk-seed1"]["seed"] == 1
+    faster = {k: v for k, v in runs["verifier-topk-seed0-lr0.001"].items() if k not in strip}
+    assert faster.pop("learning_rate") == 1e-3 and seed0.pop("learning_rate") == 1e-4 and faster == seed0
     assert runs["verifier-topk-seed0"]["objective"]["weighting"] == "topk"
     dpo = runs["verifier-dpo-beta20"]
     assert (dpo["objective"]["objective"], dpo["objective"]["dpo_beta"], dpo["objective"]["loss_cfg_scale"]) == (
@@ -670,11 +676,12 @@ def test_oracle_variants_tiny(tmp_path, monkeypatch):
         3.0,
     )
     assert dpo["batch_size"] == 2 and runs["verifier-topk-seed0"]["batch_size"] == 4
-    assert set(result["runs"]) == {"oracle-seed0", "oracle-seed1", "oracle-seed0-steps4", "dpo-beta20"}
+    assert set(result["runs"]) == {"oracle-seed0", "oracle-seed1", "oracle-seed0-steps4", "oracle-seed0-lr0.001",
+                                   "dpo-beta20"}  # fmt: skip
     assert result["runs"]["oracle-seed0-steps4"]["train"]["steps"] == 4
     assert result["runs"]["oracle-seed0"]["paired_vs_first_seed"] is None
     assert all("verifier" in result["runs"][n]["paired_vs_first_seed"]
-               for n in ("oracle-seed1", "oracle-seed0-steps4", "dpo-beta20"))  # fmt: skip
+               for n in ("oracle-seed1", "oracle-seed0-steps4", "oracle-seed0-lr0.001", "dpo-beta20"))  # fmt: skip
     assert result["rollout_best_of_n"]["clips"] == 12 and result["base"]["verifier"] >= 0
     from experiments import render_results
 
@@ -682,12 +689,14 @@ def test_oracle_variants_tiny(tmp_path, monkeypatch):
     (tmp_path / "results" / "alignment" / "oracle_variants.json").write_text(json.dumps(result))
     monkeypatch.setattr(render_results, "RESULTS", tmp_path / "results")
     rows = render_results.oracle_variants().splitlines()
-    assert [r.split(" | ")[:2] for r in rows[2:5]] == [
+    assert [r.split(" | ")[:2] for r in rows[2:6]] == [
         ["| oracle (best of 3), seed 0, 2 steps", "4 clips, 2.0 passes"],
         ["| oracle (best of 3), seed 1, 2 steps", "4 clips, 2.0 passes"],
         ["| oracle (best of 3), seed 0, 4 steps", "4 clips, 4.0 passes"],
+        ["| oracle (best of 3), seed 0, 2 steps, learning rate 0.001", "4 clips, 2.0 passes"],
     ]
-    assert rows[5].startswith("| DPO, best vs worst by the verifier, β = 20 | ")
+    assert rows[6].startswith("| DPO, best vs worst by the verifier, β = 20 | ")
+    assert "learning rate 0.0001 unless the row says another," in rows[-1]
     seed1_vs_seed0 = render_results._bci(result["runs"]["oracle-seed1"]["paired_vs_first_seed"]["verifier"])
     assert rows[2].split(" | ")[3] == "" and rows[3].split(" | ")[3] == seed1_vs_seed0  # none against itself
 

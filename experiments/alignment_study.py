@@ -231,17 +231,48 @@ def finetune_run(a: StudyArguments, name: str, fields: dict, rollout: str, out: 
     return str(folder / "final")
 
 
+def _cached_evaluation(path: Path, settings: dict) -> dict | None:
+    """The study's evaluation report at `path` when it was made with `settings`, else None."""
+    if path.is_file() and json.loads(path.read_text())["study_settings"] == settings:
+        return json.loads(path.read_text())
+    return None
+
+
 def evaluate_models(a: StudyArguments, models: list[str], out: Path, name: str, **extra) -> dict:
     from rewardflow.evaluate import EvaluateConfig, evaluate
 
     path = out / f"eval-{name}.json"
     settings = {"models": models, "first_prompt": a.first_prompt, "max_prompts": a.eval_prompts, **extra}
-    if path.is_file() and json.loads(path.read_text())["study_settings"] == settings:
-        return json.loads(path.read_text())
+    if (report := _cached_evaluation(path, settings)) is not None:
+        return report
     report = evaluate(EvaluateConfig(prompts="synthcaps:heldout", output_json=str(path), **settings))
     report["study_settings"] = settings
     path.write_text(json.dumps(report, indent=2))
     return report
+
+
+def evaluate_reranked(a: StudyArguments, out: Path, names: dict[tuple[str, int], str], **extra) -> dict[str, dict]:
+    """The base model's best of n by each reward, `names[(reward, n)]` naming each report: the reports
+    `evaluate_models(a, [a.model], out, name, best_of=n, rerank_reward=reward, **extra)` would write (the same files
+    and cache), made from one generation of each clip's candidates (`rewardflow.evaluate.evaluate_selections`)."""
+    from rewardflow.evaluate import EvaluateConfig, evaluate_selections
+
+    base = {"models": [a.model], "first_prompt": a.first_prompt, "max_prompts": a.eval_prompts, **extra}
+    reports, missing = {}, {}
+    for (reward, n), name in names.items():
+        settings = {**base, "best_of": n, "rerank_reward": reward}
+        if (report := _cached_evaluation(out / f"eval-{name}.json", settings)) is not None:
+            reports[name] = report
+        else:
+            missing[(reward, n)] = (name, settings)
+    if missing:
+        made = evaluate_selections(EvaluateConfig(prompts="synthcaps:heldout", **base), list(missing))
+        for selection, (name, settings) in missing.items():
+            report = {**made[selection], "study_settings": settings}
+            print(report["table"])
+            (out / f"eval-{name}.json").write_text(json.dumps(report, indent=2))
+            reports[name] = report
+    return reports
 
 
 def degradation_rates(folder: str, a: StudyArguments) -> dict:
@@ -413,17 +444,22 @@ def main(a: StudyArguments) -> dict:
         result["aesthetics_minus_control"] = paired_difference(a, finals["aesthetics-topk"], finals["control"])
     if "best_of_n" in a.questions:  # each against the model tuned on the same reward, paired by prompt
 
-        def reranked(name: str, reward: str, n: int, **extra) -> dict:
-            r = evaluate_models(a, [a.model], out, name, best_of=n, rerank_reward=reward, **extra)
+        def reranked(name: str, report: dict, reward: str) -> dict:
             tuned = ("main", finals[f"{reward}-topk"])
-            return {**r["models"][a.model], "tuned_minus_this": paired_between_evals(out, tuned, (name, a.model))}
+            return {**report["models"][a.model], "tuned_minus_this": paired_between_evals(out, tuned, (name, a.model))}
 
+        # every N and reward at the sampler's settings from one generation of max(N) candidates per clip
+        shared = {(reward, n): f"best-of-{n}-{reward}" for n in a.best_of for reward in ("clap", "verifier")}
+        reports = evaluate_reranked(a, out, shared)
         result["best_of_n"] = {}
         for n in a.best_of:
             for reward in ("clap", "verifier"):
-                result["best_of_n"][f"{reward}-{n}"] = reranked(f"best-of-{n}-{reward}", reward, n)
+                name = shared[(reward, n)]
+                result["best_of_n"][f"{reward}-{n}"] = reranked(name, reports[name], reward)
             matched = {"num_iterations": max(8 // n, 1)}  # matched compute: N candidates at 8 / N iterations each
-            result["best_of_n"][f"clap-{n}-matched"] = reranked(f"best-of-{n}-clap-matched", "clap", n, **matched)
+            name = f"best-of-{n}-clap-matched"
+            report = evaluate_reranked(a, out, {("clap", n): name}, **matched)[name]
+            result["best_of_n"][f"clap-{n}-matched"] = reranked(name, report, "clap")
     if "guardrail" in a.questions:
         result["guardrail"] = json.loads((out / "runs" / "clap-topk-guarded" / "guardrail.json").read_text())
         if "clap-topk" in finals:  # the same run unguarded ends at the last step: the kept checkpoint against it

@@ -14,6 +14,7 @@ attribute classifier offline, PANNs Cnn14 with `--kl_classifier panns:<checkpoin
 classifier's embeddings, and seconds per clip. Every model generates the same prompts with the same per-clip seeds, derived from the prompt id, so clips are
 paired by `(prompt_id, sample_index)`, never by order: each later model's difference to the first comes with a 95%
 bootstrap interval over prompts. A metric that cannot be computed says why (`n/a: <reason>`); failures raise.
+`evaluate_selections` gives several best-of-N reports (N and rerank reward) from one generation of the candidates.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import logging
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -244,37 +245,47 @@ class References:
         return out
 
 
-def generate_and_score(cfg: EvaluateConfig, pipe, rewards: dict, keys: list, by_id: dict):
-    """Every clip of `keys` for one pipeline (the best of `cfg.best_of` candidates by `cfg.rerank_reward`), with its
-    scores: `({key: {score: value}}, {key: waveform})`."""
+Selection = tuple[str, int]  # (rerank reward, N): keep the best of a clip's first N candidates by that reward
+
+
+def generate_and_score(cfg: EvaluateConfig, pipe, rewards: dict, keys: list, by_id: dict,
+                       selections: list[Selection]) -> dict[Selection, tuple[dict, dict]]:  # fmt: skip
+    """Every clip of `keys` for one pipeline, once per selection `(reward, n)`: the best of the clip's first `n`
+    candidates by `reward/<reward>`, with its scores, as `{selection: ({key: {score: value}}, {key: waveform})}`.
+    Each clip's candidates are generated and scored once, up to the largest `n`; candidate `j`'s seed depends on the
+    clip and `j` alone, so a selection picks what a run of that selection alone would."""
     from tqdm.auto import tqdm
 
     from rewardflow.prompts import sample_seed
     from rewardflow.scoring import score_batch
 
-    scores: dict[tuple, dict[str, float]] = {}
-    waves: dict[tuple, torch.Tensor] = {}
+    picked: dict[Selection, tuple[dict, dict]] = {sel: ({}, {}) for sel in selections}
+    candidates = max(n for _, n in selections)
     for b in tqdm(range(0, len(keys), cfg.batch_size), desc=f"evaluate {pipe.name_or_path}", unit="batch"):
         chunk = keys[b : b + cfg.batch_size]
         texts = [by_id[p]["prompt"] for p, _ in chunk]
         attrs = [by_id[p]["attributes"] for p, _ in chunk]
-        best: dict[tuple, tuple[float, dict, torch.Tensor]] = {}
-        for j in range(cfg.best_of):
+        best: dict[Selection, dict[tuple, tuple[float, dict, torch.Tensor]]] = {sel: {} for sel in selections}
+        for j in range(candidates):
             # candidate j of sample s: candidate 0 is the plain sample, so best-of-1 == no selection
             seeds = [sample_seed(cfg.seed, p if j == 0 else f"{p}#candidate-{j}", s) for p, s in chunk]
             out = pipe(texts, **cfg.sampler_kwargs(), seed=seeds)
             wav = out.waveforms.cpu()
             cols = score_batch(rewards, wav, out.sample_rate, texts, attrs)
-            if f"reward/{cfg.rerank_reward}" not in cols:
-                raise ValueError(f"--rerank_reward {cfg.rerank_reward!r} is not among the scores {sorted(cols)}.")
-            for i, key in enumerate(chunk):
-                row = {k: float(v[i]) for k, v in cols.items()}
-                r = row[f"reward/{cfg.rerank_reward}"]
-                if key not in best or (np.isfinite(r) and not r <= best[key][0]):
-                    best[key] = (r, row, wav[i])
-        for key, (_, row, w) in best.items():
-            scores[key], waves[key] = row, w
-    return scores, waves
+            for (reward, n), kept in best.items():
+                if j >= n:
+                    continue
+                if f"reward/{reward}" not in cols:
+                    raise ValueError(f"--rerank_reward {reward!r} is not among the scores {sorted(cols)}.")
+                for i, key in enumerate(chunk):
+                    row = {k: float(v[i]) for k, v in cols.items()}
+                    r = row[f"reward/{reward}"]
+                    if key not in kept or (np.isfinite(r) and not r <= kept[key][0]):
+                        kept[key] = (r, row, wav[i])
+        for sel, kept in best.items():
+            for key, (_, row, w) in kept.items():
+                picked[sel][0][key], picked[sel][1][key] = row, w
+    return picked
 
 
 def check_inputs(cfg: EvaluateConfig, rows: list[dict]) -> None:
@@ -292,53 +303,85 @@ def check_inputs(cfg: EvaluateConfig, rows: list[dict]) -> None:
 
 @torch.inference_mode()
 def evaluate(cfg: EvaluateConfig) -> dict:
+    """The report of `cfg`'s models (each clip the best of `--best_of` by `--rerank_reward`), printed and written to
+    `--output_dir` / `--output_json`."""
+    report = evaluate_selections(cfg, [(cfg.rerank_reward, cfg.best_of)])[(cfg.rerank_reward, cfg.best_of)]
+    print(report["table"])
+    _write(cfg, report)
+    return report
+
+
+@torch.inference_mode()
+def evaluate_selections(cfg: EvaluateConfig, selections: list[Selection]) -> dict[Selection, dict]:
+    """For each `(rerank_reward, best_of)` in `selections`, the report `evaluate` gives with those two settings, from
+    one generation: each clip's candidates are made and scored once, up to the largest N, and every selection picks
+    from them (the best-of-N comparisons of a study at a fraction of the cost). Each report's `settings` are its own
+    selection's; with several selections `seconds_per_clip` is the shared generation's and `shares_candidates_with`
+    names the others. Writes nothing; `--save_audio` saves a single selection's clips only."""
     from base_model.generators import load_generator
     from rewardflow.distributed import process_state
     from rewardflow.scoring import build_rewards
 
+    selections = list(dict.fromkeys(selections))
+    if not selections or any(n < 1 for _, n in selections):
+        raise ValueError(f"selections must name one or more (rerank_reward, best_of >= 1), got {selections}.")
+    if cfg.save_audio and len(selections) > 1:
+        raise ValueError("--save_audio saves one selection's clips: evaluate one (rerank_reward, best_of) at a time.")
     device = process_state().device
     rows, reference, no_ref_reason = load_eval_prompts(cfg)
-    check_inputs(cfg, rows)
+    configs = {(r, n): replace(cfg, rerank_reward=r, best_of=n) for r, n in selections}
+    for c in configs.values():
+        check_inputs(c, rows)
     names = list(dict.fromkeys(cfg.rewards + (["clap"] if "clap" not in cfg.rewards else [])))  # FAD needs CLAP
     rewards = build_rewards(names, cfg.clap_checkpoint, cfg.aesthetics_checkpoint, device)
     refs = References(cfg, rows, reference, no_ref_reason, rewards["clap"], device)
     keys = [(r["prompt_id"], s) for r in rows for s in range(cfg.num_samples)]  # pairing key of every clip
     by_id = {r["prompt_id"]: r for r in rows}
-    report: dict = {
-        "settings": asdict(cfg),
-        "selection": f"best-of-{cfg.best_of} by {cfg.rerank_reward}" if cfg.best_of > 1 else "single sample",
-        "metric_info": refs.metric_info(rewards),
-        "models": {},
-    }
-    per_clip: dict[str, dict[str, dict]] = {}
+    reports: dict[Selection, dict] = {}
+    for (r, n), c in configs.items():
+        reports[(r, n)] = {
+            "settings": asdict(c),
+            "selection": f"best-of-{n} by {r}" if n > 1 else "single sample",
+            "metric_info": refs.metric_info(rewards),
+            "models": {},
+        }
+        if len(selections) > 1:
+            reports[(r, n)]["shares_candidates_with"] = [
+                f"best-of-{m} by {q}" for q, m in selections if (q, m) != (r, n)
+            ]
+    per_clip: dict[Selection, dict[str, dict[str, dict]]] = {sel: {} for sel in selections}
     for index, name in enumerate(cfg.models):
         pipe = load_generator(name, device=device)
         start = time.perf_counter()
-        scores, waves = generate_and_score(cfg, pipe, rewards, keys, by_id)
+        picked = generate_and_score(cfg, pipe, rewards, keys, by_id, selections)
         seconds = time.perf_counter() - start
-        gen = torch.stack([waves[k] for k in keys])
-        if pipe.sample_rate != 16000:  # the distances' front ends (mel, classifier, references) are at 16 kHz
-            from reward_models.base import resample
+        for sel, (scores, waves) in picked.items():
+            scores = {k: dict(row) for k, row in scores.items()}  # selections may pick the same candidate's row
+            gen = torch.stack([waves[k] for k in keys])
+            if pipe.sample_rate != 16000:  # the distances' front ends (mel, classifier, references) are at 16 kHz
+                from reward_models.base import resample
 
-            gen = resample(gen, pipe.sample_rate, 16000)
-        summary = refs.distances(gen, keys, scores)
-        per_clip[name] = scores
-        if cfg.save_audio:
-            _save_clips(cfg, index, name, keys, by_id, waves, scores, pipe.sample_rate)
-        report["models"][name] = {
-            **_summarise(scores, keys),
-            **summary,
-            "seconds_per_clip": round(seconds / len(keys), 3),
+                gen = resample(gen, pipe.sample_rate, 16000)
+            summary = refs.distances(gen, keys, scores)
+            per_clip[sel][name] = scores
+            if cfg.save_audio:
+                _save_clips(cfg, index, name, keys, by_id, waves, scores, pipe.sample_rate)
+            reports[sel]["models"][name] = {
+                **_summarise(scores, keys),
+                **summary,
+                "seconds_per_clip": round(seconds / len(keys), 3),
+            }
+    for sel, report in reports.items():
+        c = configs[sel]
+        report["paired_vs_first"] = _paired(c, per_clip[sel], keys, rows)
+        report["per_prompt"] = per_prompt_means(c, per_clip[sel], rows)
+        by_attribute = {
+            name: verifier_by_attribute(scores, keys, c.bootstrap) for name, scores in per_clip[sel].items()
         }
-    report["paired_vs_first"] = _paired(cfg, per_clip, keys, rows)
-    report["per_prompt"] = per_prompt_means(cfg, per_clip, rows)
-    by_attribute = {name: verifier_by_attribute(scores, keys, cfg.bootstrap) for name, scores in per_clip.items()}
-    if any(by_attribute.values()):
-        report["verifier_by_attribute"] = by_attribute
-    report["table"] = format_table(report)
-    print(report["table"])
-    _write(cfg, report)
-    return report
+        if any(by_attribute.values()):
+            report["verifier_by_attribute"] = by_attribute
+        report["table"] = format_table(report)
+    return reports
 
 
 def _save_clips(cfg, index: int, name: str, keys, by_id, waves, scores, sample_rate: int) -> None:

@@ -1,6 +1,9 @@
 """Benchmark code that must be right whatever the timings: the plain Algorithm 1 matches the library sampler, and
 the FLOP table follows the code (masked decoding with the revealed-only head costs what the schedule says)."""
 
+import json
+
+import pytest
 import torch
 from conftest import randomize_zero_init
 
@@ -125,3 +128,18 @@ def test_cpu_model_reads_the_model_name_and_falls_back_without_cpuinfo(tmp_path)
     info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\n")  # no model name line
     fallback = cpu_model(str(tmp_path / "missing"))
     assert cpu_model(str(info)) == fallback and fallback and "EPYC 7B13" not in fallback
+
+
+@pytest.mark.slow
+def test_best_of_bench_times_both_ways_and_they_agree(tmp_path):
+    from experiments.benchmarks.best_of import BestOfBenchArguments, main
+
+    with pytest.raises(ValueError, match="--prompts must be >= 2"):
+        BestOfBenchArguments(prompts=1)
+    out = tmp_path / "best_of.json"
+    result = main(BestOfBenchArguments(best_of=[1, 2], rerank_rewards=["verifier"], prompts=2, repeats=1,
+                                       output=str(out)))  # fmt: skip
+    assert result["candidates_generated_per_clip"] == {"separate": 3, "shared": 2}
+    assert result["largest_metric_difference"] < 1e-6  # the same clips picked both ways
+    assert len(result["seconds"]["separate"]) == len(result["seconds"]["shared"]) == 1 and result["speedup"] > 0
+    assert json.loads(out.read_text())["speedup"] == result["speedup"]

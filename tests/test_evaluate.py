@@ -126,6 +126,48 @@ def test_model_against_its_copy_and_best_of(tmp_path, monkeypatch):
     assert best["models"]["synthcaps"]["verifier"] >= m["verifier"]  # candidate 0 is the single sample
 
 
+def test_selections_share_candidates_and_report_what_each_run_alone_reports(monkeypatch):
+    """Best of 1, 2 and 3 by two rewards from one generation of 3 candidates per clip: each report is the one its own
+    `evaluate` run gives (same seeds, same batches; stated tolerance 1e-6), and the shared run calls the pipeline 3
+    times per batch where the separate runs call it 1 + 2 + 3 + 3 times."""
+    from base_model.pipeline import MaskAudioFlowPipeline
+    from rewardflow.evaluate import evaluate_selections
+
+    calls = []
+    one_call = MaskAudioFlowPipeline.__call__
+    monkeypatch.setattr(
+        MaskAudioFlowPipeline, "__call__", lambda self, *a, **k: calls.append(1) or one_call(self, *a, **k)
+    )
+    args = [*FAST, "--models", "synthcaps", "--max_prompts", "3", "--rewards", "clap", "verifier"]
+    (cfg,) = make_parser().parse_args_and_config(args=args)
+    selections = [("clap", 1), ("clap", 2), ("verifier", 3), ("clap", 3)]
+    shared = evaluate_selections(cfg, selections)
+    assert len(calls) == 3 and list(shared) == selections  # one batch of 3 clips, 3 candidates each
+    calls.clear()
+    for reward, n in selections:
+        alone = evaluate(*args, "--rerank_reward", reward, "--best_of", str(n))
+        report = shared[(reward, n)]
+        assert report["selection"] == alone["selection"] and report["settings"] == alone["settings"]
+        assert report["shares_candidates_with"] == [
+            f"best-of-{m} by {q}" for q, m in selections if (q, m) != (reward, n)
+        ]
+        for metric, value in alone["models"]["synthcaps"].items():
+            if metric != "seconds_per_clip":
+                assert report["models"]["synthcaps"][metric] == pytest.approx(value, rel=1e-6, abs=1e-6), metric
+        ids = alone["per_prompt"]["synthcaps"].pop("prompt_ids")
+        assert report["per_prompt"]["synthcaps"]["prompt_ids"] == ids
+        for metric, value in alone["per_prompt"]["synthcaps"].items():
+            assert report["per_prompt"]["synthcaps"][metric] == pytest.approx(value, rel=1e-6, abs=1e-6), metric
+    assert len(calls) == 1 + 2 + 3 + 3
+    clap = [shared[("clap", n)]["models"]["synthcaps"]["clap"] for n in (1, 2, 3)]
+    assert clap == sorted(clap) and clap[2] > clap[0]  # more candidates, a CLAP-best clip at least as good
+    with pytest.raises(ValueError, match="--save_audio saves one selection's clips"):
+        evaluate_selections(make_parser().parse_args_and_config(args=[*args, "--save_audio", "--output_dir", "x"])[0],
+                            selections)  # fmt: skip
+    with pytest.raises(ValueError, match="best_of >= 1"):
+        evaluate_selections(cfg, [("clap", 0)])
+
+
 def _caption_table(folder, rows, with_audio=True):
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "captions.csv", "w", newline="") as f:

@@ -323,6 +323,16 @@ def test_alignment_study_tiny(tmp_path, monkeypatch):
     assert all(
         "verifier" in b["tuned_minus_this"] and "clap" in b["tuned_minus_this"] for b in result["best_of_n"].values()
     )
+    evals = {k: json.loads((tmp_path / "study" / f"eval-best-of-2-{k}.json").read_text())
+             for k in ("clap", "verifier", "clap-matched")}  # fmt: skip
+    assert evals["clap"]["shares_candidates_with"] == ["best-of-2 by verifier"]  # one generation for both rewards
+    assert (
+        evals["verifier"]["settings"]["rerank_reward"] == "verifier" and evals["verifier"]["settings"]["best_of"] == 2
+    )
+    assert (
+        "shares_candidates_with" not in evals["clap-matched"]
+        and evals["clap-matched"]["settings"]["num_iterations"] == 4
+    )
     assert [r["step"] for r in result["guardrail"]["history"]] == [0, 1, 2]
     assert "verifier" in result["guardrail"]["kept_minus_last"]  # against clap-topk, the same run unguarded
     import experiments.alignment_study as study
@@ -331,6 +341,9 @@ def test_alignment_study_tiny(tmp_path, monkeypatch):
         raise AssertionError("the degradation reading is read back, not made again")
 
     monkeypatch.setattr(study, "degradation_rates", unexpected)
+    import rewardflow.evaluate
+
+    monkeypatch.setattr(rewardflow.evaluate, "evaluate_selections", unexpected)  # best-of-N too
     assert main(a)["degradation"] == result["degradation"]  # a rerun reads everything back
     assert json.loads((tmp_path / "published" / "results.json").read_text())["runs"].keys() == result["runs"].keys()
     # every table of the record renders from that JSON

@@ -46,6 +46,8 @@ def test_unknown_tables_and_missing_sources_are_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(render_results, "BENCH", tmp_path)
     with pytest.raises(FileNotFoundError, match="vocoder.json is missing"):
         render_results.render("<!-- table:vocoder -->\n<!-- /table:vocoder -->")
+    with pytest.raises(ValueError, match="by='prompts': 'rollout' or 'evaluation'"):
+        render_results.rollout_guidance(by="prompts")  # refused before any file is read
 
 
 def test_a_share_of_a_loss_is_not_reported_as_a_share():

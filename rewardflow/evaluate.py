@@ -272,13 +272,13 @@ def generate_and_score(cfg: EvaluateConfig, pipe, rewards: dict, keys: list, by_
             out = pipe(texts, **cfg.sampler_kwargs(), seed=seeds)
             wav = out.waveforms.cpu()
             cols = score_batch(rewards, wav, out.sample_rate, texts, attrs)
+            rows = [{k: float(v[i]) for k, v in cols.items()} for i in range(len(chunk))]
             for (reward, n), kept in best.items():
                 if j >= n:
                     continue
                 if f"reward/{reward}" not in cols:
                     raise ValueError(f"--rerank_reward {reward!r} is not among the scores {sorted(cols)}.")
-                for i, key in enumerate(chunk):
-                    row = {k: float(v[i]) for k, v in cols.items()}
+                for i, (key, row) in enumerate(zip(chunk, rows)):
                     r = row[f"reward/{reward}"]
                     if key not in kept or (np.isfinite(r) and not r <= kept[key][0]):
                         kept[key] = (r, row, wav[i])

@@ -49,7 +49,6 @@ def main(a: BestOfBenchArguments) -> dict:
     from base_model.files import atomic_write_json
     from rewardflow.evaluate import EvaluateConfig, evaluate_selections
 
-    torch.manual_seed(0)
     selections = [(r, n) for n in a.best_of for r in a.rerank_rewards]
     cfg = EvaluateConfig(models=["synthcaps"], max_prompts=a.prompts, rewards=sorted(set(a.rerank_rewards) | {"clap"}),
                          bootstrap=200, cache_dir="none")  # fmt: skip

@@ -233,12 +233,13 @@ def finetune_run(a: StudyArguments, name: str, fields: dict, rollout: str, out: 
 
 def _cached_evaluation(path: Path, settings: dict) -> dict | None:
     """The study's evaluation report at `path` when it was made with `settings`, else None."""
-    if path.is_file() and json.loads(path.read_text())["study_settings"] == settings:
-        return json.loads(path.read_text())
+    if path.is_file() and (report := json.loads(path.read_text()))["study_settings"] == settings:
+        return report
     return None
 
 
 def evaluate_models(a: StudyArguments, models: list[str], out: Path, name: str, **extra) -> dict:
+    from base_model.files import atomic_write_json
     from rewardflow.evaluate import EvaluateConfig, evaluate
 
     path = out / f"eval-{name}.json"
@@ -247,7 +248,7 @@ def evaluate_models(a: StudyArguments, models: list[str], out: Path, name: str, 
         return report
     report = evaluate(EvaluateConfig(prompts="synthcaps:heldout", output_json=str(path), **settings))
     report["study_settings"] = settings
-    path.write_text(json.dumps(report, indent=2))
+    atomic_write_json(path, report)
     return report
 
 
@@ -255,6 +256,7 @@ def evaluate_reranked(a: StudyArguments, out: Path, names: dict[tuple[str, int],
     """The base model's best of n by each reward, `names[(reward, n)]` naming each report: the reports
     `evaluate_models(a, [a.model], out, name, best_of=n, rerank_reward=reward, **extra)` would write (the same files
     and cache), made from one generation of each clip's candidates (`rewardflow.evaluate.evaluate_selections`)."""
+    from base_model.files import atomic_write_json
     from rewardflow.evaluate import EvaluateConfig, evaluate_selections
 
     base = {"models": [a.model], "first_prompt": a.first_prompt, "max_prompts": a.eval_prompts, **extra}
@@ -270,7 +272,7 @@ def evaluate_reranked(a: StudyArguments, out: Path, names: dict[tuple[str, int],
         for selection, (name, settings) in missing.items():
             report = {**made[selection], "study_settings": settings}
             print(report["table"])
-            (out / f"eval-{name}.json").write_text(json.dumps(report, indent=2))
+            atomic_write_json(out / f"eval-{name}.json", report)
             reports[name] = report
     return reports
 

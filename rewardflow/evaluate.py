@@ -337,12 +337,13 @@ def evaluate_selections(cfg: EvaluateConfig, selections: list[Selection]) -> dic
     refs = References(cfg, rows, reference, no_ref_reason, rewards["clap"], device)
     keys = [(r["prompt_id"], s) for r in rows for s in range(cfg.num_samples)]  # pairing key of every clip
     by_id = {r["prompt_id"]: r for r in rows}
+    info = refs.metric_info(rewards)
     reports: dict[Selection, dict] = {}
     for (r, n), c in configs.items():
         reports[(r, n)] = {
             "settings": asdict(c),
             "selection": f"best-of-{n} by {r}" if n > 1 else "single sample",
-            "metric_info": refs.metric_info(rewards),
+            "metric_info": info,
             "models": {},
         }
         if len(selections) > 1:

@@ -217,6 +217,33 @@ def generator(folder: str = "generator") -> str:
     return "\n".join(lines) + "\n"
 
 
+def generator_seeds(name: str = "eight_seeds.json") -> str:
+    """The bundled pair on the generator table's prompts with several clips per prompt (`rewardflow/evaluate.py
+    --num_samples`): each model's verifier with its interval over prompts, per attribute, and CFM − masked."""
+    from rewardflow.metrics import bootstrap_interval
+
+    r = _load(RESULTS / "generator" / name)
+    s = r["settings"]
+    attrs = ["type", "pitch", "tempo", "direction", "colour", "fade", "loudness"]
+    lines = [_row(["model", "verifier", *attrs, "KL", "mel Fréchet"]), "|" + "---|" * (len(attrs) + 4)]
+    labels = {"synthcaps": f"MaskAudioFlow, {s['num_iterations']} iterations × {s['num_steps']} steps",
+              "synthcaps-cfm": f"CFM baseline, {s['num_steps']} steps"}  # fmt: skip
+    for model in s["models"]:
+        m, by = r["models"][model], r["verifier_by_attribute"][model]
+        mean, lo, hi = bootstrap_interval(r["per_prompt"][model]["verifier"], s["bootstrap"])
+        cells = [f"{mean:.3f} [{lo:.3f}, {hi:.3f}]", *[_f(by[a]["accuracy"]) for a in attrs]]
+        lines.append(_row([labels.get(model, f"`{model}`"), *cells, _f(m["kl"]), _f(m["mel_frechet"], 1)]))
+    for model, d in r["paired_vs_first"].items():
+        first = s["models"][0]
+        name = f"{labels.get(model, model).split(',')[0]} − {labels.get(first, first).split(',')[0]}, paired"
+        lines.append(_row([name, _bci(d["verifier"]), *[""] * len(attrs), _bci(d["kl"]), ""]))
+    lines.append(f"\nThe first {s['max_prompts']} held-out-composition prompts (the generator table's), "
+                 f"{s['num_samples']} clips per prompt (seeds from {s['seed']} and the prompt id, shared by the "
+                 f"models), CFG {s['cfg_scale']:g}; the verifier's interval is over prompts, each the mean of its "
+                 f"{s['num_samples']} clips.")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def generator_builds() -> str:
     """The bundled pair as each build made it (`generator/builds.json`): size, budget, and what it carries."""
     r = _load(RESULTS / "generator" / "builds.json")
@@ -1004,6 +1031,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "generator": generator,
     "build-progress": build_progress,
     "generator-builds": generator_builds,
+    "generator-seeds": generator_seeds,
     "decoding-scaling": decoding_scaling,
     "masking-ablation": masking_ablation,
     "head-ablation": head_ablation,

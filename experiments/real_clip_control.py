@@ -9,8 +9,8 @@ this generator, measured by fine-tuning on real SynthCaps renders of the rollout
 
 A copy of `--rollout` where every row's latent is the VAE latent of a real render of the row's prompt (its
 attributes, with the row's own seed, so each prompt's clips differ), scored by the verifier on that render. The
-oracle's recipe (best of 4 by the verifier, β = 1, 600 steps, batch 16, learning rate 1e-4, seed 0) is then run on
-it with `rewardflow/finetune.py`, and the base, the tuned model and any `--compare` models are evaluated on the
+oracle's recipe (best of 4 by the verifier, β = 1, 600 steps, batch 16, learning rate 1e-4, seed 0, the loss of
+`--loss_cfg_scale`) is then run on it with `rewardflow/finetune.py`, and the base, the tuned model and any `--compare` models are evaluated on the
 alignment study's held-out prompts and seeds, and on the rollout's own (training) prompts with fresh seeds. Every step resumes: a finished table, run or evaluation is read back.
 """
 
@@ -34,6 +34,9 @@ class RealClipArguments:
     output_dir: str = field(default="outputs/alignment-cfg1/real-clips", metadata={"help": "Table, run, evaluation."})
     max_steps: int = field(default=600, metadata={"help": "Fine-tuning steps (the oracle's)."})
     top_k: float = field(default=0.25, metadata={"help": "Share of each prompt's clips kept (the oracle's)."})
+    loss_cfg_scale: float = field(
+        default=1.0, metadata={"help": "finetune.py's --loss_cfg_scale (1: the paper's loss; the oracle's run's)."}
+    )
     first_prompt: int = field(default=128, metadata={"help": "First held-out prompt evaluated."})
     eval_prompts: int = field(default=256, metadata={"help": "Held-out prompts evaluated."})
     compare: list[str] = field(
@@ -48,6 +51,9 @@ class RealClipArguments:
                 f"--compare_labels names {len(self.compare_labels)} models, --compare {len(self.compare)}."
             )
         self.compare_labels = self.compare_labels or list(self.compare)
+        from rewardflow.finetune_config import check_loss_cfg_scale
+
+        check_loss_cfg_scale(self.loss_cfg_scale)
         if not (Path(self.rollout) / "manifest.json").is_file():
             raise ValueError(f"--rollout {self.rollout!r} is not a finished rollout (no manifest.json).")
 
@@ -92,6 +98,13 @@ def real_table(rollout: Path, out: Path, model: str) -> Path:
     return out
 
 
+def evaluation_sets(a: RealClipArguments, made: dict) -> list[tuple[str, str, int, int]]:
+    """`(name, prompts, first prompt, count)` of the two evaluations: the study's held-out prompts, and the rollout's
+    own prompts (from its first, so a held-out-split rollout is evaluated on the prompts it rolled out)."""
+    return [("heldout", "synthcaps:heldout", a.first_prompt, a.eval_prompts),
+            ("trained_prompts", made["prompts"], made.get("first_prompt", 0), made["max_prompts"])]  # fmt: skip
+
+
 def main(a: RealClipArguments) -> dict:
     import pandas as pd
 
@@ -109,13 +122,13 @@ def main(a: RealClipArguments) -> dict:
         finetune(RewardFlowConfig(output_dir=str(run), rollout=str(table), model=model, reward="verifier",
                                   weighting="topk", top_k=a.top_k, beta=1.0, max_steps=a.max_steps,
                                   per_device_train_batch_size=16, learning_rate=1e-4, seed=0,
+                                  loss_cfg_scale=a.loss_cfg_scale,
                                   save_steps=max(a.max_steps // 3, 1), logging_steps=50,
                                   resume_from_checkpoint="latest", disable_tqdm=True, report_to="none"))  # fmt: skip
     models = [model, str(run / "final"), *a.compare]
     made = json.loads((Path(a.rollout) / "run.json").read_text())["settings"]  # the rollout's own prompts
     evaluations = {}
-    for name, prompts, first, n in (("heldout", "synthcaps:heldout", a.first_prompt, a.eval_prompts),
-                                    ("trained_prompts", made["prompts"], 0, made["max_prompts"])):  # fmt: skip
+    for name, prompts, first, n in evaluation_sets(a, made):
         cfg = EvaluateConfig(models=models, prompts=prompts, first_prompt=first, max_prompts=n,
                              output_json=str(out / f"eval-{name}.json"))  # fmt: skip
         evaluations[name] = evaluation_summary(cached_evaluate(cfg))

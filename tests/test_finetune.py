@@ -556,12 +556,18 @@ def test_real_clip_control_table_holds_real_renders_of_the_same_prompts(rollout_
     (the verifier passes them, unlike the tiny model's clips), and finetune.py trains on it."""
     import pandas as pd
 
-    from experiments.real_clip_control import RealClipArguments, real_table
+    from experiments.real_clip_control import RealClipArguments, evaluation_sets, real_table
 
     with pytest.raises(ValueError, match="--rollout"):
         RealClipArguments(rollout=str(tmp_path))
     with pytest.raises(ValueError, match="--compare_labels"):
         RealClipArguments(rollout=str(rollout_dir), compare=["a"], compare_labels=["x", "y"])
+    with pytest.raises(ValueError, match="--loss_cfg_scale"):
+        RealClipArguments(rollout=str(rollout_dir), loss_cfg_scale=-1.0)
+    # The rollout's own prompts are evaluated from its first prompt (a held-out rollout starts at 1000, say).
+    made = {"prompts": "synthcaps:heldout", "first_prompt": 1000, "max_prompts": 192}
+    sets = evaluation_sets(RealClipArguments(rollout=str(rollout_dir), first_prompt=128, eval_prompts=256), made)
+    assert sets == [("heldout", "synthcaps:heldout", 128, 256), ("trained_prompts", "synthcaps:heldout", 1000, 192)]
     table = real_table(rollout_dir, tmp_path / "real", "synthcaps")
 
     def read(folder):

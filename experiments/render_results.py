@@ -686,9 +686,10 @@ def oracle_steps() -> str:
     return "\n".join(lines) + "\n"
 
 
-def real_clips() -> str:
-    """The oracle's recipe on real renders of the rollout's prompts (`real_clips.json`) next to the oracle itself."""
-    r = _load(RESULTS / "alignment" / "real_clips.json")
+def real_clips(name: str = "real_clips.json") -> str:
+    """The oracle's recipe on real renders of the rollout's prompts (`experiments/real_clip_control.py`, `name` under
+    `results/alignment/`) next to the oracle itself."""
+    r = _load(RESULTS / "alignment" / name)
     evs = r["evaluations"]
     names = list(evs["heldout"]["models"])
     label = {names[0]: "base", r["tuned"]: f"tuned on real renders (verifier {r['real_table']['verifier']:.2f})"}
@@ -703,6 +704,12 @@ def real_clips() -> str:
             lines.append(_row([title, label[n], *[_bci(d[k]) if k in d else "" for k in ("verifier", "clap", "kl")],
                                _f(ev["models"][n].get("mel_frechet"), 1),
                                *[_f(ev["verifier_by_attribute"][n].get(a, {}).get("accuracy")) for a in attrs]]))  # fmt: skip
+    a = r["settings"]
+    if "loss_cfg_scale" in a:  # results made before the flag existed used the paper's loss
+        base = evs["heldout"]["models"][names[0]]["verifier"]
+        lines.append(f"\nEvery tuned model: best of 4 by the verifier, {a['max_steps']} steps, loss guided at s = "
+                     f"{a['loss_cfg_scale']:g}, on the rollout `{a['rollout']}` ({r['real_table']['rows']} rows); base "
+                     f"verifier {base:.3f} on {a['eval_prompts']} held-out prompts from {a['first_prompt']} (CFG 3).")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -1018,6 +1025,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "tau-heldout-guided-safer": lambda: tau("heldout_rollout_tau_guided_safer.json"),
     "oracle-steps": oracle_steps,
     "real-clips": real_clips,
+    "real-clips-heldout": lambda: real_clips("real_clips_heldout.json"),
     "aesthetics": aesthetics,
     "tau": tau,
     "best-of-n": best_of_n,

@@ -217,29 +217,49 @@ def generator(folder: str = "generator") -> str:
     return "\n".join(lines) + "\n"
 
 
-def generator_seeds(name: str = "eight_seeds.json") -> str:
+def generator_seeds(
+    name: str = "eight_seeds.json", more: tuple[str, ...] = ("eight_seeds_16_iterations.json",)
+) -> str:
     """The bundled pair on the generator table's prompts with several clips per prompt (`rewardflow/evaluate.py
-    --num_samples`): each model's verifier with its interval over prompts, per attribute, and CFM − masked."""
+    --num_samples`): each model's verifier with its interval over prompts, per attribute, and CFM − masked; then each
+    report in `more` (the masked model at other settings, the same prompts and seeds) against the masked model."""
     from rewardflow.metrics import bootstrap_interval
 
     r = _load(RESULTS / "generator" / name)
     s = r["settings"]
     attrs = ["type", "pitch", "tempo", "direction", "colour", "fade", "loudness"]
     lines = [_row(["model", "verifier", *attrs, "KL", "mel Fréchet"]), "|" + "---|" * (len(attrs) + 4)]
-    labels = {"synthcaps": f"MaskAudioFlow, {s['num_iterations']} iterations × {s['num_steps']} steps",
-              "synthcaps-cfm": f"CFM baseline, {s['num_steps']} steps"}  # fmt: skip
-    for model in s["models"]:
-        m, by = r["models"][model], r["verifier_by_attribute"][model]
-        mean, lo, hi = bootstrap_interval(r["per_prompt"][model]["verifier"], s["bootstrap"])
+
+    def label(model: str, settings: dict) -> str:
+        if model.endswith("-cfm"):
+            return f"CFM baseline, {settings['num_steps']} steps"
+        return f"MaskAudioFlow, {settings['num_iterations']} iterations × {settings['num_steps']} steps"
+
+    def model_row(report: dict, model: str) -> str:
+        m, by = report["models"][model], report["verifier_by_attribute"][model]
+        mean, lo, hi = bootstrap_interval(report["per_prompt"][model]["verifier"], report["settings"]["bootstrap"])
         cells = [f"{mean:.3f} [{lo:.3f}, {hi:.3f}]", *[_f(by[a]["accuracy"]) for a in attrs]]
-        lines.append(_row([labels.get(model, f"`{model}`"), *cells, _f(m["kl"]), _f(m["mel_frechet"], 1)]))
+        return _row([label(model, report["settings"]), *cells, _f(m["kl"]), _f(m["mel_frechet"], 1)])
+
+    first = s["models"][0]
+    for model in s["models"]:
+        lines.append(model_row(r, model))
     for model, d in r["paired_vs_first"].items():
-        first = s["models"][0]
-        name = f"{labels.get(model, model).split(',')[0]} − {labels.get(first, first).split(',')[0]}, paired"
-        lines.append(_row([name, _bci(d["verifier"]), *[""] * len(attrs), _bci(d["kl"]), ""]))
+        title = f"{label(model, s).split(',')[0]} − {label(first, s).split(',')[0]}, paired"
+        lines.append(_row([title, _bci(d["verifier"]), *[""] * len(attrs), _bci(d["kl"]), ""]))
+    for extra in more:
+        e = _load(RESULTS / "generator" / extra)
+        model = e["settings"]["models"][0]
+        if e["per_prompt"][model]["prompt_ids"] != r["per_prompt"][first]["prompt_ids"]:
+            raise ValueError(f"{extra} was not evaluated on {name}'s prompts.")
+        lines.append(model_row(e, model))
+        d = {k: bootstrap_interval([x - y for x, y in zip(e["per_prompt"][model][k], r["per_prompt"][first][k])])
+             for k in ("verifier", "kl")}  # fmt: skip
+        lines.append(_row([f"{e['settings']['num_iterations']} − {s['num_iterations']} iterations, paired",
+                           _bci(d["verifier"]), *[""] * len(attrs), _bci(d["kl"]), ""]))  # fmt: skip
     lines.append(f"\nThe first {s['max_prompts']} held-out-composition prompts (the generator table's), "
-                 f"{s['num_samples']} clips per prompt (seeds from {s['seed']} and the prompt id, shared by the "
-                 f"models), CFG {s['cfg_scale']:g}; the verifier's interval is over prompts, each the mean of its "
+                 f"{s['num_samples']} clips per prompt (seeds from {s['seed']} and the prompt id, shared by every "
+                 f"row), CFG {s['cfg_scale']:g}; the verifier's interval is over prompts, each the mean of its "
                  f"{s['num_samples']} clips.")  # fmt: skip
     return "\n".join(lines) + "\n"
 

@@ -61,3 +61,23 @@ def test_topk_labels_follow_the_study_settings():
     assert render_results._kept({"num_generations": 8, "top_k": 0.125}) == "best of 8"
     assert render_results._kept({"num_generations": 6, "top_k": 1 / 3}) == "best 2 of 6"
     assert render_results._kept({"num_generations": 4}) == "best of 4"  # records made before --top_k
+
+
+def test_generator_seeds_pairs_a_further_setting_by_prompt_and_refuses_other_prompts(tmp_path, monkeypatch):
+    """The masked model at another setting is set against the first report prompt by prompt; a report made on other
+    prompts is refused rather than paired."""
+    first = json.loads((render_results.RESULTS / "generator" / "eight_seeds.json").read_text())
+    model = first["settings"]["models"][0]
+    more = json.loads(json.dumps(first))
+    more["settings"] |= {"models": [model], "num_iterations": 16}
+    more["per_prompt"][model]["verifier"] = [v + 0.1 for v in first["per_prompt"][model]["verifier"]]
+    (tmp_path / "generator").mkdir()
+    (tmp_path / "generator" / "a.json").write_text(json.dumps(first))
+    (tmp_path / "generator" / "b.json").write_text(json.dumps(more))
+    monkeypatch.setattr(render_results, "RESULTS", tmp_path)
+    table = render_results.generator_seeds("a.json", ("b.json",))
+    assert "| 16 − 8 iterations, paired | **+0.100 [+0.100, +0.100]** |" in table
+    more["per_prompt"][model]["prompt_ids"] = more["per_prompt"][model]["prompt_ids"][::-1]
+    (tmp_path / "generator" / "b.json").write_text(json.dumps(more))
+    with pytest.raises(ValueError, match="b.json was not evaluated on a.json's prompts"):
+        render_results.generator_seeds("a.json", ("b.json",))

@@ -10,8 +10,14 @@ this generator, measured by fine-tuning on real SynthCaps renders of the rollout
 A copy of `--rollout` where every row's latent is the VAE latent of a real render of the row's prompt (its
 attributes, with the row's own seed, so each prompt's clips differ), scored by the verifier on that render. The
 oracle's recipe (best of 4 by the verifier, β = 1, 600 steps, batch 16, learning rate 1e-4, seed 0, the loss of
-`--loss_cfg_scale`) is then run on it with `rewardflow/finetune.py`, and the base, the tuned model and any `--compare` models are evaluated on the
-alignment study's held-out prompts and seeds, and on the rollout's own (training) prompts with fresh seeds. Every step resumes: a finished table, run or evaluation is read back.
+`--loss_cfg_scale`) is then run on it with `rewardflow/finetune.py`, and the base, the tuned model and any
+`--compare` models are evaluated on the alignment study's held-out prompts and seeds, and on the rollout's own
+prompts with fresh seeds. Every step resumes: a finished table, run or evaluation is read back.
+
+On the held-out study's rollout with its guided loss (`results/alignment/real_clips_heldout.json`):
+
+    python experiments/real_clip_control.py --rollout outputs/align-heldout/lr/rollout --loss_cfg_scale 3 \\
+        --output_dir outputs/align-heldout/real-clips --compare outputs/align-heldout/lr/runs/verifier-topk-seed0/final
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ class RealClipArguments:
     max_steps: int = field(default=600, metadata={"help": "Fine-tuning steps (the oracle's)."})
     top_k: float = field(default=0.25, metadata={"help": "Share of each prompt's clips kept (the oracle's)."})
     loss_cfg_scale: float = field(
-        default=1.0, metadata={"help": "finetune.py's --loss_cfg_scale (1: the paper's loss; the oracle's run's)."}
+        default=1.0,
+        metadata={"help": "finetune.py's --loss_cfg_scale (1: the paper's loss; 3: the held-out study's)."},
     )
     first_prompt: int = field(default=128, metadata={"help": "First held-out prompt evaluated."})
     eval_prompts: int = field(default=256, metadata={"help": "Held-out prompts evaluated."})

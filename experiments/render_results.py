@@ -567,7 +567,8 @@ def oracle_variants(name: str = "oracle_variants.json") -> str:
     every = (f"{a['max_steps']} steps unless the row says more (a longer run is the {a['max_steps']}-step run "
              "continued from its last checkpoint, at the same constant learning rate)" if longer
              else f"{a['max_steps']} steps")  # fmt: skip
-    lines.append(f"\nBase: verifier {r['base']['verifier']:.3f}, mel Fréchet {r['base']['mel_frechet']:.1f} on "
+    who = "" if a.get("model", "synthcaps") == "synthcaps" else f"`{a['model']}`, "  # the bundled masked model
+    lines.append(f"\nBase: {who}verifier {r['base']['verifier']:.3f}, mel Fréchet {r['base']['mel_frechet']:.1f} on "
                  f"{a['eval_prompts']} held-out prompts from {a['first_prompt']} (CFG 3). Every run: {every}, "
                  f"loss guided at s = {a['loss_cfg_scale']:g}, learning rate {a['learning_rate']:g}"
                  + (" unless the row says another" if a.get("learning_rates") else "") + ", on one "
@@ -1035,6 +1036,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "oracle-variants-n8": lambda: oracle_variants("oracle_variants_n8.json"),
     "oracle-steps-768": lambda: oracle_variants("oracle_steps_768.json"),
     "oracle-learning-rates": lambda: oracle_variants("oracle_learning_rates.json"),
+    "oracle-cfm": lambda: oracle_variants("oracle_cfm.json"),
     "aesthetics-heldout": lambda: aesthetics("heldout_rollout_items.json"),
     "aesthetics-heldout-768": lambda: aesthetics("heldout_rollout_guided_768.json"),
     "best-of-n-heldout": lambda: best_of_n("heldout_rollout_items.json"),

@@ -227,7 +227,8 @@ def generator_seeds(
 
     r = _load(RESULTS / "generator" / name)
     s = r["settings"]
-    attrs = ["type", "pitch", "tempo", "direction", "colour", "fade", "loudness"]
+    first = s["models"][0]
+    attrs = list(r["verifier_by_attribute"][first])  # the verifier's attributes, in its order
     lines = [_row(["model", "verifier", *attrs, "KL", "mel Fréchet"]), "|" + "---|" * (len(attrs) + 4)]
 
     def label(model: str, settings: dict) -> str:
@@ -241,7 +242,6 @@ def generator_seeds(
         cells = [f"{mean:.3f} [{lo:.3f}, {hi:.3f}]", *[_f(by[a]["accuracy"]) for a in attrs]]
         return _row([label(model, report["settings"]), *cells, _f(m["kl"]), _f(m["mel_frechet"], 1)])
 
-    first = s["models"][0]
     for model in s["models"]:
         lines.append(model_row(r, model))
     for model, d in r["paired_vs_first"].items():

@@ -14,7 +14,10 @@ of a prompt's samples. Per reward, over the prompts of the table:
   best-of-n selection by this reward buys on the referee, i.e. what `--weighting topk --top_k 1/n` trains toward;
 - `oracle_gain`: the same with the referee choosing (the most any reward could buy from this table).
 
-Each with a 95 % percentile-bootstrap interval over prompts. A reward whose `top1_gain` interval covers 0 gives
+Each with a 95 % percentile-bootstrap interval over prompts. When the referee has parts (the verifier's
+`verifier/<attribute>` columns), `by_part` says where a prompt's samples differ and whether the reward hears it: for
+the referee and each part, the pairs of one prompt's samples that it tells apart and the share of them the reward
+orders the same way (a reward tie counts half; chance 0.5), with an interval over prompts. A reward whose `top1_gain` interval covers 0 gives
 fine-tuning nothing to learn about the referee's criterion from this table. The result is also written (atomically)
 to `<rollout>/agreement-<referee>.json`.
 """
@@ -74,6 +77,41 @@ def per_prompt(reward: np.ndarray, referee: np.ndarray, groups: list) -> dict[st
     return {"top1": top1, "oracle": oracle, "spearman": rho}
 
 
+def pair_orders(reward: np.ndarray, referee: np.ndarray, groups: list) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt with at least one pair (in `group_indices` order): how many pairs of its samples the referee tells
+    apart, and how many of them the reward orders the same way (a tie in the reward counts half). NaN rows are
+    left out."""
+    r, q = np.asarray(reward, dtype=np.float64), np.asarray(referee, dtype=np.float64)
+    if r.shape != q.shape or r.ndim != 1 or len(groups) != len(r):
+        raise ValueError(f"reward {r.shape}, referee {q.shape} and groups ({len(groups)}) must all be (N,).")
+    keep = np.isfinite(r) & np.isfinite(q)
+    agree, pairs = [], []
+    for idx in group_indices(list(groups)):
+        idx = idx[keep[idx]]
+        upper = np.triu(np.ones((len(idx), len(idx)), dtype=bool), 1)
+        dq = np.sign(np.subtract.outer(q[idx], q[idx]))[upper]
+        dr = np.sign(np.subtract.outer(r[idx], r[idx]))[upper]
+        told = dq != 0
+        if told.any():
+            pairs.append(int(told.sum()))
+            agree.append(float((dr[told] == dq[told]).sum() + 0.5 * (dr[told] == 0).sum()))
+    return np.asarray(agree), np.asarray(pairs)
+
+
+def pairwise_agreement(reward: np.ndarray, referee: np.ndarray, groups: list, bootstrap: int = 2000, seed: int = 0):
+    """`{"share": [mean, low, high], "pairs", "prompts"}`: of the pairs of one prompt's samples that `referee` tells
+    apart, the share `reward` orders the same way (0.5: it does not hear the difference), pooled over prompts, with
+    a 95 % percentile-bootstrap interval over prompts."""
+    agree, pairs = pair_orders(reward, referee, groups)
+    if len(pairs) == 0:
+        return {"share": [float("nan")] * 3, "pairs": 0, "prompts": 0}
+    pick = np.random.default_rng(seed).integers(0, len(pairs), size=(bootstrap, len(pairs)))
+    shares = agree[pick].sum(1) / pairs[pick].sum(1)
+    share = float(agree.sum() / pairs.sum())
+    low, high = np.percentile(shares, [2.5, 97.5])
+    return {"share": [share, float(low), float(high)], "pairs": int(pairs.sum()), "prompts": len(pairs)}
+
+
 def within_prompt_agreement(
     reward: np.ndarray, referee: np.ndarray, groups: list, bootstrap: int = 2000, seed: int = 0
 ) -> dict:
@@ -109,10 +147,15 @@ def agreement(cfg: AgreementConfig, ds=None) -> dict:
     table = {c: np.asarray(ds[c], dtype=np.float64) for c in ds.column_names if c.startswith("reward/")}
     referee = table[f"reward/{cfg.referee}"]
     groups = list(ds["prompt_id"])
-    result = {"rollout": str(cfg.rollout), "referee": cfg.referee, "rows": len(ds), "rewards": {}}
+    parts = {cfg.referee: referee}
+    parts |= {c.split("/")[-1]: v for c, v in table.items() if c.startswith(f"reward/{cfg.referee}/")}
+    result = {"rollout": str(cfg.rollout), "referee": cfg.referee, "rows": len(ds), "rewards": {}, "by_part": {}}
     for spec in specs:
         r, _ = resolve_reward(spec, table)
         result["rewards"][spec] = within_prompt_agreement(r, referee, groups, cfg.bootstrap, cfg.seed)
+        result["by_part"][spec] = {
+            part: pairwise_agreement(r, values, groups, cfg.bootstrap, cfg.seed) for part, values in parts.items()
+        }
     path = Path(cfg.rollout) / f"agreement-{cfg.referee.replace('/', '_')}.json"
     atomic_write_text(path, json.dumps(result, indent=2))
     result["table"] = format_table(result)
@@ -135,6 +178,25 @@ def format_table(result: dict) -> str:
             f"| {spec} | {cell(a['spearman'])} | {cell(a['top1_gain'])} | {cell(a['oracle_gain'])} | "
             f"{a['prompts']} ({a['prompts_ranked']}) |"
         )
+    by_part = result.get("by_part", {})
+    if by_part:
+        specs = list(by_part)
+        lines += [
+            "",
+            f"Pairs of one prompt's samples that `{result['referee']}` or one of its parts tells apart: the share each "
+            "reward orders the same way (a tie counts half; chance 0.5)",
+            "",
+            "| part | pairs | " + " | ".join(specs) + " |",
+            "|---|---|" + "---|" * len(specs),
+        ]
+        for part, first in by_part[specs[0]].items():
+            cells = []
+            for spec in specs:
+                a = by_part[spec][part]
+                extra = f" of {a['pairs']}" if a["pairs"] != first["pairs"] else ""
+                low_high = f"[{a['share'][1]:.3f}, {a['share'][2]:.3f}]"
+                cells.append(f"{a['share'][0]:.3f} {low_high}{extra}")
+            lines.append(f"| {part} | {first['pairs']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from rewardflow.agreement import per_prompt, within_prompt_agreement
+from rewardflow.agreement import pair_orders, pairwise_agreement, per_prompt, within_prompt_agreement
 
 GROUPS = [p for p in range(30) for _ in range(4)]
 
@@ -75,6 +75,13 @@ def test_cli_on_a_rollout(tmp_path):
     same, reverse = result["rewards"]["verifier"], result["rewards"]["verifier:-1"]
     assert same["prompts_ranked"] > 0 and same["top1_gain"] == same["oracle_gain"] and same["top1_gain"][0] > 0
     assert reverse["top1_gain"][0] <= 0 and "| verifier:-1 |" in result["table"]
+    # by part: the verifier and each of its attribute columns, the reversed reward ordering every told-apart pair wrong
+    parts = result["by_part"]["verifier"]
+    assert {"verifier", "type", "fade", "loudness"} <= set(parts) and saved["by_part"][
+        "verifier"
+    ].keys() == parts.keys()
+    assert parts["verifier"]["pairs"] > 0 and parts["verifier"]["share"] == [1.0, 1.0, 1.0]
+    assert result["by_part"]["verifier:-1"]["verifier"]["share"][0] == 0.0 and "| fade |" in result["table"]
     (bad,) = make_parser().parse_args_and_config(args=["--rollout", str(out), "--referee", "nope"])
     with pytest.raises(ValueError, match="Available: verifier"):
         main(bad)
@@ -92,3 +99,24 @@ def test_per_prompt_values_line_up_with_the_summary():
     assert np.mean(pa["top1"]) == pytest.approx(within_prompt_agreement(a, referee, groups)["top1_gain"][0])
     # b ranks almost as the referee does and a at random, so b's top-1 gain is higher prompt by prompt on average
     assert np.mean(np.subtract(pb["top1"], pa["top1"])) > 0
+
+
+def test_pairwise_agreement_counts_the_pairs_the_referee_tells_apart():
+    """Of one prompt's pairs the referee tells apart, the share the reward orders alike: 1 for the referee itself,
+    0 reversed, 0.5 for a constant reward (ties count half); tied and NaN referee values make no pair."""
+    groups = ["a", "a", "a", "b", "b", "c", "c"]
+    q = np.array([1.0, 0.0, 0.0, 0.5, 0.5, 1.0, np.nan])  # a: 2 pairs told apart, b: tied, c: one value left
+    r = np.array([0.9, 0.1, 0.95, 0.0, 1.0, 0.0, 0.0])  # a: orders (0,1) alike and (0,2) the other way
+    agree, pairs = pair_orders(r, q, groups)
+    assert pairs.tolist() == [2] and agree.tolist() == [1.0]
+    assert pairwise_agreement(r, q, groups, bootstrap=50) == {"share": [0.5, 0.5, 0.5], "pairs": 2, "prompts": 1}
+    q = _referee()
+    assert pairwise_agreement(q, q, GROUPS, bootstrap=200)["share"] == [1.0, 1.0, 1.0]
+    assert pairwise_agreement(-q, q, GROUPS, bootstrap=200)["share"] == [0.0, 0.0, 0.0]
+    flat = pairwise_agreement(np.ones(len(q)), q, GROUPS, bootstrap=200)
+    assert flat["share"] == [0.5, 0.5, 0.5] and flat["pairs"] == 6 * 30
+    noise = pairwise_agreement(_referee(1), q, GROUPS, bootstrap=500)
+    assert noise["share"][1] < 0.5 < noise["share"][2]
+    r = np.where(np.arange(len(q)) % 4 == 0, np.nan, q)  # one sample of each prompt unscored: 3 pairs left of 6
+    assert pairwise_agreement(r, q, GROUPS, bootstrap=200)["pairs"] == 3 * 30
+    assert pairwise_agreement(np.full(len(q), np.nan), q, GROUPS)["prompts"] == 0

@@ -734,6 +734,51 @@ def real_clips(name: str = "real_clips.json") -> str:
     return "\n".join(lines) + "\n"
 
 
+PAIRS_FOR_INTERVAL = 20  # below this many pairs (a handful of prompts) a bootstrap interval says nothing
+
+
+def _pair_share(x: list, pairs: int) -> str:
+    """A pairwise agreement share `[share, low, high]` (chance 0.5), bold when the interval excludes 0.5; the share
+    alone when it rests on fewer than `PAIRS_FOR_INTERVAL` pairs."""
+    if pairs < PAIRS_FOR_INTERVAL:
+        return f"{x[0]:.2f}"
+    cell = f"{x[0]:.2f} [{x[1]:.2f}, {x[2]:.2f}]"
+    return f"**{cell}**" if x[1] > 0.5 or x[2] < 0.5 else cell
+
+
+def reward_hearing(name: str = "reward_hearing.json") -> str:
+    """`experiments/reward_hearing.py`: per verifier attribute, the pairs of one prompt's clips it tells apart and the
+    share CLAP orders the same way, on each rollout; fade and loudness also split by whether the prompt sets them."""
+    r = _load(RESULTS / "alignment" / name)["rollouts"]
+    labels = list(r)
+    head = ["the verifier's check"] + [c for label in labels for c in (f"pairs: {label}", "CLAP orders alike")]
+    lines = [_row(head), "|---|" + "---|---|" * len(labels)]
+    first = r[labels[0]]
+    rows = []
+    for part in first["by_part"]["clap"]:
+        rows.append((part, "by_part", part))
+        which = {f"{part}, set": f"{part}: the prompt sets it", f"{part}, default": f"{part}: left at the default"}
+        rows += [(title, "by_default", key) for key, title in which.items() if key in first["by_default"]["clap"]]
+    for title, field, key in rows:
+        title = "all (a clip's share of checks)" if key == first["referee"] else title
+        cells = []
+        for label in labels:
+            a = r[label][field]["clap"][key]
+            cells += [a["pairs"], _pair_share(a["share"], a["pairs"])]
+        lines.append(_row([title, *cells]))
+    notes = []
+    for label in labels:
+        res, s = r[label], r[label]["settings"]
+        agree, aes = res["rewards"]["clap"], res["by_part"]["aesthetics"][res["referee"]]
+        notes.append(f"{label} ({res['model']['id']}, {s['max_prompts']} prompts × {s['num_generations']} at CFG "
+                     f"{s['cfg_scale']:g}): CLAP's pick of each prompt's best clip gains {_bci(agree['top1_gain'])} "
+                     f"of the verifier's {_bci(agree['oracle_gain'])}; aesthetics orders the verifier's pairs "
+                     f"{_pair_share(aes['share'], aes['pairs'])}")  # fmt: skip
+    notes.append(f"A tie in the reward counts half, so 0.5 is a reward deaf to the check; with fewer than "
+                 f"{PAIRS_FOR_INTERVAL} pairs the share is shown without an interval")  # fmt: skip
+    return "\n".join(lines) + "\n\n" + ".\n".join(notes) + ".\n"
+
+
 def aesthetics(name: str = "results.json") -> str:
     """Degraded clips (read from the audio by the SynthCaps classifier) of the base, the control and the
     aesthetics-tuned model of one study, and the aesthetics run against its control where the study paired them."""
@@ -1048,6 +1093,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "oracle-steps": oracle_steps,
     "real-clips": real_clips,
     "real-clips-heldout": lambda: real_clips("real_clips_heldout.json"),
+    "reward-hearing": reward_hearing,
     "aesthetics": aesthetics,
     "tau": tau,
     "best-of-n": best_of_n,

@@ -744,3 +744,51 @@ def test_alignment_demo_tiny(tmp_path):
     assert rollout["prompts"] == "synthcaps:heldout" and rollout["first_prompt"] == 1000
     assert (tmp_path / "demo" / "listen" / "report.html").is_file()
     assert main(a)["seconds"]["finetune"] == 0.0  # the rerun keeps the tuned model
+
+
+def test_reward_hearing_splits_each_attribute_by_whether_the_prompt_sets_it(tmp_path, monkeypatch):
+    """experiments/reward_hearing.py on a tiny real rollout: the verifier as its own reward orders every pair alike,
+    reversed none; fade and loudness pairs split into prompts that set them and prompts that leave the default,
+    which add up; the renderer makes a row per check. Bad arguments are refused before any work."""
+    import numpy as np
+
+    from experiments import render_results, reward_hearing
+    from rewardflow.rollout import main as rollout_main
+    from rewardflow.rollout import make_parser as rollout_parser
+
+    out = tmp_path / "r"
+    argv = ["--output_dir", str(out), "--max_prompts", "6", "--num_generations", "3", "--num_iterations", "2"]
+    argv += ["--num_steps", "4", "--batch_size", "9", "--rewards", "verifier", "--audio_format", "none"]
+    rollout_main(*rollout_parser().parse_args_and_config(args=argv))
+    with pytest.raises(SystemExit, match="one label per rollout"):
+        reward_hearing.main(["--rollouts", str(out), "--labels", "a", "b"])
+    with pytest.raises(SystemExit, match="no run.json"):
+        reward_hearing.main(["--rollouts", str(tmp_path), "--labels", "a"])
+    (tmp_path / "alignment").mkdir()
+    path = tmp_path / "alignment" / "reward_hearing.json"
+    args = ["--rollouts", str(out), "--labels", "tiny", "--rewards", "verifier", "verifier:-1", "--bootstrap", "200"]
+    result = reward_hearing.main([*args, "--results_json", str(path)])
+    tiny = result["rollouts"]["tiny"]
+    assert json.loads(path.read_text()) == json.loads(json.dumps(result)) and tiny["settings"]["max_prompts"] == 6
+    for name in ("fade", "loudness"):
+        whole = tiny["by_part"]["verifier"][name]["pairs"]
+        split = [tiny["by_default"]["verifier"][f"{name}, {w}"]["pairs"] for w in ("set", "default")]
+        assert sum(split) == whole
+    shares = [a["share"][0] for a in tiny["by_part"]["verifier"].values() if a["pairs"]]
+    assert shares and set(shares) == {1.0}
+    reversed_ = [a["share"][0] for a in tiny["by_part"]["verifier:-1"].values() if a["pairs"]]
+    assert set(reversed_) == {0.0}
+    attrs = [json.dumps({"fade": f, "loudness": "normal"}) for f in ("in", "none", "none")]
+    split = reward_hearing.split_by_default(attrs, np.array([1.0, 0.0, 1.0]), "fade")
+    assert np.isnan(split["set"][1:]).all() and split["set"][0] == 1.0 and np.isnan(split["default"][0])
+    # the renderer reads CLAP and aesthetics: stand the verifier and its reverse in for them
+    for key in ("rewards", "by_part", "by_default"):
+        tiny[key] = {"clap": tiny[key]["verifier"], "aesthetics": tiny[key]["verifier:-1"]}
+    path.write_text(json.dumps(result))
+    monkeypatch.setattr(render_results, "RESULTS", tmp_path)
+    table = render_results.reward_hearing()
+    assert "| fade: the prompt sets it |" in table and "| loudness: left at the default |" in table
+    pairs = tiny["by_part"]["aesthetics"]["verifier"]["pairs"]
+    assert 0 < pairs < render_results.PAIRS_FOR_INTERVAL and "aesthetics orders the verifier's pairs 0.00." in table
+    monkeypatch.setattr(render_results, "PAIRS_FOR_INTERVAL", 1)  # enough pairs: an interval, bold off 0.5
+    assert "aesthetics orders the verifier's pairs **0.00 [0.00, 0.00]**" in render_results.reward_hearing()

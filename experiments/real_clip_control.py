@@ -9,7 +9,7 @@ this generator, measured by fine-tuning on real SynthCaps renders of the rollout
 
 A copy of `--rollout` where every row's latent is the VAE latent of a real render of the row's prompt (its
 attributes, with the row's own seed, so each prompt's clips differ), scored by the verifier on that render. The
-oracle's recipe (best of 4 by the verifier, β = 1, 600 steps, batch 16, learning rate 1e-4, seed 0, the loss of
+oracle's recipe (best of 4 by the verifier, β = 1, 600 steps, batch 16, learning rate 1e-4, seed `--seed`, the loss of
 `--loss_cfg_scale`) is then run on it with `rewardflow/finetune.py`, and the base, the tuned model and any
 `--compare` models are evaluated on the alignment study's held-out prompts and seeds, and on the rollout's own
 prompts with fresh seeds. Every step resumes: a finished table, run or evaluation is read back.
@@ -44,6 +44,7 @@ class RealClipArguments:
         default=1.0,
         metadata={"help": "finetune.py's --loss_cfg_scale (1: the paper's loss; 3: the held-out study's)."},
     )
+    seed: int = field(default=0, metadata={"help": "The fine-tune's seed (the oracle's: 0)."})
     first_prompt: int = field(default=128, metadata={"help": "First held-out prompt evaluated."})
     eval_prompts: int = field(default=256, metadata={"help": "Held-out prompts evaluated."})
     compare: list[str] = field(
@@ -128,7 +129,7 @@ def main(a: RealClipArguments) -> dict:
     if not (run / "final" / "metrics.json").is_file():
         finetune(RewardFlowConfig(output_dir=str(run), rollout=str(table), model=model, reward="verifier",
                                   weighting="topk", top_k=a.top_k, beta=1.0, max_steps=a.max_steps,
-                                  per_device_train_batch_size=16, learning_rate=1e-4, seed=0,
+                                  per_device_train_batch_size=16, learning_rate=1e-4, seed=a.seed,
                                   loss_cfg_scale=a.loss_cfg_scale,
                                   save_steps=max(a.max_steps // 3, 1), logging_steps=50,
                                   resume_from_checkpoint="latest", disable_tqdm=True, report_to="none"))  # fmt: skip

@@ -551,12 +551,14 @@ def test_oracle_steps_measures_checkpoints_as_pipelines(rollout_dir, tmp_path):
     assert sel["type"]["checked"] == 8 and (share is None or 0 <= share <= 1)
 
 
-def test_real_clip_control_table_holds_real_renders_of_the_same_prompts(rollout_dir, tmp_path):
+def test_real_clip_control_table_holds_real_renders_of_the_same_prompts(rollout_dir, tmp_path, monkeypatch):
     """`experiments/real_clip_control.py`: the copy keeps every prompt and seed, its latents decode real renders
-    (the verifier passes them, unlike the tiny model's clips), and finetune.py trains on it."""
+    (the verifier passes them, unlike the tiny model's clips), finetune.py trains on it, and `--seed` is the
+    fine-tune's."""
     import pandas as pd
 
-    from experiments.real_clip_control import RealClipArguments, evaluation_sets, real_table
+    import rewardflow.finetune
+    from experiments.real_clip_control import RealClipArguments, evaluation_sets, main, real_table
 
     with pytest.raises(ValueError, match="--rollout"):
         RealClipArguments(rollout=str(tmp_path))
@@ -581,6 +583,16 @@ def test_real_clip_control_table_holds_real_renders_of_the_same_prompts(rollout_
     assert real["reward/verifier"].mean() >= 0.8 > gen["reward/verifier"].mean()
     m = run(table, tmp_path / "ft", "--weighting", "topk", "--top_k", "0.5")
     assert math.isfinite(m["train_loss"])
+    seen = []
+
+    def stop(cfg):
+        seen.append((cfg.seed, cfg.rollout))
+        raise RuntimeError("stopped before training")
+
+    monkeypatch.setattr(rewardflow.finetune, "finetune", stop)
+    with pytest.raises(RuntimeError, match="stopped before training"):
+        main(RealClipArguments(rollout=str(rollout_dir), output_dir=str(tmp_path / "control"), seed=3))
+    assert seen == [(3, str(tmp_path / "control" / "rollout"))]
 
 
 def test_loss_cfg_scale_fits_the_guided_velocity_of_the_sampler():

@@ -713,7 +713,8 @@ def real_clips(name: str = "real_clips.json") -> str:
     r = _load(RESULTS / "alignment" / name)
     evs = r["evaluations"]
     names = list(evs["heldout"]["models"])
-    label = {names[0]: "base", r["tuned"]: f"tuned on real renders (verifier {r['real_table']['verifier']:.2f})"}
+    seed = f", fine-tune seed {r['settings']['seed']}" if "seed" in r["settings"] else ""  # older records: seed 0
+    label = {names[0]: "base", r["tuned"]: f"tuned on real renders (verifier {r['real_table']['verifier']:.2f}){seed}"}
     label |= dict(zip(r["settings"]["compare"], r["settings"]["compare_labels"]))
     attrs = list(evs["heldout"]["verifier_by_attribute"][names[0]])
     lines = [_row(["prompts", "model", "Δ verifier vs base", "Δ CLAP", "Δ KL", "mel Fréchet", *attrs]),
@@ -1093,6 +1094,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "oracle-steps": oracle_steps,
     "real-clips": real_clips,
     "real-clips-heldout": lambda: real_clips("real_clips_heldout.json"),
+    "real-clips-heldout-seed1": lambda: real_clips("real_clips_heldout_seed1.json"),
     "reward-hearing": reward_hearing,
     "aesthetics": aesthetics,
     "tau": tau,

@@ -81,3 +81,16 @@ def test_generator_seeds_pairs_a_further_setting_by_prompt_and_refuses_other_pro
     (tmp_path / "generator" / "b.json").write_text(json.dumps(more))
     with pytest.raises(ValueError, match="b.json was not evaluated on a.json's prompts"):
         render_results.generator_seeds("a.json", ("b.json",))
+
+
+def test_real_clips_names_the_fine_tune_seed_when_the_record_has_one(tmp_path, monkeypatch):
+    """Records made before `--seed` existed were trained at seed 0 and are labelled as before; later ones say it."""
+    record = json.loads((render_results.RESULTS / "alignment" / "real_clips_heldout_seed1.json").read_text())
+    (tmp_path / "alignment").mkdir()
+    monkeypatch.setattr(render_results, "RESULTS", tmp_path)
+    (tmp_path / "alignment" / "r.json").write_text(json.dumps(record))
+    assert "| tuned on real renders (verifier 0.96), fine-tune seed 1 |" in render_results.real_clips("r.json")
+    del record["settings"]["seed"]
+    (tmp_path / "alignment" / "r.json").write_text(json.dumps(record))
+    table = render_results.real_clips("r.json")
+    assert "| tuned on real renders (verifier 0.96) |" in table and "fine-tune seed 1" not in table

@@ -33,8 +33,9 @@ def publish_json(obj: dict, results_dir: str, name: str = "results.json") -> Non
 
 def evaluation_summary(report: dict) -> dict:
     """The parts of an `evaluate` report a committed result keeps: settings, metric descriptions, per-model means,
-    paired differences and per-attribute verifier accuracy (not the per-prompt arrays or the printed table)."""
-    keys = ("settings", "metric_info", "models", "paired_vs_first", "verifier_by_attribute")
+    paired differences and per-attribute verifier accuracy and its paired differences (not the per-prompt arrays or
+    the printed table)."""
+    keys = ("settings", "metric_info", "models", "paired_vs_first", "verifier_by_attribute", "paired_by_attribute")
     return {k: report[k] for k in keys if k in report}
 
 

@@ -381,6 +381,10 @@ def evaluate_selections(cfg: EvaluateConfig, selections: list[Selection]) -> dic
         }
         if any(by_attribute.values()):
             report["verifier_by_attribute"] = by_attribute
+            paired = _paired(c, per_clip[sel], keys, rows, keep=lambda col: col.startswith("reward/verifier/"))
+            report["paired_by_attribute"] = {
+                name: {k.removeprefix("verifier/"): v for k, v in diffs.items()} for name, diffs in paired.items()
+            }
         report["table"] = format_table(report)
     return reports
 
@@ -445,16 +449,23 @@ def verifier_by_attribute(scores: dict, keys: list, n: int = 2000) -> dict:
     return out
 
 
-def _paired(cfg: EvaluateConfig, per_clip: dict, keys: list, rows: list[dict]) -> dict:
-    """Each later model minus the first, averaged per prompt first (clips of one prompt are not independent), over
-    prompts sorted by id so the interval does not depend on file order."""
+def _summary_column(col: str) -> bool:
+    """The scores `paired_vs_first` differences: every top-level score and aesthetics' axes (not the verifier's
+    per-attribute checks, which `paired_by_attribute` has)."""
+    return "/" not in col.removeprefix("reward/") or col.startswith("reward/aesthetics/")
+
+
+def _paired(cfg: EvaluateConfig, per_clip: dict, keys: list, rows: list[dict], keep=_summary_column) -> dict:
+    """Each later model minus the first for every score `keep(column)` admits, averaged per prompt first (clips of
+    one prompt are not independent), over prompts sorted by id so the interval does not depend on file order;
+    prompts where a score is NaN for either model (an attribute the prompt does not name) are left out."""
     first, out = cfg.models[0], {}
     ids = sorted(r["prompt_id"] for r in rows)
     for name in cfg.models[1:]:
         diffs = {}
         for col in per_clip[first][keys[0]]:
-            if "/" in col.removeprefix("reward/") and not col.startswith("reward/aesthetics/"):
-                continue  # verifier sub-scores: reported in the per-clip data only
+            if not keep(col):
+                continue
 
             def per_prompt(model, col=col):
                 return np.array(

@@ -58,6 +58,29 @@ def test_verifier_by_attribute_counts_checked_clips_and_bootstraps_over_prompts(
     assert verifier_by_attribute(same, keys, n=100)["type"]["ci95"] == [1.0, 1.0]
 
 
+def test_attribute_differences_are_paired_over_the_prompts_that_name_the_attribute():
+    """`_paired` with the verifier's checks: a model right on prompt 0's second clip too gains 0.5 there and 0 on
+    prompt 1, so +0.25 over the two prompts naming the attribute, not +0.125 over all four; the default columns
+    leave the checks out."""
+    from types import SimpleNamespace
+
+    from rewardflow.evaluate import _paired
+
+    nan = float("nan")
+    keys = [(p, s) for p in range(4) for s in range(2)]
+    first = {0: [1.0, 0.0], 1: [1.0, 1.0], 2: [nan, nan], 3: [nan, nan]}
+    later = {0: [1.0, 1.0], 1: [1.0, 1.0], 2: [nan, nan], 3: [nan, nan]}
+    per_clip = {
+        model: {(p, s): {"reward/verifier": 0.5, "reward/verifier/mood": by[p][s]} for p, s in keys}
+        for model, by in (("a", first), ("b", later))
+    }
+    cfg = SimpleNamespace(models=["a", "b"], num_samples=2, bootstrap=200)
+    rows = [{"prompt_id": p} for p in range(4)]
+    by_attribute = _paired(cfg, per_clip, keys, rows, keep=lambda c: c.startswith("reward/verifier/"))
+    assert by_attribute["b"]["verifier/mood"]["mean"] == 0.25
+    assert _paired(cfg, per_clip, keys, rows)["b"] == {"verifier": {"mean": 0.0, "ci95": [0.0, 0.0]}}
+
+
 def test_fad_is_zero_against_itself_and_grows_with_noise(clap, renders):
     ref = clap.embed_audio(renders, 16000).numpy()
     assert frechet_distance(ref, ref) == pytest.approx(0.0, abs=1e-6)
@@ -118,6 +141,11 @@ def test_model_against_its_copy_and_best_of(tmp_path, monkeypatch):
     assert by_attr["synthcaps"] == by_attr[str(copy)] and by_attr["synthcaps"]["type"]["checked"] == 4  # every clip
     assert all(0 <= v["accuracy"] <= 1 and 1 <= v["checked"] <= 4 for v in by_attr["synthcaps"].values())
     assert all(v["ci95"][0] <= v["accuracy"] <= v["ci95"][1] for v in by_attr["synthcaps"].values())
+    # the same weights: every attribute's paired difference is exactly zero, and only the attributes checked appear
+    paired = report["paired_by_attribute"][str(copy)]
+    assert set(paired) == set(by_attr["synthcaps"]) and "type" in paired
+    assert all(v == {"mean": 0.0, "ci95": [0.0, 0.0]} for v in paired.values())
+    assert not any(k.startswith("verifier/") for k in report["paired_vs_first"][str(copy)])
     assert "synthcaps-classifier" in report["metric_info"]["kl"]
     assert "synthcaps-classifier" in report["metric_info"]["fd_classifier"]
     assert "laion" in report["metric_info"]["fad_clap"] or "clap" in report["metric_info"]["fad_clap"]

@@ -726,6 +726,13 @@ def real_clips(name: str = "real_clips.json") -> str:
             lines.append(_row([title, label[n], *[_bci(d[k]) if k in d else "" for k in ("verifier", "clap", "kl")],
                                _f(ev["models"][n].get("mel_frechet"), 1),
                                *[_f(ev["verifier_by_attribute"][n].get(a, {}).get("accuracy")) for a in attrs]]))  # fmt: skip
+    paired = evs["heldout"].get("paired_by_attribute")  # records made before evaluate.py kept it have none
+    if paired:
+        lines.append("\nEach attribute's change on the held-out prompts, tuned − base, paired by prompt over the "
+                     "prompts that name it:")  # fmt: skip
+        for n, diffs in paired.items():
+            cells = ", ".join(f"{a} {_bci(diffs[a])}" for a in attrs if a in diffs)
+            lines.append(f"- {label[n]}: {cells}.")
     a = r["settings"]
     if "loss_cfg_scale" in a:  # results made before the flag existed used the paper's loss
         base = evs["heldout"]["models"][names[0]]["verifier"]

@@ -89,8 +89,12 @@ def test_real_clips_names_the_fine_tune_seed_when_the_record_has_one(tmp_path, m
     (tmp_path / "alignment").mkdir()
     monkeypatch.setattr(render_results, "RESULTS", tmp_path)
     (tmp_path / "alignment" / "r.json").write_text(json.dumps(record))
-    assert "| tuned on real renders (verifier 0.96), fine-tune seed 1 |" in render_results.real_clips("r.json")
+    table = render_results.real_clips("r.json")
+    assert "| tuned on real renders (verifier 0.96), fine-tune seed 1 |" in table
+    assert "- tuned on real renders, fine-tune seed 0: type " in table  # each attribute's paired change, per model
     del record["settings"]["seed"]
+    del record["evaluations"]["heldout"]["paired_by_attribute"]  # as in records made before evaluate.py kept it
     (tmp_path / "alignment" / "r.json").write_text(json.dumps(record))
     table = render_results.real_clips("r.json")
     assert "| tuned on real renders (verifier 0.96) |" in table and "fine-tune seed 1" not in table
+    assert "paired by prompt" not in table

@@ -14,12 +14,14 @@ of a prompt's samples. Per reward, over the prompts of the table:
   best-of-n selection by this reward buys on the referee, i.e. what `--weighting topk --top_k 1/n` trains toward;
 - `oracle_gain`: the same with the referee choosing (the most any reward could buy from this table).
 
-Each with a 95 % percentile-bootstrap interval over prompts. When the referee has parts (the verifier's
-`verifier/<attribute>` columns), `by_part` says where a prompt's samples differ and whether the reward hears it: for
-the referee and each part, the pairs of one prompt's samples that it tells apart and the share of them the reward
-orders the same way (a reward tie counts half; chance 0.5), with an interval over prompts. A reward whose `top1_gain` interval covers 0 gives
-fine-tuning nothing to learn about the referee's criterion from this table. The result is also written (atomically)
-to `<rollout>/agreement-<referee>.json`.
+Each with a 95 % percentile-bootstrap interval over prompts. A reward whose `top1_gain` interval covers 0 gives
+fine-tuning nothing to learn about the referee's criterion from this table.
+
+`by_part` says where a prompt's samples differ and whether the reward hears it: for the referee and each of its parts
+(the verifier's `verifier/<attribute>` columns), the pairs of one prompt's samples that it tells apart and the share
+of them the reward orders the same way (a reward tie counts half; chance 0.5), with an interval over prompts.
+
+The result is also written (atomically) to `<rollout>/agreement-<referee>.json`.
 """
 
 from __future__ import annotations

@@ -787,6 +787,19 @@ def reward_hearing(name: str = "reward_hearing.json") -> str:
     return "\n".join(lines) + "\n\n" + ".\n".join(notes) + ".\n"
 
 
+def reward_hearing_picks(name: str = "reward_hearing.json") -> str:
+    """`experiments/reward_hearing.py`'s `pick_by_part`: per verifier check, what each prompt's best clip by the
+    verifier (the oracle's pick) and by CLAP gains over the prompt's mean, on each rollout."""
+    r = _load(RESULTS / "alignment" / name)["rollouts"]
+    labels = list(r)
+    head = ["the verifier's check"] + [c for label in labels for c in (f"verifier's pick: {label}", "CLAP's pick")]
+    lines = [_row(head), "|---|" + "---|---|" * len(labels)]
+    for part in r[labels[0]]["pick_by_part"]["verifier"]:
+        lines.append(_row([part, *[_bci(r[label]["pick_by_part"][who][part]) for label in labels
+                                   for who in ("verifier", "clap")]]))  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def aesthetics(name: str = "results.json") -> str:
     """Degraded clips (read from the audio by the SynthCaps classifier) of the base, the control and the
     aesthetics-tuned model of one study, and the aesthetics run against its control where the study paired them."""
@@ -1103,6 +1116,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "real-clips-heldout": lambda: real_clips("real_clips_heldout.json"),
     "real-clips-heldout-seed1": lambda: real_clips("real_clips_heldout_seed1.json"),
     "reward-hearing": reward_hearing,
+    "reward-hearing-picks": reward_hearing_picks,
     "aesthetics": aesthetics,
     "tau": tau,
     "best-of-n": best_of_n,

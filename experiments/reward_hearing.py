@@ -5,7 +5,8 @@ in one number: on the held-out rollout CLAP's pick of each prompt's best clip ga
 script asks which attributes that number is made of. For each rollout and reward it runs `rewardflow/agreement.py`
 (the referee `verifier`, with its per-attribute pairs, `by_part`), and splits fade and loudness by whether the
 prompt sets them (a fade in or out, a loud or quiet level) or leaves them at SynthCaps' default (no fade, normal
-level), which is most prompts and which their captions do not mention:
+level), which is most prompts and which their captions do not mention. `pick_by_part` says what each prompt's best
+clip by a reward (the verifier's pick is the oracle's) gains on each check over the prompt's mean:
 
     python experiments/reward_hearing.py --rollouts outputs/align-heldout/lr/rollout outputs/agreement-fresh/rollout \\
         outputs/align-heldout/cfm/rollout --labels "MaskAudioFlow, prompts 1000-1191" \\
@@ -51,7 +52,7 @@ def split_by_default(attributes: list[str], values: np.ndarray, name: str) -> di
 
 def hearing(rollout: str, rewards: list[str], bootstrap: int) -> dict:
     """The agreement result for one rollout plus `by_default`: fade and loudness pairs split as above."""
-    from rewardflow.agreement import AgreementConfig, agreement, pairwise_agreement
+    from rewardflow.agreement import AgreementConfig, agreement, pairwise_agreement, within_prompt_agreement
     from rewardflow.objectives import resolve_reward
     from rewardflow.rollout_table import load_rollout
 
@@ -68,6 +69,17 @@ def hearing(rollout: str, rewards: list[str], bootstrap: int) -> dict:
             for name in DEFAULTS
             for which, values in split_by_default(attributes, table[f"reward/verifier/{name}"], name).items()
         }
+    # what each prompt's best clip by a reward gains on each check over the prompt's mean: what a best-of-n round
+    # offers the fine-tune, check by check (the verifier's pick is the oracle's)
+    referee_parts = [c.removeprefix("reward/verifier/") for c in table if c.startswith("reward/verifier/")]
+    result["pick_by_part"] = {
+        spec: {
+            part: within_prompt_agreement(resolve_reward(spec, table)[0], table[f"reward/verifier/{part}"], groups,
+                                          bootstrap)["top1_gain"]
+            for part in referee_parts
+        }
+        for spec in ["verifier", *rewards]
+    }  # fmt: skip
     result["settings"] = run["settings"]
     result["model"] = run["model"]
     result.pop("table")

@@ -774,6 +774,13 @@ def test_reward_hearing_splits_each_attribute_by_whether_the_prompt_sets_it(tmp_
         whole = tiny["by_part"]["verifier"][name]["pairs"]
         split = [tiny["by_default"]["verifier"][f"{name}, {w}"]["pairs"] for w in ("set", "default")]
         assert sum(split) == whole
+    assert set(tiny["pick_by_part"]) == {"verifier", "verifier:-1"} and "fade" in tiny["pick_by_part"]["verifier"]
+    # picking by the fade check itself gains the most any pick can on fade: the prompt's best minus its mean
+    picks = reward_hearing.hearing(str(out), ["verifier/fade"], 100)["pick_by_part"]
+    fade = tiny["by_part"]["verifier"]["fade"]["pairs"]
+    assert picks["verifier/fade"]["fade"][0] >= picks["verifier"]["fade"][0] and (
+        fade == 0 or picks["verifier/fade"]["fade"][0] > 0
+    )
     shares = [a["share"][0] for a in tiny["by_part"]["verifier"].values() if a["pairs"]]
     assert shares and set(shares) == {1.0}
     reversed_ = [a["share"][0] for a in tiny["by_part"]["verifier:-1"].values() if a["pairs"]]
@@ -784,10 +791,13 @@ def test_reward_hearing_splits_each_attribute_by_whether_the_prompt_sets_it(tmp_
     # the renderer reads CLAP and aesthetics: stand the verifier and its reverse in for them
     for key in ("rewards", "by_part", "by_default"):
         tiny[key] = {"clap": tiny[key]["verifier"], "aesthetics": tiny[key]["verifier:-1"]}
+    tiny["pick_by_part"]["clap"] = tiny["pick_by_part"].pop("verifier:-1")
     path.write_text(json.dumps(result))
     monkeypatch.setattr(render_results, "RESULTS", tmp_path)
     table = render_results.reward_hearing()
     assert "| fade: the prompt sets it |" in table and "| loudness: left at the default |" in table
+    picks = render_results.reward_hearing_picks()
+    assert picks.count("\n") == 2 + len(tiny["pick_by_part"]["verifier"]) and "| fade |" in picks
     pairs = tiny["by_part"]["aesthetics"]["verifier"]["pairs"]
     assert 0 < pairs < render_results.PAIRS_FOR_INTERVAL and "aesthetics orders the verifier's pairs 0.00." in table
     monkeypatch.setattr(render_results, "PAIRS_FOR_INTERVAL", 1)  # enough pairs: an interval, bold off 0.5

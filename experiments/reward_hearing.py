@@ -61,25 +61,24 @@ def hearing(rollout: str, rewards: list[str], bootstrap: int) -> dict:
     result = agreement(AgreementConfig(rollout=rollout, referee="verifier", rewards=rewards, bootstrap=bootstrap), ds)
     table = {c: np.asarray(ds[c], dtype=np.float64) for c in ds.column_names if c.startswith("reward/")}
     groups, attributes = list(ds["prompt_id"]), list(ds["attributes"])
-    result["by_default"] = {}
-    for spec in rewards:
-        r, _ = resolve_reward(spec, table)
-        result["by_default"][spec] = {
-            f"{name}, {which}": pairwise_agreement(r, values, groups, bootstrap)
+    scores = {spec: resolve_reward(spec, table)[0] for spec in ["verifier", *rewards]}
+    result["by_default"] = {
+        spec: {
+            f"{name}, {which}": pairwise_agreement(scores[spec], values, groups, bootstrap)
             for name in DEFAULTS
             for which, values in split_by_default(attributes, table[f"reward/verifier/{name}"], name).items()
         }
+        for spec in rewards
+    }
     # what each prompt's best clip by a reward gains on each check over the prompt's mean: what a best-of-n round
     # offers the fine-tune, check by check (the verifier's pick is the oracle's)
-    referee_parts = [c.removeprefix("reward/verifier/") for c in table if c.startswith("reward/verifier/")]
+    parts = {c.removeprefix("reward/verifier/"): v for c, v in table.items() if c.startswith("reward/verifier/")}
     result["pick_by_part"] = {
         spec: {
-            part: within_prompt_agreement(resolve_reward(spec, table)[0], table[f"reward/verifier/{part}"], groups,
-                                          bootstrap)["top1_gain"]
-            for part in referee_parts
+            part: within_prompt_agreement(r, values, groups, bootstrap)["top1_gain"] for part, values in parts.items()
         }
-        for spec in ["verifier", *rewards]
-    }  # fmt: skip
+        for spec, r in scores.items()
+    }
     result["settings"] = run["settings"]
     result["model"] = run["model"]
     result.pop("table")

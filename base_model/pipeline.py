@@ -166,6 +166,7 @@ class MaskAudioFlowPipeline:
         num_steps: int = SamplingConfig.num_steps,
         method: str = SamplingConfig.method,
         cfg_scale: float = SamplingConfig.cfg_scale,
+        temperature: float = SamplingConfig.temperature,
         seconds: float | None = None,
         seed: int | list[int] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -177,7 +178,7 @@ class MaskAudioFlowPipeline:
 
         Args:
             prompts: one caption or a list.
-            num_iterations, num_steps, method, cfg_scale: sampler settings (see `base_model.sampling`).
+            num_iterations, num_steps, method, cfg_scale, temperature: sampler settings (see `base_model.sampling`).
             seconds: clip length (default: the pipeline's).
             seed: an int (sample `i` uses `seed + i`) or one int per prompt; each sample then depends only on its
                 own seed, whatever the batch. Ignored when `generator` is given.
@@ -202,6 +203,7 @@ class MaskAudioFlowPipeline:
             num_steps=num_steps,
             method=method,
             cfg_scale=cfg_scale,
+            temperature=temperature,
             generator=generator,
             return_intermediates=return_intermediates,
         )

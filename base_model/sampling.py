@@ -40,15 +40,24 @@ class SamplingConfig:
     cfg_scale: float = field(
         default=3.0, metadata={"help": "Classifier-free guidance scale: v_u + s (v_c - v_u); 1 disables guidance."}
     )
+    temperature: float = field(
+        default=1.0,
+        metadata={
+            "help": "Scale of the starting noise x_0 (MAR's temperature): 1 is the noise the model was trained "
+            "from; below 1 starts nearer the noise's mode."
+        },
+    )
 
     def __post_init__(self):
-        check_sampling(self.num_iterations, self.num_steps, self.method, self.cfg_scale)
+        check_sampling(self.num_iterations, self.num_steps, self.method, self.cfg_scale, self.temperature)
 
     def sampler_kwargs(self) -> dict:
-        return {k: getattr(self, k) for k in ("num_iterations", "num_steps", "method", "cfg_scale")}
+        return {k: getattr(self, k) for k in ("num_iterations", "num_steps", "method", "cfg_scale", "temperature")}
 
 
-def check_sampling(num_iterations: int, num_steps: int, method: str, cfg_scale: float) -> None:
+def check_sampling(
+    num_iterations: int, num_steps: int, method: str, cfg_scale: float, temperature: float = 1.0
+) -> None:
     """Refuses sampler settings that cannot run, naming the flag and the fix."""
     if not isinstance(num_iterations, int) or num_iterations < 1:
         raise ValueError(f"--num_iterations must be an integer >= 1 (paper: 8), got {num_iterations!r}.")
@@ -60,6 +69,8 @@ def check_sampling(num_iterations: int, num_steps: int, method: str, cfg_scale: 
         )
     if not isinstance(cfg_scale, (int, float)) or not math.isfinite(cfg_scale) or cfg_scale < 0:
         raise ValueError(f"--cfg_scale must be a finite number >= 0 (1 disables guidance), got {cfg_scale!r}.")
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"--temperature must be a finite number > 0 (1: the trained noise), got {temperature!r}.")
 
 
 def check_masked_sampling(flow_type: str, head_on: str, *sampling) -> None:
@@ -128,9 +139,10 @@ def decoding_schedule(num_spans: int, num_iterations: int) -> list[int]:
     return schedule
 
 
-def draw_noise_and_order(batch_size, num_frames, channels, n_spans, generator: GeneratorArg, device, dtype):
-    """Noise `x_0` `(B, T, C)` and span reveal priorities `(B, N)`, drawn per sample when given a list of
-    generators (so a clip's draws do not depend on its batch)."""
+def draw_noise_and_order(batch_size, num_frames, channels, n_spans, generator: GeneratorArg, device, dtype,
+                         temperature: float = 1.0):  # fmt: skip
+    """Noise `x_0` `(B, T, C)`, scaled by `temperature`, and span reveal priorities `(B, N)`, drawn per sample when
+    given a list of generators (so a clip's draws do not depend on its batch)."""
     if isinstance(generator, Sequence):
         if len(generator) != batch_size:
             raise ValueError(f"got {len(generator)} generators for a batch of {batch_size}; pass one per sample.")
@@ -139,7 +151,7 @@ def draw_noise_and_order(batch_size, num_frames, channels, n_spans, generator: G
     else:
         noise = torch.randn(batch_size, num_frames, channels, generator=generator, device=device)
         prio = torch.rand(batch_size, n_spans, generator=generator, device=device)
-    return noise.to(dtype), prio
+    return (noise * temperature).to(dtype), prio
 
 
 @dataclass
@@ -251,6 +263,7 @@ def sample_masked(
     num_steps: int = SamplingConfig.num_steps,
     method: str = SamplingConfig.method,
     cfg_scale: float = SamplingConfig.cfg_scale,
+    temperature: float = SamplingConfig.temperature,
     atol: float = 1e-5,
     rtol: float = 1e-5,
     generator: GeneratorArg = None,
@@ -269,11 +282,10 @@ def sample_masked(
         model ([`MaskAudioFlow`]): with `config.flow_type == "masked"`.
         text_hidden_states (`torch.Tensor` of shape `(B, L, D_text)`), text_padding_mask (`(B, L)`).
         num_frames (`int`): latent frames `T` to generate.
-        num_iterations (`int`): decoding iterations `s`.
-        num_steps (`int`): fixed-grid ODE steps per iteration (step `1 / num_steps`).
-        method (`str`): any torchdiffeq method.
+        num_iterations (`int`), num_steps (`int`): decoding iterations `s`; fixed-grid ODE steps per iteration.
+        method (`str`): any torchdiffeq method; generator (`torch.Generator` or a list of one per sample).
         cfg_scale (`float`): `v = v_uncond + cfg_scale * (v_cond - v_uncond)`; 1 skips the unconditional pass.
-        generator (`torch.Generator` or a list of one per sample).
+        temperature (`float`): every ODE starts from `temperature * x_0` (MAR's temperature); 1 is the trained noise.
         head_on (`str`): `"revealed"` integrates the per-token head only on frames revealed this iteration (MAR);
             `"masked"` integrates all currently masked frames and keeps the revealed ones. The transformer head
             always uses `"masked"` since its frames interact.
@@ -288,13 +300,13 @@ def sample_masked(
     torch.Size([2, 16, 20])
     """
     cfg = model.config
-    check_masked_sampling(cfg.flow_type, head_on, num_iterations, num_steps, method, cfg_scale)
+    check_masked_sampling(cfg.flow_type, head_on, num_iterations, num_steps, method, cfg_scale, temperature)
     per_token = head_on == "revealed" and cfg.head_type == "mlp"  # the transformer head's frames interact
     B, device = text_hidden_states.shape[0], text_hidden_states.device
     dtype = next(model.parameters()).dtype
     C, T, L = cfg.latent_channels, num_frames, cfg.span_length
     N = num_spans(T, L)
-    x_0, prio = draw_noise_and_order(B, T, C, N, generator, device, dtype)
+    x_0, prio = draw_noise_and_order(B, T, C, N, generator, device, dtype, temperature)
     by_position = prio.argsort(dim=1)  # (B, N): column p holds the span revealed p-th
     rank = by_position.argsort(dim=1)  # (B, N): reveal position of each span
     context, context_mask, rep = _prepare_context(model, text_hidden_states, text_padding_mask, cfg_scale, dtype)
@@ -333,6 +345,7 @@ def sample_cfm(
     num_steps: int = SamplingConfig.num_steps,
     method: str = SamplingConfig.method,
     cfg_scale: float = SamplingConfig.cfg_scale,
+    temperature: float = SamplingConfig.temperature,
     atol: float = 1e-5,
     rtol: float = 1e-5,
     generator: GeneratorArg = None,
@@ -346,10 +359,10 @@ def sample_cfm(
     cfg = model.config
     if cfg.flow_type != "cfm":
         raise ValueError("sample_cfm needs flow_type='cfm'; use sample_masked for MaskAudioFlow.")
-    check_sampling(1, num_steps, method, cfg_scale)
+    check_sampling(1, num_steps, method, cfg_scale, temperature)
     B, device = text_hidden_states.shape[0], text_hidden_states.device
     dtype = next(model.parameters()).dtype
-    x_0, _ = draw_noise_and_order(B, num_frames, cfg.latent_channels, 1, generator, device, dtype)
+    x_0, _ = draw_noise_and_order(B, num_frames, cfg.latent_channels, 1, generator, device, dtype, temperature)
     context, context_mask, rep = _prepare_context(model, text_hidden_states, text_padding_mask, cfg_scale, dtype)
 
     def velocity(t, x):

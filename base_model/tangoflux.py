@@ -275,7 +275,7 @@ class TangoFluxPipeline:
 
     @torch.inference_mode()
     def __call__(self, prompts, num_iterations: int = 1, num_steps: int = 50, method: str = "euler",
-                 cfg_scale: float = 4.5, seconds: float | None = None, seed=None, generator=None,
+                 cfg_scale: float = 4.5, temperature: float = 1.0, seconds: float | None = None, seed=None, generator=None,
                  decode: bool = True, vocode: bool = True, **unused):  # fmt: skip
         """Flow-matching Euler from σ = 1 on `linspace(1, 1/N, N)` then 0 (TangoFlux's `inference_flow`), one
         generator per clip for its noise (batch-independent); `num_iterations` is MaskAudioFlow's and is ignored."""
@@ -290,7 +290,7 @@ class TangoFluxPipeline:
             generator = [torch.Generator(device).manual_seed(int(s)) for s in seeds]
         T, C = self.config.audio_seq_len, self.config.in_channels
         dtype = next(self.model.parameters()).dtype
-        x = torch.stack([torch.randn(T, C, generator=g, device=device) for g in generator]).to(dtype)
+        x = torch.stack([torch.randn(T, C, generator=g, device=device) for g in generator]).to(dtype) * temperature
         enc = self.text_encoder(prompts)
         hidden, mask = enc.hidden_states.to(dtype), enc.padding_mask
         guide = cfg_scale != 1.0

@@ -300,7 +300,7 @@ def build_guardrail(args: RewardFlowConfig, model_id: str, is_main: bool):
     rewards = build_rewards(sorted(names), device="cpu")
     select = args.guard_select or args.reward
     sampling = {k: v for k, v in json.loads((Path(args.rollout) / "run.json").read_text())["settings"].items()
-                if k in ("num_iterations", "num_steps", "method", "cfg_scale")}  # fmt: skip
+                if k in ("num_iterations", "num_steps", "method", "cfg_scale", "temperature")}  # fmt: skip
     evaluator = GuardEvaluator(
         load_generator(model_id),
         rows,

@@ -66,4 +66,6 @@ class RolloutConfig(RewardArguments, SamplingConfig):
         out = {k: d[k] for k in keys}
         if self.first_prompt:  # recorded only when set, so rollouts made from the first prompt keep their settings
             out["first_prompt"] = self.first_prompt
+        if self.temperature != 1.0:  # likewise: rollouts at the trained noise keep their settings
+            out["temperature"] = self.temperature
         return out

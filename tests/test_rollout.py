@@ -162,7 +162,10 @@ def test_other_settings_refused_with_a_diff_unless_overwrite(tmp_path):
     with pytest.raises(RuntimeError, match=r"cfg_scale: 3.0 -> 2.0"):
         run(tmp_path, "--max_prompts", "1", "--rewards", "verifier", "--cfg_scale", "2.0")
     run(tmp_path, "--max_prompts", "1", "--rewards", "verifier", "--cfg_scale", "2.0", "--overwrite", "true")
-    assert json.loads((tmp_path / "run.json").read_text())["settings"]["cfg_scale"] == 2.0
+    settings = json.loads((tmp_path / "run.json").read_text())["settings"]
+    assert settings["cfg_scale"] == 2.0 and "temperature" not in settings  # recorded only when not the trained 1
+    with pytest.raises(RuntimeError, match=r"temperature: None -> 0.8"):
+        run(tmp_path, "--max_prompts", "1", "--rewards", "verifier", "--cfg_scale", "2.0", "--temperature", "0.8")
 
 
 def test_more_prompts_grow_a_rollout_in_place(tmp_path):

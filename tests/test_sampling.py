@@ -175,3 +175,22 @@ def test_cfm_sampler_intermediates_and_type_checks():
         sample_masked(cfm, torch.randn(1, 3, TEXT_DIM), None, 8)
     with pytest.raises(ValueError, match="one per sample"):
         sample_masked(model_for(), torch.randn(2, 3, TEXT_DIM), None, 8, generator=[gen()])
+
+
+@pytest.mark.parametrize("flow_type", ["masked", "cfm"])
+def test_temperature_scales_the_starting_noise(flow_type):
+    """With the velocity zeroed, every frame ends where its ODE started: `temperature * x_0`, the same draws."""
+    model = model_for(flow_type=flow_type)
+    text = torch.randn(2, 4, TEXT_DIM, generator=gen())
+    kw = dict(num_steps=4, cfg_scale=3.0)
+    trained = sample(model, text, None, 12, generator=[gen(1), gen(2)], **kw).latents
+    cooled = sample(model, text, None, 12, generator=[gen(1), gen(2)], temperature=0.5, **kw).latents
+    assert (cooled - trained).abs().max() > 1e-3  # the start moved, and so did the sample
+    model.velocity = lambda x, *args, **kwargs: torch.zeros_like(x)
+    noise = sample(model, text, None, 12, generator=[gen(1), gen(2)], **kw).latents
+    half = sample(model, text, None, 12, generator=[gen(1), gen(2)], temperature=0.5, **kw).latents
+    torch.testing.assert_close(half, 0.5 * noise)
+    assert noise.std() > 0.5  # the trained noise, not a canvas of zeros
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="--temperature"):
+            sample(model, text, None, 12, temperature=bad)

@@ -30,6 +30,7 @@ def _refused(cli, argv, error, match, within=20.0):
     [
         (rollout_cli, ["--cfg_scale", "nan"], "--cfg_scale must be a finite number"),
         (rollout_cli, ["--num_steps", "0"], "--num_steps must be an integer >= 1"),
+        (evaluate_cli, ["--temperature", "0"], "--temperature must be a finite number > 0"),
         (rollout_cli, ["--method", "leapfrog"], "--method 'leapfrog' is not a torchdiffeq solver"),
         (rollout_cli, ["--max_nan_fraction", "2"], r"--max_nan_fraction must be in \[0, 1\]"),
         (rollout_cli, ["--num_generations", "0"], "--num_generations must be an integer >= 1"),

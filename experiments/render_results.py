@@ -350,34 +350,37 @@ def head_ablation() -> str:
     return "\n".join(lines) + "\n"
 
 
-def sampling_temperature(name: str = "temperature.json") -> str:
-    """`experiments/sampling_temperature.py`: each model at each temperature on the prompts the temperature is picked
-    on, then the pick against 1 on fresh prompts, with the shuffled-prompt control and CFM − masked."""
-    r = _load(RESULTS / "generator" / name)
-    models = r["settings"]["models"]
+def sampler_sweep(setting: str = "temperature") -> str:
+    """`experiments/sampler_sweep.py`: each model at each value of one sampler setting on the prompts the values are
+    picked on, then each model's pick against the reference on fresh prompts, with the shuffled-prompt control and
+    CFM − masked."""
+    r = _load(RESULTS / "generator" / f"sampler_{setting}.json")
+    models, ref = r["settings"]["models"], f"{r['reference']:g}"
     names = {"synthcaps": "MaskAudioFlow", "synthcaps-cfm": "CFM baseline"}
+    label = {"temperature": "temperature", "cfg_scale": "CFG"}.get(setting, setting)
     attrs = ["type", "pitch", "tempo", "colour", "fade", "loudness"]
-    lines = [_row(["prompts", "model", "temperature", "verifier", "Δ verifier vs 1, paired", *attrs, "mel Fréchet"]),
-             "|" + "---|" * (len(attrs) + 5)]  # fmt: skip
-    for key, label in (("decide", "picked on"), ("confirm", "fresh")):
+    lines = [_row(["prompts", "model", label, "verifier", f"Δ verifier vs {ref}, paired", *attrs, "mel Fréchet"]),
+             "|" + "---|" * (len(attrs) + 6)]  # fmt: skip
+    for key, kind in (("decide", "picked on"), ("confirm", "fresh")):
         part = r[key]
         first, last = part["prompts"]
         for model in models:
-            for t, row in sorted(part[model].items(), key=lambda kv: -float(kv[0])):
-                d = row.get("vs_temperature_1", {}).get("verifier")
-                lines.append(_row([f"{first}–{last} ({label})", names.get(model, model), t, _f(row["verifier"]),
+            for v, row in part[model].items():
+                d = row.get("vs_reference", {}).get("verifier")
+                lines.append(_row([f"{first}–{last} ({kind})", names.get(model, model), v, _f(row["verifier"]),
                                    _bci(d) if d else "—", *[_f(row.get(k)) for k in attrs],
                                    _f(row["mel_frechet"], 1)]))  # fmt: skip
     s = r["settings"]
-    lines.append(f"\nHeld-out-composition prompts, {s['samples']} clips each (seeds {r['seeds']}), CFG {r['cfg_scale']}; "
-                 f"MaskAudioFlow 8 iterations × {s['num_steps']} steps, CFM {s['num_steps']} steps. Differences are "
-                 "paired by prompt (the mean over its clips), 95 % bootstrap intervals. Picked: temperature "
-                 f"{r['picked_temperature']:g}, the masked model's best on the first set.")  # fmt: skip
+    picks = ", ".join(f"{names.get(m, m)} {v:g}" for m, v in r["picked"].items())
+    lines.append(f"\nHeld-out-composition prompts, {s['samples']} clips each (seeds {r['seeds']}); MaskAudioFlow 8 "
+                 f"iterations × {s['num_steps']} steps, CFM {s['num_steps']} steps; every other sampler setting at its "
+                 "default (CFG 3, temperature 1). Differences are paired by prompt (the mean over its clips), 95 % "
+                 f"bootstrap intervals. Each model's best {label} on the first set: {picks}.")  # fmt: skip
     masked = names.get(models[0], models[0])
-    for t in sorted({"1", f"{r['picked_temperature']:g}"}, key=float, reverse=True):
-        c = r["confirm"][f"controls_at_{t}"]
+    for v in r["confirm"][models[0]]:
+        c = r["confirm"][f"controls_at_{v}"]
         others = "; ".join(f"{names.get(m, m)} − {masked} {_bci(c[f'{m}_minus_{models[0]}'])}" for m in models[1:])
-        lines.append(f"\nFresh prompts at temperature {t}: {masked} − the same clips against shuffled prompts "
+        lines.append(f"\nFresh prompts at {label} {v}: {masked} − the same clips against shuffled prompts "
                      f"{_bci(c['own_minus_shuffled'])}; {others}.")  # fmt: skip
     return "\n".join(lines) + "\n"
 
@@ -1166,7 +1169,8 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "decoding-scaling": decoding_scaling,
     "masking-ablation": masking_ablation,
     "head-ablation": head_ablation,
-    "sampling-temperature": sampling_temperature,
+    "sampler-temperature": sampler_sweep,
+    "sampler-cfg-scale": lambda: sampler_sweep("cfg_scale"),
     "bench-headline": bench_headline,
     "vocoder": vocoder,
     "vocoder-sweep": vocoder_sweep,

@@ -804,35 +804,37 @@ def test_reward_hearing_splits_each_attribute_by_whether_the_prompt_sets_it(tmp_
     assert "aesthetics orders the verifier's pairs **0.00 [0.00, 0.00]**" in render_results.reward_hearing()
 
 
-def test_sampling_temperature_picks_on_one_set_confirms_on_another_and_resumes(tmp_path, monkeypatch):
-    import experiments.sampling_temperature as st
+def test_sampler_sweep_picks_on_one_set_confirms_on_another_and_resumes(tmp_path, monkeypatch):
+    import experiments.sampler_sweep as sw
     from experiments import render_results
 
-    with pytest.raises(ValueError, match="--temperatures must include 1.0"):
-        st.TemperatureArguments(temperatures=[0.9, 0.8])
+    with pytest.raises(ValueError, match="--temperature must be a finite number > 0"):
+        sw.SweepArguments(values=[1.0, 0.0])
+    with pytest.raises(ValueError, match="--values must be two or more distinct"):
+        sw.SweepArguments(setting="cfg_scale", values=[3.0, 3.0])
     with pytest.raises(ValueError, match="--confirm_first 10 overlaps"):
-        st.TemperatureArguments(decide_prompts=64, confirm_first=10)
-    a = st.TemperatureArguments(temperatures=[1.0, 0.5], decide_prompts=3, confirm_first=100, confirm_prompts=3,
-                                samples=1, num_steps=2, output_dir=str(tmp_path / "out"),
-                                results_dir=str(tmp_path / "results" / "generator"))  # fmt: skip
-    result = st.main(a)
-    pick = result["picked_temperature"]
+        sw.SweepArguments(decide_prompts=64, confirm_first=10)
+    assert sw.SweepArguments(setting="cfg_scale").values[0] == 3.0  # the sampler's default is the reference
+    a = sw.SweepArguments(values=[1.0, 0.5], decide_prompts=3, confirm_first=100, confirm_prompts=3, samples=1,
+                          num_steps=2, output_dir=str(tmp_path / "out"),
+                          results_dir=str(tmp_path / "results" / "generator"))  # fmt: skip
+    result = sw.main(a)
     decide, confirm = result["decide"], result["confirm"]
-    assert pick in (1.0, 0.5) and confirm["prompts"] == [100, 102]
+    assert set(result["picked"]) == set(a.models) and confirm["prompts"] == [100, 102]
+    confirmed = {"1"} | {f"{v:g}" for v in result["picked"].values()}
     for model in a.models:
-        assert set(decide[model]) == {"1", "0.5"} and set(confirm[model]) == {"1", f"{pick:g}"}
-        assert "vs_temperature_1" not in decide[model]["1"]
-        d = decide[model]["0.5"]["vs_temperature_1"]["verifier"]  # paired over the same prompts: the means' difference
+        assert set(decide[model]) == {"1", "0.5"} and set(confirm[model]) == confirmed
+        assert "vs_reference" not in decide[model]["1"]
+        d = decide[model]["0.5"]["vs_reference"]["verifier"]  # paired over the same prompts: the means' difference
         assert d["prompts"] == 3
         assert d["mean"] == pytest.approx(decide[model]["0.5"]["verifier"] - decide[model]["1"]["verifier"], abs=2e-4)
-    assert (
-        decide["synthcaps"]["1"]["decoding_iterations"] == 8
-        and decide["synthcaps-cfm"]["1"]["decoding_iterations"] == 1
-    )
+        best = max(decide[model], key=lambda v: decide[model][v]["verifier"])
+        assert decide[model][best]["verifier"] == decide[model][f"{result['picked'][model]:g}"]["verifier"]
+    assert [decide[m]["1"]["decoding_iterations"] for m in a.models] == [8, 1]
     assert "synthcaps-cfm_minus_synthcaps" in confirm["controls_at_1"]
-    monkeypatch.setattr(st, "run_one", lambda *args, **kw: pytest.fail("a finished run was generated again"))
-    assert st.main(a) == result
+    monkeypatch.setattr(sw, "run_one", lambda *args, **kw: pytest.fail("a finished run was generated again"))
+    assert sw.main(a) == result
     monkeypatch.setattr(render_results, "RESULTS", tmp_path / "results")
-    table = render_results.sampling_temperature()
+    table = render_results.sampler_sweep("temperature")
     assert "| 0–2 (picked on) | MaskAudioFlow | 0.5 |" in table and "| 100–102 (fresh) | CFM baseline | 1 |" in table
     assert "Fresh prompts at temperature 1: MaskAudioFlow − the same clips against shuffled prompts" in table

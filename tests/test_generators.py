@@ -155,6 +155,20 @@ def test_tangoflux_sampler_is_flow_matching_euler_from_noise(tangoflux_dir):
     assert noise.shape == out.latents[0].shape
 
 
+def test_every_generator_takes_the_sampler_temperature(generator):
+    kw = dict(seed=[11], num_steps=2, num_iterations=2, decode=False)
+    trained, cooled = (generator(CAPTIONS[:1], temperature=t, **kw).latents for t in (1.0, 0.5))
+    assert torch.isfinite(cooled).all() and (cooled - trained).abs().max() > 1e-3
+
+
+def test_tangoflux_temperature_scales_the_starting_noise(tangoflux_dir):
+    pipe = load_generator(f"tangoflux:{tangoflux_dir}")
+    noise = torch.randn(pipe.num_frames(), pipe.model.config.latent_channels, generator=gen(9))
+    pipe.model.velocity = lambda x, *args: torch.zeros_like(x)  # every step keeps the start
+    out = pipe(["a dog barks"], seed=[9], num_steps=2, cfg_scale=1.0, temperature=0.5, decode=False)
+    torch.testing.assert_close(out.latents[0], 0.5 * noise)
+
+
 def test_tangoflux_unconditional_half_is_t5_of_empty_padded_to_the_prompts(tangoflux_dir):
     """As TangoFlux's `encode_text_classifier_free`: `""` is tokenized to the conditional batch's length and T5
     encodes the pad tokens too, since Flux's joint attention sees every text position (no mask)."""

@@ -275,14 +275,17 @@ class TangoFluxPipeline:
 
     @torch.inference_mode()
     def __call__(self, prompts, num_iterations: int = 1, num_steps: int = 50, method: str = "euler",
-                 cfg_scale: float = 4.5, temperature: float = 1.0, seconds: float | None = None, seed=None, generator=None,
-                 decode: bool = True, vocode: bool = True, **unused):  # fmt: skip
+                 cfg_scale: float = 4.5, temperature: float = 1.0, seconds: float | None = None, seed=None,
+                 generator=None, decode: bool = True, vocode: bool = True, **unused):  # fmt: skip
         """Flow-matching Euler from σ = 1 on `linspace(1, 1/N, N)` then 0 (TangoFlux's `inference_flow`), one
-        generator per clip for its noise (batch-independent); `num_iterations` is MaskAudioFlow's and is ignored."""
+        generator per clip for its noise (batch-independent), scaled by `temperature`; `num_iterations` is
+        MaskAudioFlow's and is ignored."""
         from .pipeline import AudioPipelineOutput
+        from .sampling import check_sampling
 
         if method != "euler":
             raise ValueError(f"TangoFlux samples with flow-matching Euler; got --method {method!r}.")
+        check_sampling(1, num_steps, method, cfg_scale, temperature)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         device, B = self.device, len(prompts)
         if generator is None:

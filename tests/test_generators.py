@@ -167,6 +167,8 @@ def test_tangoflux_temperature_scales_the_starting_noise(tangoflux_dir):
     pipe.model.velocity = lambda x, *args: torch.zeros_like(x)  # every step keeps the start
     out = pipe(["a dog barks"], seed=[9], num_steps=2, cfg_scale=1.0, temperature=0.5, decode=False)
     torch.testing.assert_close(out.latents[0], 0.5 * noise)
+    with pytest.raises(ValueError, match="--temperature must be a finite number > 0"):
+        pipe(["a dog barks"], seed=[9], num_steps=2, temperature=0.0, decode=False)
 
 
 def test_tangoflux_unconditional_half_is_t5_of_empty_padded_to_the_prompts(tangoflux_dir):

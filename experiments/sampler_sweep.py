@@ -123,6 +123,7 @@ def sweep(a: SweepArguments, name: str, rows: list[dict], values, pipes, verifie
     from base_model.files import atomic_write_json
 
     prefix = SETTINGS[a.setting][1]
+    made_with = {"prompts": [r["index"] for r in rows], "samples": a.samples, "num_steps": a.num_steps}
     out = {}
     for model in a.models:
         out[model] = {}
@@ -132,9 +133,11 @@ def sweep(a: SweepArguments, name: str, rows: list[dict], values, pipes, verifie
                 print(f"{name}: {model} at {a.setting} {v:g}", flush=True)
                 run = run_one(pipes[model], rows, a.samples, {a.setting: v}, a.num_steps, verifier, real)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_json(path, run | {"prompts": [r["index"] for r in rows], "samples": a.samples,
-                                               "num_steps": a.num_steps})  # fmt: skip
+                atomic_write_json(path, run | made_with)
             out[model][v] = json.loads(path.read_text())
+            if {k: out[model][v].get(k) for k in made_with} != made_with:
+                raise RuntimeError(f"{path} was made with other prompts, --samples or --num_steps; use another "
+                                   "--output_dir to keep it, or delete it to make it again.")  # fmt: skip
     return out
 
 

@@ -1,5 +1,6 @@
 """Experiment scripts at toy size: each writes its result with every figure or an explicit n/a."""
 
+import dataclasses
 import json
 import math
 
@@ -834,6 +835,8 @@ def test_sampler_sweep_picks_on_one_set_confirms_on_another_and_resumes(tmp_path
     assert "synthcaps-cfm_minus_synthcaps" in confirm["controls_at_1"]
     monkeypatch.setattr(sw, "run_one", lambda *args, **kw: pytest.fail("a finished run was generated again"))
     assert sw.main(a) == result
+    with pytest.raises(RuntimeError, match="made with other prompts, --samples or --num_steps"):
+        sw.main(dataclasses.replace(a, samples=2))  # a finished run is not reused for other settings
     monkeypatch.setattr(render_results, "RESULTS", tmp_path / "results")
     table = render_results.sampler_sweep("temperature")
     assert "| 0–2 (picked on) | MaskAudioFlow | 0.5 |" in table and "| 100–102 (fresh) | CFM baseline | 1 |" in table

@@ -5,7 +5,13 @@
 
 SynthCaps by default (`--dataset` takes an AudioCaps-style table). Mels, latents and text encodings are computed
 once and cached; the model's own per-sample loss is averaged; an EMA of the weights is kept (and checkpointed);
-audio samples and spectrograms are written every `--sample_every` steps; `--resume_from_checkpoint` resumes.
+audio samples and spectrograms are written every `--sample_every` steps; `--resume_from_checkpoint` resumes;
+`--init_from synthcaps` (or any pipeline folder) continues pretraining a trained model, with its own VAE and text
+encoder, e.g. to anneal the bundled model's learning rate:
+
+    python base_model/pretrain.py --init_from synthcaps --lr_scheduler_type linear --max_steps 600 \
+        --per_device_train_batch_size 256 --bf16 true --resume_from_checkpoint latest
+
 The final EMA model is saved as a complete pipeline folder (`<output_dir>/final`) that
 `MaskAudioFlowPipeline.from_pretrained` loads.
 """
@@ -70,6 +76,66 @@ class FlowModelArguments:
         default_factory=lambda: ["a high pitched beep repeating quickly", "brown noise followed by a rising sweep"],
         metadata={"help": "Prompts for the periodic samples."},
     )
+    init_from: str = field(
+        default="",
+        metadata={
+            "help": "Continue pretraining a trained pipeline (a bundled name such as 'synthcaps', or a "
+            "save_pretrained folder): its flow weights, architecture, masking recipe, VAE and text encoder."
+        },
+    )
+
+
+# The flags that fix a flow model's architecture and masking recipe; `--init_from` takes them from its checkpoint.
+MODEL_FLAGS = (
+    "hidden_size",
+    "num_layers",
+    "num_heads",
+    "head_layers",
+    "head_hidden_size",
+    "head_type",
+    "flow_type",
+    "span_length",
+    "mask_ratio",
+    "mask_ratio_mode",
+    "text_dropout_prob",
+    "flow_batch_mul",
+)
+
+
+def resolve_init(m: FlowModelArguments) -> FlowModelArguments:
+    """For `--init_from`: the arguments with the pipeline's VAE and text encoder filled in, after refusing any model
+    flag, `--vae` or `--text_encoder` that disagrees with the pipeline (flags left at their defaults take its
+    values). Without `--init_from`, `m` unchanged."""
+    if not m.init_from:
+        return m
+    from dataclasses import replace
+
+    from base_model.files import file_hash
+    from base_model.pipeline import resolve_pipeline_path
+
+    path = resolve_pipeline_path(m.init_from)
+    config = json.loads((path / "flow" / "config.json").read_text())
+    defaults = FlowModelArguments()
+    for k in MODEL_FLAGS:
+        given = getattr(m, k)
+        if given != getattr(defaults, k) and given != config.get(k):
+            raise ValueError(
+                f"--{k} {given} disagrees with --init_from {m.init_from} ({k}={config.get(k)}): continued "
+                f"pretraining keeps the checkpoint's architecture and masking recipe; leave --{k} out."
+            )
+    vae = path / "vae"
+    if m.vae != defaults.vae and file_hash(m.vae) != file_hash(vae):
+        raise ValueError(
+            f"--vae {m.vae} is not the VAE of --init_from {m.init_from}: its flow model was trained on {vae}'s "
+            "latents; leave --vae out."
+        )
+    text = json.loads((path / "pipeline.json").read_text())["text_encoder"]["name_or_path"]
+    if m.text_encoder not in (defaults.text_encoder, text):
+        raise ValueError(
+            f"--text_encoder {m.text_encoder} is not the text encoder of --init_from {m.init_from} ({text}); "
+            "leave --text_encoder out."
+        )
+    return replace(m, vae=str(vae), text_encoder=text)
 
 
 def build_config(m: FlowModelArguments, text_hidden_size: int, latent_channels: int):
@@ -124,6 +190,7 @@ def main(args: PretrainConfig, model_args: FlowModelArguments, data: CorpusArgum
     """Pretrains and saves `<output_dir>/final`; `measure(step, model)`, when given, is called at every checkpoint
     with the EMA weights (see `MeasureOnSaveCallback`)."""
     from base_model import GriffinLimVocoder, MaskAudioFlow, MaskAudioFlowPipeline, MelVAE
+    from base_model.pipeline import resolve_pipeline_path
     from base_model.text_encoders import load_text_encoder
     from base_model.training import (
         AudioSampleCallback,
@@ -138,6 +205,7 @@ def main(args: PretrainConfig, model_args: FlowModelArguments, data: CorpusArgum
     )
 
     torch.manual_seed(args.seed)
+    model_args = resolve_init(model_args)
     if not (Path(model_args.vae) / "config.json").is_file():
         raise FileNotFoundError(
             f"No trained VAE at {model_args.vae}: train one with base_model/train_vae.py and pass "
@@ -146,8 +214,10 @@ def main(args: PretrainConfig, model_args: FlowModelArguments, data: CorpusArgum
     vae = MelVAE.from_pretrained(model_args.vae).eval()
     text_encoder = load_text_encoder(model_args.text_encoder)
     latents, text = encode_corpus(data, model_args.vae, vae, text_encoder, args.device)
-    config = build_config(model_args, text_encoder.hidden_size, vae.latent_channels)
-    model = MaskAudioFlow(config)
+    if model_args.init_from:
+        model = MaskAudioFlow.from_pretrained(resolve_pipeline_path(model_args.init_from) / "flow")
+    else:
+        model = MaskAudioFlow(build_config(model_args, text_encoder.hidden_size, vae.latent_channels))
 
     def build_pipeline(m):
         return MaskAudioFlowPipeline(

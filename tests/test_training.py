@@ -196,6 +196,52 @@ def test_build_rejects_an_unknown_corpus():
         BuildArguments(corpus="synthjazz")
 
 
+def _continue_args(out, init, steps, extra=()):
+    return pretrain.make_parser().parse_args_and_config(
+        args=["--output_dir", str(out), "--init_from", str(init), "--max_steps", str(steps),
+              "--num_train_examples", "16", "--per_device_train_batch_size", "4", "--save_steps", "100",
+              "--report_to", "none", "--seed", "3", "--warmup_steps", "0", "--cache_dir", str(out / "cache"), *extra]
+    )  # fmt: skip
+
+
+def test_init_from_continues_a_trained_pipeline(small_vae, tmp_path):
+    from base_model import MaskAudioFlowPipeline
+
+    vae, _ = small_vae
+    pretrain.main(*_pretrain_args(tmp_path / "base", vae, 2))
+    base = tmp_path / "base" / "final"
+    before = load_file(str(base / "flow" / "model.safetensors"))
+    # No --hidden_size or --vae: the 32-wide architecture and the VAE come from the pipeline. With a zero learning
+    # rate its weights come through unchanged (EMA included); with a positive one they move.
+    pretrain.main(*_continue_args(tmp_path / "still", base, 2, ["--learning_rate", "0"]))
+    still = load_file(str(tmp_path / "still" / "final" / "flow" / "model.safetensors"))
+    assert before.keys() == still.keys() and all(torch.equal(before[k], still[k]) for k in before)
+    pretrain.main(*_continue_args(tmp_path / "moved", base, 2, ["--learning_rate", "1e-2"]))
+    pipe = MaskAudioFlowPipeline.from_pretrained(tmp_path / "moved" / "final")
+    assert pipe.model.config.hidden_size == 32
+    moved = pipe.model.state_dict()
+    assert not all(torch.equal(before[k], moved[k]) for k in before)
+    assert (tmp_path / "moved" / "final" / "vae" / "model.safetensors").read_bytes() == (
+        base / "vae" / "model.safetensors"
+    ).read_bytes()
+
+
+def test_init_from_refuses_flags_that_disagree(small_vae, tmp_path):
+    vae, _ = small_vae
+    pretrain.main(*_pretrain_args(tmp_path / "base", vae, 1))
+    base = tmp_path / "base" / "final"
+    for extra, flag in (
+        (["--hidden_size", "64"], "--hidden_size 64"),
+        (["--flow_type", "cfm"], "--flow_type cfm"),
+        (["--vae", str(ROOT / "base_model" / "pretrained" / "synthcaps" / "vae")], "--vae"),
+        (["--text_encoder", "other/encoder"], "--text_encoder other/encoder"),
+    ):
+        with pytest.raises(ValueError, match=f"{flag}.*leave --"):
+            pretrain.main(*_continue_args(tmp_path / "x", base, 1, extra))
+    # the same value as the checkpoint's is not a disagreement
+    assert pretrain.main(*_continue_args(tmp_path / "ok", base, 1, ["--hidden_size", "32"]))["steps"] == 1
+
+
 def test_pretrain_time_budget_stops_on_a_checkpoint(small_vae, tmp_path):
     vae, _ = small_vae
     # A zero-second budget ends the sitting at the first step's end, with a checkpoint (EMA included) to resume from.

@@ -313,6 +313,40 @@ def decoding_scaling() -> str:
     return "\n".join(lines) + "\n"
 
 
+def continued_pretraining(flow: str = "masked") -> str:
+    """`experiments/continued_pretraining.py` (`generator/continued_<flow>.json`): the bundled model and its CPU
+    continuation on each prompt set, per verifier attribute, then their paired difference; the run's recipe and cost."""
+    r = _load(RESULTS / "generator" / f"continued_{flow}.json")
+    a, run = r["settings"], r["run"]
+    attrs = list(r["decide"]["verifier_by_attribute"][r["decide"]["settings"]["models"][0]])
+    lines = [_row(["prompts", "model", "verifier", *attrs, "KL", "mel Fréchet"]), "|" + "---|" * (len(attrs) + 5)]
+    steps = run["sittings"][-1]["to_step"]
+    for part in ("decide", "confirm"):
+        e = r[part]
+        s, (base, tuned) = e["settings"], e["settings"]["models"]
+        where = f"{s['first_prompt']}–{s['first_prompt'] + s['max_prompts'] - 1}, {s['num_samples']} clips each"
+        for model, name in ((base, f"{base} (bundled)"), (tuned, f"continued {steps} steps")):
+            m, by = e["models"][model], e["verifier_by_attribute"][model]
+            cells = [_f(m["verifier"]), *[_f(by.get(k, {}).get("accuracy")) for k in attrs], _f(m["kl"]),
+                     _f(m["mel_frechet"], 1)]  # fmt: skip
+            lines.append(_row([where, name, *cells]))
+        d = e["paired_vs_first"][tuned]
+        lines.append(_row([where, "continued − bundled, paired", _bci(d["verifier"]), *[""] * len(attrs),
+                           _bci(d["kl"]), ""]))  # fmt: skip
+    seconds = sum(x["seconds"] for x in run["sittings"])
+    machines = sorted({f"{x['machine']}, {x['cpu_count']} cores" for x in run["sittings"]})
+    lines.append(
+        f"\nContinued from the bundled weights for {steps} steps × {a['batch_size']} clips (the first "
+        f"{a['num_train_examples']} of the corpus), bf16, learning rate warmed up over {a['warmup_steps']} steps to "
+        f"{a['learning_rate']:g} then linearly to 0, EMA {a['ema_decay']:g}; {seconds / 60:.0f} min of training "
+        f"({seconds / max(steps, 1):.1f} s per step; {'; '.join(machines)}). Training loss {run['loss'][0][1]:.3f} "
+        f"at step {run['loss'][0][0]}, {run['loss'][-1][1]:.3f} at step {run['loss'][-1][0]}. Paired differences "
+        f"are over prompts (each the mean of its clips), with 95 % bootstrap intervals; CFG 3, "
+        f"{r['decide']['settings']['num_iterations']} iterations × {a['num_steps']} steps."
+    )
+    return "\n".join(lines) + "\n"
+
+
 def masking_ablation() -> str:
     r = _load(RESULTS / "masking_ablation" / "results.json")
     lines = [_row(["ratio p", "span l", "verifier", "KL", "mel Fréchet", f"Δ verifier vs {r['reference']}",
@@ -1168,6 +1202,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "generator-seeds": generator_seeds,
     "decoding-scaling": decoding_scaling,
     "masking-ablation": masking_ablation,
+    "continued-masked": continued_pretraining,
     "head-ablation": head_ablation,
     "sampler-temperature": sampler_sweep,
     "sampler-cfg-scale": lambda: sampler_sweep("cfg_scale"),

@@ -841,3 +841,41 @@ def test_sampler_sweep_picks_on_one_set_confirms_on_another_and_resumes(tmp_path
     table = render_results.sampler_sweep("temperature")
     assert "| 0–2 (picked on) | MaskAudioFlow | 0.5 |" in table and "| 100–102 (fresh) | CFM baseline | 1 |" in table
     assert "Fresh prompts at temperature 1: MaskAudioFlow − the same clips against shuffled prompts" in table
+
+
+def test_continued_pretraining_tiny(tmp_path, monkeypatch):
+    import experiments.continued_pretraining as cp
+    from experiments import render_results
+    from rewardflow import evaluate
+
+    with pytest.raises(ValueError, match="--flow must be one of masked, cfm"):
+        cp.ContinueArguments(flow="dit")
+    with pytest.raises(ValueError, match="--warmup_steps must be in"):
+        cp.ContinueArguments(max_steps=10, warmup_steps=10)
+    a = cp.ContinueArguments(max_steps=2, warmup_steps=0, batch_size=4, num_train_examples=16, render_workers=1,
+                             save_steps=1, decide_prompts=2, decide_samples=2, confirm_first=100, confirm_prompts=2,
+                             confirm_samples=1, num_steps=2, output_dir=str(tmp_path / "out"),
+                             cache_dir=str(tmp_path / "cache"),
+                             results_dir=str(tmp_path / "results" / "generator"))  # fmt: skip
+    result = cp.main(a)
+    assert result["run"]["sittings"][-1]["to_step"] == 2 and "--init_from synthcaps" in result["run"]["command"]
+    assert result["confirm"]["per_prompt"][str(tmp_path / "out" / "run" / "final")]["prompt_ids"] == [
+        "synthcaps-heldout-000100",
+        "synthcaps-heldout-000101",
+    ]
+    import torch
+    from safetensors.torch import load_file
+
+    bundled = load_file(str(cp.ROOT / "base_model" / "pretrained" / "synthcaps" / "flow" / "model.safetensors"))
+    continued = load_file(str(tmp_path / "out" / "run" / "final" / "flow" / "model.safetensors"))
+    assert bundled.keys() == continued.keys() and not all(torch.equal(bundled[k], continued[k]) for k in bundled)
+    # A finished run resumes without training or generating again, and is not resumed with other settings.
+    monkeypatch.setattr("base_model.pretrain.main", lambda *x: pytest.fail("a finished run was trained again"))
+    monkeypatch.setattr(evaluate, "evaluate", lambda *x: pytest.fail("a finished report was generated again"))
+    assert json.dumps(cp.main(a), sort_keys=True) == json.dumps(result, sort_keys=True)
+    with pytest.raises(RuntimeError, match="max_steps: 2 -> 3"):
+        cp.main(dataclasses.replace(a, max_steps=3))
+    monkeypatch.setattr(render_results, "RESULTS", tmp_path / "results")
+    table = render_results.continued_pretraining("masked")
+    assert "| 100–101, 1 clips each | continued − bundled, paired |" in table
+    assert "| 0–1, 2 clips each | synthcaps (bundled) |" in table and "for 2 steps × 4 clips" in table

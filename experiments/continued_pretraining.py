@@ -1,7 +1,7 @@
 """Does continued pretraining on this CPU, the learning rate annealed to zero, make the bundled generator follow its
 prompts better?
 
-    python experiments/continued_pretraining.py               # the masked model: ~55 min of training on 2 cores
+    python experiments/continued_pretraining.py               # the masked model: 70 min of training on 2 cores
     python experiments/continued_pretraining.py --flow cfm    # its CFM baseline, the same recipe
     python experiments/continued_pretraining.py --max_steps 2 --num_train_examples 16 --batch_size 4 \
         --decide_prompts 2 --decide_samples 2 --confirm_prompts 2 --num_steps 2 --output_dir /tmp/c --results_dir ''

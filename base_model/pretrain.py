@@ -85,7 +85,8 @@ class FlowModelArguments:
     )
 
 
-# The flags that fix a flow model's architecture and masking recipe; `--init_from` takes them from its checkpoint.
+# The flags that fix a flow model's architecture and masking recipe (what `build_config` passes on); `--init_from`
+# takes them from its checkpoint.
 MODEL_FLAGS = (
     "hidden_size",
     "num_layers",
@@ -103,7 +104,7 @@ MODEL_FLAGS = (
 
 
 def resolve_init(m: FlowModelArguments) -> FlowModelArguments:
-    """For `--init_from`: the arguments with the pipeline's VAE and text encoder filled in, after refusing any model
+    """For `--init_from`: the arguments with the pipeline's folder, VAE and text encoder filled in, after refusing any model
     flag, `--vae` or `--text_encoder` that disagrees with the pipeline (flags left at their defaults take its
     values). Without `--init_from`, `m` unchanged."""
     if not m.init_from:
@@ -135,29 +136,16 @@ def resolve_init(m: FlowModelArguments) -> FlowModelArguments:
             f"--text_encoder {m.text_encoder} is not the text encoder of --init_from {m.init_from} ({text}); "
             "leave --text_encoder out."
         )
-    return replace(m, vae=str(vae), text_encoder=text)
+    return replace(m, init_from=str(path), vae=str(vae), text_encoder=text)
 
 
 def build_config(m: FlowModelArguments, text_hidden_size: int, latent_channels: int):
     from base_model import MaskAudioFlowConfig
 
-    overrides = {
-        k: getattr(m, k)
-        for k in ("hidden_size", "num_layers", "num_heads", "head_layers", "head_hidden_size")
-        if getattr(m, k) is not None
-    }
+    # The size flags left unset (None) keep the preset's values; the others always apply.
+    overrides = {k: getattr(m, k) for k in MODEL_FLAGS if getattr(m, k) is not None}
     return MaskAudioFlowConfig.from_preset(
-        m.preset,
-        **overrides,
-        text_hidden_size=text_hidden_size,
-        latent_channels=latent_channels,
-        head_type=m.head_type,
-        flow_type=m.flow_type,
-        span_length=m.span_length,
-        mask_ratio=m.mask_ratio,
-        mask_ratio_mode=m.mask_ratio_mode,
-        text_dropout_prob=m.text_dropout_prob,
-        flow_batch_mul=m.flow_batch_mul,
+        m.preset, **overrides, text_hidden_size=text_hidden_size, latent_channels=latent_channels
     )
 
 
@@ -190,7 +178,6 @@ def main(args: PretrainConfig, model_args: FlowModelArguments, data: CorpusArgum
     """Pretrains and saves `<output_dir>/final`; `measure(step, model)`, when given, is called at every checkpoint
     with the EMA weights (see `MeasureOnSaveCallback`)."""
     from base_model import GriffinLimVocoder, MaskAudioFlow, MaskAudioFlowPipeline, MelVAE
-    from base_model.pipeline import resolve_pipeline_path
     from base_model.text_encoders import load_text_encoder
     from base_model.training import (
         AudioSampleCallback,
@@ -215,7 +202,7 @@ def main(args: PretrainConfig, model_args: FlowModelArguments, data: CorpusArgum
     text_encoder = load_text_encoder(model_args.text_encoder)
     latents, text = encode_corpus(data, model_args.vae, vae, text_encoder, args.device)
     if model_args.init_from:
-        model = MaskAudioFlow.from_pretrained(resolve_pipeline_path(model_args.init_from) / "flow")
+        model = MaskAudioFlow.from_pretrained(Path(model_args.init_from) / "flow")
     else:
         model = MaskAudioFlow(build_config(model_args, text_encoder.hidden_size, vae.latent_channels))
 

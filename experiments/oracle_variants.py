@@ -8,6 +8,8 @@ whether DPO, which also uses each prompt's rejected clip, carries more than keep
         --results_name oracle_steps_768.json                                        # longer runs on more prompts
     python experiments/oracle_variants.py --seeds 0 --learning_rates 3e-4 1e-3 \
         --results_name oracle_learning_rates.json                                   # faster fine-tunes
+    python experiments/oracle_variants.py --seeds 0 --rounds 6 \
+        --results_name oracle_rounds.json                                           # more online rounds
 
 Takes `alignment_study.py`'s settings (the rollout, steps, batch, learning rate, β, loss, evaluated prompts) and
 makes, each skipped when complete:
@@ -16,7 +18,9 @@ makes, each skipped when complete:
    `--seeds` fine-tune seed, the rollout's seed unchanged;
 3. with `--continue_steps`, the first seed's run continued from its last checkpoint to each of those step counts in
    turn (the learning rate is constant after warm-up, so this is the longer run's own trajectory); with
-   `--learning_rates`, the first seed's run again at each of those learning rates;
+   `--learning_rates`, the first seed's run again at each of those learning rates; with `--rounds`, the first
+   seed's run carried on as online rounds 2 … R (`finetune.py --rounds`: round k rolls the same prompts out with
+   round k - 1's model, the rollout's seed + k - 1, and tunes from its weights; the reference stays the base);
 4. DPO on each prompt's best and worst clip by the verifier (`--objective dpo --pairs reward`, the same loss) once
    per `--dpo_betas`, with `--batch_size / 2` pairs per step so that every run sees as many clips per step;
 5. the base and every run on the study's held-out prompts, each against the base and the first seed's run, paired by
@@ -41,6 +45,7 @@ from experiments.alignment_study import (  # noqa: E402
     logged_means,
     make_rollout,
     paired_difference,
+    rollout_paired,
     rollout_spread,
 )
 
@@ -64,6 +69,9 @@ class VariantArguments(StudyArguments):
         default_factory=list, metadata={"help": "--dpo_beta of each DPO run (none: no DPO run)."}
     )
 
+    rounds: int = field(
+        default=1, metadata={"help": "Online rounds of the first seed's run (1: round 1 only, no further rounds)."}
+    )
     continue_steps: list[int] = field(
         default_factory=list,
         metadata={"help": "Step counts above --max_steps to continue the first seed's run to, each evaluated."},
@@ -90,6 +98,8 @@ class VariantArguments(StudyArguments):
                 f"--learning_rates must all be > 0 and differ from --learning_rate {self.learning_rate:g} (whose run "
                 f"is the first seed's), got {self.learning_rates}."
             )
+        if self.rounds < 1:
+            raise ValueError(f"--rounds must be >= 1 (1: the first seed's run only), got {self.rounds}.")
         if any(not b > 0 for b in self.dpo_betas):
             raise ValueError(f"--dpo_betas must all be > 0, got {self.dpo_betas}.")
 
@@ -138,11 +148,12 @@ def main(a: VariantArguments) -> dict:
             rollout,
             out,
         )
+    rounds = online_rounds(a, rollout, out, topk)
     halved = replace(a, batch_size=a.batch_size // 2)
     for b in a.dpo_betas:
         fields = {"objective": "dpo", "pairs": "reward", "reward": "verifier", "dpo_beta": b}
         finals[f"dpo-beta{b:g}"] = finetune_run(halved, f"verifier-dpo-beta{b:g}", fields, rollout, out)
-    report = evaluate_models(a, [a.model, *finals.values()], out, "main")
+    report = evaluate_models(a, [a.model, *finals.values(), *rounds.values()], out, "main")
     first = finals[f"oracle-seed{a.seeds[0]}"]
     result: dict = {"settings": asdict(a), "base": report["models"][a.model], "metric_info": report["metric_info"],
                     "rollout_best_of_n": rollout_spread(rollout, "reward/verifier"), "runs": {}}  # fmt: skip
@@ -159,9 +170,40 @@ def main(a: VariantArguments) -> dict:
             "paired_vs_first_seed": None if folder == first else paired_difference(a, folder, first),
             "train": {**json.loads((Path(folder) / "metrics.json").read_text()), "last_logs": logged_means(folder, keys)},
         }  # fmt: skip
+    if rounds:
+        result["rounds"] = round_readings(a, rollout, out, report, {1: first} | rounds)
     atomic_write_json(out / "results.json", result)
     publish_json(result, a.results_dir, a.results_name)
     return result
+
+
+def online_rounds(a: VariantArguments, rollout: str, out: Path, topk: dict) -> dict[int, str]:
+    """Rounds 2 … `--rounds` of the first seed's run (`runs/verifier-topk-seed<s>-rounds/round-<k>`, its round 1 a
+    link to the first seed's run): `k -> final folder`."""
+    if a.rounds < 2:
+        return {}
+    name = f"verifier-topk-seed{a.seeds[0]}-rounds"
+    finetune_run(a, name, {**topk, "seed": a.seeds[0], "rounds": a.rounds}, rollout, out)
+    return {k: str(out / "runs" / name / f"round-{k}" / "final") for k in range(2, a.rounds + 1)}
+
+
+def round_readings(a: VariantArguments, rollout: str, out: Path, report: dict, finals: dict[int, str]) -> dict:
+    """Per online round k: the model against the base and against round k - 1 on the evaluated prompts; the rollout it
+    was tuned on (the verifier's mean, best of n and spread within a prompt); and, when round k + 1 was rolled out, the
+    model on the tuned prompts (that rollout) against the base's first rollout, paired by prompt."""
+    tuned = {k: out / "runs" / f"verifier-topk-seed{a.seeds[0]}-rounds" / f"round-{k + 1}" / "rollout"
+             for k in finals if k + 1 in finals}  # fmt: skip
+    readings = {}
+    for k, folder in finals.items():
+        readings[f"round-{k}"] = {
+            "model": report["models"][folder],
+            "paired_vs_base": report["paired_vs_first"][folder],
+            "paired_vs_previous": paired_difference(a, folder, finals[k - 1]) if k > 1 else None,
+            "rollout": rollout_spread(rollout if k == 1 else tuned[k - 1], "reward/verifier"),
+            "tuned_prompts_vs_base": rollout_paired(rollout, tuned[k], "reward/verifier") if k in tuned else None,
+            "train": json.loads((Path(folder) / "metrics.json").read_text()),
+        }
+    return readings
 
 
 def make_parser():

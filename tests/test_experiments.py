@@ -544,15 +544,9 @@ def test_oracle_diagnostics_checks_the_rollouts_prompts_and_reuses_its_reports(t
     assert "round 3" not in table and table.count("\n") == 5
 
 
-def test_alignment_study_heldout_rollout_is_checked_and_read_without_shared_prompts(tmp_path, monkeypatch):
-    """`--rollout_split heldout`: a rollout range that reaches the evaluated prompts is refused before anything runs;
-    a tiny run fits the guided velocity, an `--oracle_betas` run differs in β alone and is read on the tuned prompts
-    too, and `disjoint_from_rollout` leaves out exactly the evaluated prompts whose attributes a rolled-out prompt
-    has."""
-    import numpy as np
-
-    import experiments.alignment_study as study
-    from experiments.alignment_study import StudyArguments, main
+def test_alignment_study_refuses_a_heldout_rollout_that_reaches_the_evaluated_prompts():
+    """`--rollout_split heldout`: a rollout range that reaches the evaluated prompts is refused before anything runs."""
+    from experiments.alignment_study import StudyArguments
 
     with pytest.raises(ValueError, match="overlap the evaluated ones 128-383; set --rollout_first_prompt to 384"):
         StudyArguments(rollout_split="heldout", rollout_first_prompt=300)
@@ -560,6 +554,18 @@ def test_alignment_study_heldout_rollout_is_checked_and_read_without_shared_prom
         StudyArguments(rollout_split="validation")
     with pytest.raises(ValueError, match="--loss_cfg_scale must be a finite number >= 0"):
         StudyArguments(loss_cfg_scale=-1.0)
+
+
+@pytest.mark.slow  # 99 s on 2 cores; `make test-slow` runs it
+def test_alignment_study_heldout_rollout_is_read_without_shared_prompts(tmp_path, monkeypatch):
+    """A tiny `--rollout_split heldout` study fits the guided velocity, an `--oracle_betas` run differs in β alone and
+    is read on the tuned prompts too, and `disjoint_from_rollout` leaves out exactly the evaluated prompts whose
+    attributes a rolled-out prompt has."""
+    import numpy as np
+
+    import experiments.alignment_study as study
+    from experiments.alignment_study import StudyArguments, main
+
     a = StudyArguments(output_dir=str(tmp_path / "study"), results_dir="", questions=["oracle"], rollout_prompts=3,
                        num_generations=2, max_steps=2, batch_size=4, oracle_rounds=1, eval_prompts=3, processes=1,
                        rollout_split="heldout", rollout_first_prompt=400, loss_cfg_scale=3.0,
@@ -625,6 +631,8 @@ def test_oracle_variants_continues_from_the_newest_complete_checkpoint(tmp_path)
     for steps in ([600], [1800, 1200], [1200, 1200]):
         with pytest.raises(ValueError, match="--continue_steps must rise and start above --max_steps 600"):
             VariantArguments(continue_steps=steps)
+    with pytest.raises(ValueError, match="--rounds must be >= 1"):
+        VariantArguments(rounds=0)
     start, folder = tmp_path / "run", tmp_path / "longer"
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         continue_from(start, folder)
@@ -713,6 +721,46 @@ def test_oracle_variants_tiny(tmp_path, monkeypatch):
     assert "learning rate 0.0001 unless the row says another," in rows[-1]
     seed1_vs_seed0 = render_results._bci(result["runs"]["oracle-seed1"]["paired_vs_first_seed"]["verifier"])
     assert rows[2].split(" | ")[3] == "" and rows[3].split(" | ")[3] == seed1_vs_seed0  # none against itself
+
+
+@pytest.mark.slow
+def test_oracle_variants_rounds_tiny(tmp_path, monkeypatch):
+    """`--rounds 3`: round k rolls the tuned prompts out with round k - 1's model at the rollout's seed + k - 1 and
+    tunes from its weights; each round is read against the base and the round before, and on the prompts it was tuned
+    on (the next round's rollout) where there is one."""
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from experiments import render_results
+    from experiments.oracle_variants import VariantArguments, main
+
+    a = VariantArguments(output_dir=str(tmp_path / "v"), results_dir="", rollout_prompts=4, num_generations=2,
+                         max_steps=2, batch_size=4, eval_prompts=3, processes=1, rollout_first_prompt=400,
+                         seeds=[0], rounds=3)  # fmt: skip
+    result = main(a)
+    root = tmp_path / "v" / "runs" / "verifier-topk-seed0-rounds"
+    assert (root / "round-1").resolve() == (tmp_path / "v" / "runs" / "verifier-topk-seed0").resolve()
+    for k in (2, 3):
+        meta = json.loads((root / f"round-{k}" / "rollout" / "run.json").read_text())["settings"]
+        assert (meta["model"], meta["seed"], meta["first_prompt"]) == (str(root / f"round-{k - 1}" / "final"), k - 1,
+                                                                       400)  # fmt: skip
+    weights = [load_file(root / f"round-{k}" / "final" / "flow" / "model.safetensors") for k in (1, 2, 3)]
+    assert all(any(not np.array_equal(w[n], v) for n, v in prev.items()) for prev, w in zip(weights, weights[1:]))
+    rounds = result["rounds"]
+    assert list(rounds) == ["round-1", "round-2", "round-3"] and set(result["runs"]) == {"oracle-seed0"}
+    per_prompt = json.loads((tmp_path / "v" / "eval-main.json").read_text())["per_prompt"]
+    diff = np.subtract(per_prompt[str(root / "round-3" / "final")]["verifier"],
+                       per_prompt[str(root / "round-2" / "final")]["verifier"])  # fmt: skip
+    assert rounds["round-3"]["paired_vs_previous"]["verifier"]["mean"] == pytest.approx(diff.mean())
+    assert rounds["round-1"]["paired_vs_previous"] is None and rounds["round-3"]["tuned_prompts_vs_base"] is None
+    assert rounds["round-2"]["tuned_prompts_vs_base"]["prompts"] == 4 and rounds["round-2"]["rollout"]["clips"] == 8
+    (tmp_path / "results" / "alignment").mkdir(parents=True)
+    (tmp_path / "results" / "alignment" / "oracle_rounds.json").write_text(json.dumps(result))
+    monkeypatch.setattr(render_results, "RESULTS", tmp_path / "results")
+    rows = render_results.oracle_rounds().splitlines()
+    assert [r.split(" | ")[0] for r in rows[2:5]] == ["| 1", "| 2", "| 3"]
+    assert rows[2].split(" | ")[2] == "" and rows[4].split(" | ")[3] == ""  # nothing before round 1 or after round 3
+    assert rows[3].split(" | ")[2] == render_results._bci(rounds["round-2"]["paired_vs_previous"]["verifier"])
 
 
 def test_alignment_demo_checks_its_rollout_before_running():

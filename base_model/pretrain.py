@@ -199,7 +199,11 @@ def main(args: PretrainConfig, model_args: FlowModelArguments, data: CorpusArgum
             "--vae <its output_dir>/final."
         )
     vae = MelVAE.from_pretrained(model_args.vae).eval()
-    text_encoder = load_text_encoder(model_args.text_encoder)
+    # continued pretraining encodes text exactly as the pipeline does (its max_length too), not by name alone
+    init_pipeline = Path(model_args.init_from) / "pipeline.json" if model_args.init_from else None
+    text_encoder = load_text_encoder(
+        json.loads(init_pipeline.read_text())["text_encoder"] if init_pipeline else model_args.text_encoder
+    )
     latents, text = encode_corpus(data, model_args.vae, vae, text_encoder, args.device)
     if model_args.init_from:
         model = MaskAudioFlow.from_pretrained(Path(model_args.init_from) / "flow")

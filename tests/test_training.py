@@ -211,6 +211,9 @@ def test_init_from_continues_a_trained_pipeline(small_vae, tmp_path):
     pretrain.main(*_pretrain_args(tmp_path / "base", vae, 2))
     base = tmp_path / "base" / "final"
     before = load_file(str(base / "flow" / "model.safetensors"))
+    meta = json.loads((base / "pipeline.json").read_text())
+    meta["text_encoder"]["max_length"] = 24  # a pipeline whose text encoder is not at its defaults
+    (base / "pipeline.json").write_text(json.dumps(meta))
     # No --hidden_size or --vae: the 32-wide architecture and the VAE come from the pipeline. With a zero learning
     # rate its weights come through unchanged (EMA included); with a positive one they move.
     pretrain.main(*_continue_args(tmp_path / "still", base, 2, ["--learning_rate", "0"]))
@@ -218,7 +221,7 @@ def test_init_from_continues_a_trained_pipeline(small_vae, tmp_path):
     assert before.keys() == still.keys() and all(torch.equal(before[k], still[k]) for k in before)
     pretrain.main(*_continue_args(tmp_path / "moved", base, 2, ["--learning_rate", "1e-2"]))
     pipe = MaskAudioFlowPipeline.from_pretrained(tmp_path / "moved" / "final")
-    assert pipe.model.config.hidden_size == 32
+    assert pipe.model.config.hidden_size == 32 and pipe.text_encoder.to_config() == meta["text_encoder"]
     moved = pipe.model.state_dict()
     assert not all(torch.equal(before[k], moved[k]) for k in before)
     assert (tmp_path / "moved" / "final" / "vae" / "model.safetensors").read_bytes() == (

@@ -198,6 +198,7 @@ def round_readings(a: VariantArguments, rollout: str, out: Path, report: dict, f
         readings[f"round-{k}"] = {
             "model": report["models"][folder],
             "paired_vs_base": report["paired_vs_first"][folder],
+            "paired_by_attribute": report["paired_by_attribute"][folder],
             "paired_vs_previous": paired_difference(a, folder, finals[k - 1]) if k > 1 else None,
             "rollout": rollout_spread(rollout if k == 1 else tuned[k - 1], "reward/verifier"),
             "tuned_prompts_vs_base": rollout_paired(rollout, tuned[k], "reward/verifier") if k in tuned else None,

@@ -672,6 +672,12 @@ def oracle_rounds(name: str = "oracle_rounds.json") -> str:
                  f"the reference staying the base; loss guided at s = {a['loss_cfg_scale']:g}, learning rate "
                  f"{a['learning_rate']:g}, β = {a['beta']:g}. Tuned prompts: round k's model on round k + 1's rollout "
                  "against the base's rollout, each prompt's mean over its clips.")  # fmt: skip
+    attributes = list(next(iter(rounds.values()))["paired_by_attribute"])
+    lines += ["", _row(["round", *(f"Δ {x}" for x in attributes)]), "|" + "---|" * (len(attributes) + 1)]
+    for key, m in rounds.items():
+        lines.append(_row([key.removeprefix("round-"), *(_bci(m["paired_by_attribute"][x]) for x in attributes)]))
+    lines.append("\nEach attribute's change against the base on the evaluated prompts, paired by prompt over the "
+                 "prompts that name it.")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

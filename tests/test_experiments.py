@@ -761,6 +761,10 @@ def test_oracle_variants_rounds_tiny(tmp_path, monkeypatch):
     assert [r.split(" | ")[0] for r in rows[2:5]] == ["| 1", "| 2", "| 3"]
     assert rows[2].split(" | ")[2] == "" and rows[4].split(" | ")[3] == ""  # nothing before round 1 or after round 3
     assert rows[3].split(" | ")[2] == render_results._bci(rounds["round-2"]["paired_vs_previous"]["verifier"])
+    attributes = list(rounds["round-3"]["paired_by_attribute"])  # those the evaluated prompts name
+    by_attribute = rows[rows.index(render_results._row(["round", *(f"Δ {x}" for x in attributes)])) :]
+    first = rounds["round-3"]["paired_by_attribute"][attributes[0]]
+    assert by_attribute[4].split(" | ")[1] == render_results._bci(first)
 
 
 def test_alignment_demo_checks_its_rollout_before_running():

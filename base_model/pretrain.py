@@ -139,6 +139,15 @@ def resolve_init(m: FlowModelArguments) -> FlowModelArguments:
     return replace(m, init_from=str(path), vae=str(vae), text_encoder=text)
 
 
+def text_encoder_config(m: FlowModelArguments) -> dict | str:
+    """What `load_text_encoder` takes: with `--init_from` (resolved) the pipeline's own text encoder config from its
+    `pipeline.json`, so continued pretraining encodes text exactly as the pipeline does (`max_length` too); else the
+    `--text_encoder` name."""
+    if m.init_from:
+        return json.loads((Path(m.init_from) / "pipeline.json").read_text())["text_encoder"]
+    return m.text_encoder
+
+
 def build_config(m: FlowModelArguments, text_hidden_size: int, latent_channels: int):
     from base_model import MaskAudioFlowConfig
 
@@ -199,11 +208,7 @@ def main(args: PretrainConfig, model_args: FlowModelArguments, data: CorpusArgum
             "--vae <its output_dir>/final."
         )
     vae = MelVAE.from_pretrained(model_args.vae).eval()
-    # continued pretraining encodes text exactly as the pipeline does (its max_length too), not by name alone
-    init_pipeline = Path(model_args.init_from) / "pipeline.json" if model_args.init_from else None
-    text_encoder = load_text_encoder(
-        json.loads(init_pipeline.read_text())["text_encoder"] if init_pipeline else model_args.text_encoder
-    )
+    text_encoder = load_text_encoder(text_encoder_config(model_args))
     latents, text = encode_corpus(data, model_args.vae, vae, text_encoder, args.device)
     if model_args.init_from:
         model = MaskAudioFlow.from_pretrained(Path(model_args.init_from) / "flow")

@@ -220,7 +220,7 @@ def finetune_run(a: StudyArguments, name: str, fields: dict, rollout: str, out: 
                             save_steps=max(a.max_steps // 3, 1), logging_steps=20, resume_from_checkpoint="latest",
                             disable_tqdm=True, report_to="none", rounds=rounds, **fields)  # fmt: skip
     if rounds > 1:
-        first = out / "runs" / name.removesuffix("-rounds")
+        first = out / "runs" / name.partition("-rounds")[0]
         if not (folder / "round-1").exists() and (first / "final" / "metrics.json").is_file():
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "round-1").symlink_to(first.resolve())  # round 1 is the single run already made

@@ -8,8 +8,10 @@ whether DPO, which also uses each prompt's rejected clip, carries more than keep
         --results_name oracle_steps_768.json                                        # longer runs on more prompts
     python experiments/oracle_variants.py --seeds 0 --learning_rates 3e-4 1e-3 \
         --results_name oracle_learning_rates.json                                   # faster fine-tunes
-    python experiments/oracle_variants.py --seeds 0 --rounds 6 \
+    python experiments/oracle_variants.py --seeds 0 --rounds 5 \
         --results_name oracle_rounds.json                                           # more online rounds
+    python experiments/oracle_variants.py --seeds 0 --rounds 4 --round_reference previous \
+        --compare_rounds outputs/align-heldout/rounds --results_name oracle_rounds_previous.json  # moving reference
 
 Takes `alignment_study.py`'s settings (the rollout, steps, batch, learning rate, β, loss, evaluated prompts) and
 makes, each skipped when complete:
@@ -20,7 +22,9 @@ makes, each skipped when complete:
    turn (the learning rate is constant after warm-up, so this is the longer run's own trajectory); with
    `--learning_rates`, the first seed's run again at each of those learning rates; with `--rounds`, the first
    seed's run carried on as online rounds 2 … R (`finetune.py --rounds`: round k rolls the same prompts out with
-   round k - 1's model, the rollout's seed + k - 1, and tunes from its weights; the reference stays the base);
+   round k - 1's model, the rollout's seed + k - 1, and tunes from its weights; the reference stays the base, or
+   with `--round_reference previous` is round k - 1's model; `--compare_rounds` pairs each round with the same round
+   of an earlier `--rounds` run of this script, read from that run's evaluation);
 4. DPO on each prompt's best and worst clip by the verifier (`--objective dpo --pairs reward`, the same loss) once
    per `--dpo_betas`, with `--batch_size / 2` pairs per step so that every run sees as many clips per step;
 5. the base and every run on the study's held-out prompts, each against the base and the first seed's run, paired by
@@ -72,6 +76,16 @@ class VariantArguments(StudyArguments):
     rounds: int = field(
         default=1, metadata={"help": "Online rounds of the first seed's run (1: round 1 only, no further rounds)."}
     )
+    round_reference: str = field(
+        default="start",
+        metadata={"help": "The rounds' --round_reference: 'start' (the base) or 'previous' (round k-1's model)."},
+    )
+    compare_rounds: str = field(
+        default="",
+        metadata={
+            "help": "--output_dir of an earlier --rounds run of this script to pair each round with ('': none)."
+        },
+    )
     continue_steps: list[int] = field(
         default_factory=list,
         metadata={"help": "Step counts above --max_steps to continue the first seed's run to, each evaluated."},
@@ -100,6 +114,11 @@ class VariantArguments(StudyArguments):
             )
         if self.rounds < 1:
             raise ValueError(f"--rounds must be >= 1 (1: the first seed's run only), got {self.rounds}.")
+        if self.compare_rounds and not (Path(self.compare_rounds) / "eval-main.json").is_file():
+            raise FileNotFoundError(
+                f"--compare_rounds {self.compare_rounds}: no eval-main.json there; pass the --output_dir of a finished "
+                "--rounds run of this script, or '' for no comparison."
+            )
         if any(not b > 0 for b in self.dpo_betas):
             raise ValueError(f"--dpo_betas must all be > 0, got {self.dpo_betas}.")
 
@@ -172,26 +191,56 @@ def main(a: VariantArguments) -> dict:
         }  # fmt: skip
     if rounds:
         result["rounds"] = round_readings(a, rollout, out, report, {1: first} | rounds)
+        if a.compare_rounds:
+            result["rounds_vs_compared"] = paired_with_compared(a, out, {1: first} | rounds)
     atomic_write_json(out / "results.json", result)
     publish_json(result, a.results_dir, a.results_name)
     return result
 
 
+def rounds_name(a: VariantArguments, round_reference: str | None = None) -> str:
+    """The rounds' run folder under `runs/`: `verifier-topk-seed<s>-rounds`, `…-rounds-previous` with
+    `--round_reference previous`."""
+    reference = round_reference or a.round_reference
+    return f"verifier-topk-seed{a.seeds[0]}-rounds" + ("" if reference == "start" else f"-{reference}")
+
+
 def online_rounds(a: VariantArguments, rollout: str, out: Path, topk: dict) -> dict[int, str]:
-    """Rounds 2 … `--rounds` of the first seed's run (`runs/verifier-topk-seed<s>-rounds/round-<k>`, its round 1 a
-    link to the first seed's run): `k -> final folder`."""
+    """Rounds 2 … `--rounds` of the first seed's run (`runs/<rounds_name>/round-<k>`, its round 1 a link to the
+    first seed's run): `k -> final folder`."""
     if a.rounds < 2:
         return {}
-    name = f"verifier-topk-seed{a.seeds[0]}-rounds"
-    finetune_run(a, name, {**topk, "seed": a.seeds[0], "rounds": a.rounds}, rollout, out)
-    return {k: str(out / "runs" / name / f"round-{k}" / "final") for k in range(2, a.rounds + 1)}
+    fields = {**topk, "seed": a.seeds[0], "rounds": a.rounds, "round_reference": a.round_reference}
+    finetune_run(a, rounds_name(a), fields, rollout, out)
+    return {k: str(out / "runs" / rounds_name(a) / f"round-{k}" / "final") for k in range(2, a.rounds + 1)}
+
+
+def paired_with_compared(a: VariantArguments, out: Path, finals: dict[int, str]) -> dict:
+    """Each round k > 1 minus the same round of the `--compare_rounds` run, paired by prompt across the two
+    evaluations, with the largest per-prompt difference between the two evaluations of the base (the same clips
+    were generated twice: it should be zero)."""
+    from experiments.results_io import paired_between
+
+    theirs = Path(a.compare_rounds)
+    mine_eval = json.loads((out / "eval-main.json").read_text())["per_prompt"]
+    their_eval = json.loads((theirs / "eval-main.json").read_text())["per_prompt"]
+    if mine_eval[a.model]["prompt_ids"] != their_eval[a.model]["prompt_ids"]:
+        raise ValueError(f"--compare_rounds {theirs} evaluated other prompts: its rounds cannot be paired with these.")
+    result = {"base_max_abs_difference": max(abs(x - y) for x, y in zip(
+        mine_eval[a.model]["verifier"], their_eval[a.model]["verifier"], strict=True))}  # fmt: skip
+    for k, folder in finals.items():
+        other = str(theirs / "runs" / rounds_name(a, "start") / f"round-{k}" / "final")
+        if k > 1 and other in their_eval:
+            result[f"round-{k}"] = paired_between({"first": mine_eval[folder], "second": their_eval[other]}, "first",
+                                                  "second")  # fmt: skip
+    return result
 
 
 def round_readings(a: VariantArguments, rollout: str, out: Path, report: dict, finals: dict[int, str]) -> dict:
     """Per online round k: the model against the base and against round k - 1 on the evaluated prompts; the rollout it
     was tuned on (the verifier's mean, best of n and spread within a prompt); and, when round k + 1 was rolled out, the
     model on the tuned prompts (that rollout) against the base's first rollout, paired by prompt."""
-    tuned = {k: out / "runs" / f"verifier-topk-seed{a.seeds[0]}-rounds" / f"round-{k + 1}" / "rollout"
+    tuned = {k: out / "runs" / rounds_name(a) / f"round-{k + 1}" / "rollout"
              for k in finals if k + 1 in finals}  # fmt: skip
     readings = {}
     for k, folder in finals.items():

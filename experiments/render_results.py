@@ -652,26 +652,36 @@ def oracle_variants(name: str = "oracle_variants.json") -> str:
 
 def oracle_rounds(name: str = "oracle_rounds.json") -> str:
     """`experiments/oracle_variants.py --rounds`: the oracle's online rounds, each against the base and the round
-    before on the evaluated prompts, on the prompts it was tuned on, and what its rollout offered."""
+    before on the evaluated prompts, on the prompts it was tuned on, and what its rollout offered; with
+    `--compare_rounds`, also against the same round of the compared run (reference the base)."""
     r = _load(RESULTS / "alignment" / name)
-    a, rounds = r["settings"], r["rounds"]
-    head = ["round", "Δ verifier vs base", "Δ verifier vs previous round", "tuned prompts: Δ verifier vs base",
-            f"its rollout: {_kept(a)} over the mean", "Δ CLAP", "Δ KL", "mel Fréchet"]  # fmt: skip
+    a, rounds, compared = r["settings"], r["rounds"], r.get("rounds_vs_compared")
+    head = ["round", "Δ verifier vs base", "Δ verifier vs previous round",
+            *(["Δ verifier vs the same round, reference the base"] if compared else []),
+            "tuned prompts: Δ verifier vs base", f"its rollout: {_kept(a)} over the mean", "Δ CLAP", "Δ KL",
+            "mel Fréchet"]  # fmt: skip
     lines = [_row(head), "|" + "---|" * len(head)]
     for key, m in rounds.items():
         prev, tuned, roll = m["paired_vs_previous"], m["tuned_prompts_vs_base"], m["rollout"]
+        same = [_bci(compared[key]["verifier"]) if key in compared else ""] if compared else []
         lines.append(_row([key.removeprefix("round-"), _delta(m, "verifier"), _bci(prev["verifier"]) if prev else "",
-                           _bci(tuned) if tuned else "", f"{roll['best_of_n'] - roll['mean']:+.3f}",
+                           *same, _bci(tuned) if tuned else "", f"{roll['best_of_n'] - roll['mean']:+.3f}",
                            *_run_cells(m, ("clap", "kl"))]))  # fmt: skip
+    reference = ("the reference being round k − 1's model" if a.get("round_reference") == "previous"
+                 else "the reference staying the base")  # fmt: skip
     lines.append(f"\nBase: verifier {r['base']['verifier']:.3f}, mel Fréchet {r['base']['mel_frechet']:.1f} on "
                  f"{a['eval_prompts']} held-out prompts from {a['first_prompt']} (CFG 3). Round 1 is the oracle "
                  f"({_kept(a)} by the verifier, seed {a['seeds'][0]}) on one rollout of held-out prompts "
                  f"{a['rollout_first_prompt']}–{a['rollout_first_prompt'] + a['rollout_prompts'] - 1} × "
                  f"{a['num_generations']} at CFG {a['rollout_cfg_scale']:g}; round k rolls the same prompts out with "
                  f"round k − 1's model (the rollout's seed + k − 1) and tunes {a['max_steps']} steps from its weights, "
-                 f"the reference staying the base; loss guided at s = {a['loss_cfg_scale']:g}, learning rate "
+                 f"{reference}; loss guided at s = {a['loss_cfg_scale']:g}, learning rate "
                  f"{a['learning_rate']:g}, β = {a['beta']:g}. Tuned prompts: round k's model on round k + 1's rollout "
                  "against the base's rollout, each prompt's mean over its clips.")  # fmt: skip
+    if compared:
+        lines[-1] += (" The same round, reference the base: each round against that round of the run whose reference"
+                      f" stays the base (`{a['compare_rounds']}`), paired by prompt across the two evaluations, whose "
+                      f"base figures differ by at most {compared['base_max_abs_difference']:.3g} per prompt.")  # fmt: skip
     attributes = list(next(iter(rounds.values()))["paired_by_attribute"])
     lines += ["", _row(["round", *(f"Δ {x}" for x in attributes)]), "|" + "---|" * (len(attributes) + 1)]
     for key, m in rounds.items():
@@ -1204,6 +1214,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "oracle-learning-rates": lambda: oracle_variants("oracle_learning_rates.json"),
     "oracle-cfm": lambda: oracle_variants("oracle_cfm.json"),
     "oracle-rounds": oracle_rounds,
+    "oracle-rounds-previous": lambda: oracle_rounds("oracle_rounds_previous.json"),
     "aesthetics-heldout": lambda: aesthetics("heldout_rollout_items.json"),
     "aesthetics-heldout-768": lambda: aesthetics("heldout_rollout_guided_768.json"),
     "best-of-n-heldout": lambda: best_of_n("heldout_rollout_items.json"),

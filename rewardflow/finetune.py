@@ -421,11 +421,19 @@ def round_rollout_settings(first_meta: dict, model: str, k: int) -> dict:
     return settings
 
 
+def round_reference(args: RewardFlowConfig, base_model: str, start: str) -> str:
+    """The frozen reference of a round that starts from `start`: `--reference_model`, else the starting model of
+    round 1 (`--round_reference start`) or this round's own starting point, round k - 1's model (`previous`)."""
+    if args.reference_model:
+        return args.reference_model
+    return start if args.round_reference == "previous" else base_model
+
+
 def run_rounds(args: RewardFlowConfig, model_args=None, callbacks: list | None = None) -> dict:
     """Online rounds (after ORW-CFM): round 1 trains on `--rollout`; round k > 1 first rolls out with round k-1's
-    tuned pipeline, with the first rollout's generation settings and seed + k - 1. The reference stays the starting
-    model in every round (with LoRA the adapter carries over, so "adapters off" is still the starting model).
-    A finished round (its `final/` exists) is skipped on rerun; an unfinished one resumes from its checkpoints."""
+    tuned pipeline, with the first rollout's generation settings and seed + k - 1. The reference is the starting
+    model in every round (with LoRA the adapter carries over, so "adapters off" is still the starting model), or with
+    `--round_reference previous` round k - 1's tuned model (full fine-tuning only). A finished round (its `final/` exists) is skipped on rerun; an unfinished one resumes from its checkpoints."""
     from rewardflow.distributed import process_state
     from rewardflow.rollout import rollout
     from rewardflow.rollout_config import RolloutConfig
@@ -437,6 +445,11 @@ def run_rounds(args: RewardFlowConfig, model_args=None, callbacks: list | None =
     base_model = args.model or first_meta["model"]["id"]
     root = Path(args.output_dir)
     use_peft = bool(model_args is not None and model_args.use_peft)
+    if use_peft and args.round_reference == "previous":
+        raise ValueError(
+            "--round_reference previous needs full fine-tuning: with --use_peft the reference is the adapter switched "
+            "off, which is the starting model in every round. Drop --use_peft or use --round_reference start."
+        )
     all_metrics = {}
     for k in range(1, args.rounds + 1):
         folder = root / f"round-{k}"
@@ -461,7 +474,7 @@ def run_rounds(args: RewardFlowConfig, model_args=None, callbacks: list | None =
             rollout_dir=rollout_dir,
             start_model=start,
             start_adapter=adapter,
-            reference_model=None if use_peft else (args.reference_model or base_model),
+            reference_model=None if use_peft else round_reference(args, base_model, start),
             callbacks=callbacks,
         )
     summary = {f"round-{k}": {"rows": m["rows"], "reward_mean": m["reward_mean"]} for k, m in all_metrics.items()}

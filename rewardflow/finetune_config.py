@@ -105,6 +105,14 @@ class RewardFlowConfig(TrainingArguments):
             "using the first rollout's generation settings (seed + k - 1). Folders: <output_dir>/round-<k>/."
         },
     )
+    round_reference: str = field(
+        default="start",
+        metadata={
+            "help": "The regulariser's reference in round k > 1: 'start' (the starting model, every round) or "
+            "'previous' (round k-1's tuned model, a trust region that moves with the rounds; full fine-tuning only).",
+            "choices": ["start", "previous"],
+        },
+    )
     # --- guardrail against reward hacking (beyond the paper; rewardflow/guardrail.py)
     guard_every: int = field(
         default=0,
@@ -193,6 +201,13 @@ class RewardFlowConfig(TrainingArguments):
             raise ValueError(f"--max_nan_fraction must be in [0, 1], got {self.max_nan_fraction}.")
         if self.rounds < 1:
             raise ValueError(f"--rounds must be >= 1, got {self.rounds}.")
+        if self.round_reference not in ("start", "previous"):
+            raise ValueError(f"--round_reference must be 'start' or 'previous', got {self.round_reference!r}.")
+        if self.round_reference == "previous" and (self.rounds < 2 or self.reference_model):
+            raise ValueError(
+                "--round_reference previous makes round k-1's model the reference of round k: it needs --rounds >= 2 "
+                f"(got {self.rounds}) and no --reference_model (got {self.reference_model!r}). Drop one of them."
+            )
         if self.guard_every < 0 or self.guard_num_prompts < 2 or self.guard_patience < 0:
             raise ValueError(
                 f"--guard_every and --guard_patience must be >= 0 and --guard_num_prompts >= 2 (a Fréchet distance "

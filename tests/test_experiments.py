@@ -633,6 +633,8 @@ def test_oracle_variants_continues_from_the_newest_complete_checkpoint(tmp_path)
             VariantArguments(continue_steps=steps)
     with pytest.raises(ValueError, match="--rounds must be >= 1"):
         VariantArguments(rounds=0)
+    with pytest.raises(FileNotFoundError, match="--compare_rounds .* no eval-main.json there"):
+        VariantArguments(compare_rounds=str(tmp_path / "nothing"))
     start, folder = tmp_path / "run", tmp_path / "longer"
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         continue_from(start, folder)
@@ -727,7 +729,7 @@ def test_oracle_variants_tiny(tmp_path, monkeypatch):
 def test_oracle_variants_rounds_tiny(tmp_path, monkeypatch):
     """`--rounds 3`: round k rolls the tuned prompts out with round k - 1's model at the rollout's seed + k - 1 and
     tunes from its weights; each round is read against the base and the round before, and on the prompts it was tuned
-    on (the next round's rollout) where there is one."""
+    on (the next round's rollout) where there is one. Then `--round_reference previous --compare_rounds`."""
     import numpy as np
     from safetensors.torch import load_file
 
@@ -765,6 +767,26 @@ def test_oracle_variants_rounds_tiny(tmp_path, monkeypatch):
     by_attribute = rows[rows.index(render_results._row(["round", *(f"Δ {x}" for x in attributes)])) :]
     first = rounds["round-3"]["paired_by_attribute"][attributes[0]]
     assert by_attribute[4].split(" | ")[1] == render_results._bci(first)
+
+    # `--round_reference previous`: round 2's reference is round 1's model; each round is paired with the same round
+    # of the run above (reference the base), read from its evaluation.
+    moved = main(dataclasses.replace(a, output_dir=str(tmp_path / "p"), rounds=2, round_reference="previous",
+                         compare_rounds=a.output_dir))  # fmt: skip
+    proot = tmp_path / "p" / "runs" / "verifier-topk-seed0-rounds-previous"
+    assert (
+        f"reference = frozen {proot / 'round-1' / 'final'} |"
+        in (proot / "round-2" / "final" / "README.md").read_text()
+    )
+    vs = moved["rounds_vs_compared"]
+    assert set(vs) == {"base_max_abs_difference", "round-2"} and vs["base_max_abs_difference"] < 1e-9
+    mine = json.loads((tmp_path / "p" / "eval-main.json").read_text())["per_prompt"][str(proot / "round-2" / "final")]
+    diff = np.subtract(mine["verifier"], per_prompt[str(root / "round-2" / "final")]["verifier"])
+    assert vs["round-2"]["verifier"]["mean"] == pytest.approx(diff.mean())
+    (tmp_path / "results" / "alignment" / "oracle_rounds_previous.json").write_text(json.dumps(moved))
+    rows = render_results.oracle_rounds("oracle_rounds_previous.json").splitlines()
+    assert rows[0].split(" | ")[3] == "Δ verifier vs the same round, reference the base"
+    assert rows[3].split(" | ")[3] == render_results._bci(vs["round-2"]["verifier"]) and rows[2].split(" | ")[3] == ""
+    assert "the reference being round k − 1's model" in rows[5]
 
 
 def test_alignment_demo_checks_its_rollout_before_running():

@@ -1,6 +1,7 @@
 """Reward-weighted fine-tuning: weights, the trainer (all params change, LoRA keeps the base, reference at init),
 bitwise resume after a kill, NaN losses, and every bad input the issue lists."""
 
+import dataclasses
 import json
 import logging
 import math
@@ -18,6 +19,7 @@ import torch
 from transformers import TrainerCallback
 
 from rewardflow.finetune import main, make_parser
+from rewardflow.finetune_config import RewardFlowConfig
 from rewardflow.objectives import effective_sample_size, finite_rows, resolve_reward, reward_weights
 from rewardflow.rollout_table import put_column
 
@@ -369,6 +371,52 @@ def test_rounds_roll_out_with_the_newest_policy_and_resume(rollout_dir, tmp_path
     before = (out / "round-2" / "final" / "metrics.json").stat().st_mtime_ns
     run(rollout_dir, out, "--rounds", "2", "--max_steps", "2")  # finished rounds are skipped
     assert (out / "round-2" / "final" / "metrics.json").stat().st_mtime_ns == before
+
+
+class ReferenceTerms(TrainerCallback):
+    """Each training run's logged reference terms, one list per run (an online round is a run)."""
+
+    def __init__(self):
+        self.runs = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.runs.append([])
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss/reference" in logs:
+            self.runs[-1].append(logs["loss/reference"])
+
+
+def test_rounds_with_the_previous_reference_start_at_their_reference(rollout_dir, tmp_path):
+    """`--round_reference previous`: round 2's reference is round 1's model, so its first step's reference term is
+    zero (policy and reference are the same weights at the same inputs); with the default reference (the start
+    model) it is not, as round 1 has moved away from it."""
+    terms = {}
+    for reference in ("start", "previous"):
+        out, cb = tmp_path / reference, ReferenceTerms()
+        run(rollout_dir, out, "--rounds", "2", "--max_steps", "2", "--round_reference", reference, callbacks=[cb])
+        terms[reference] = cb.runs[-1][0]
+        card = (out / "round-2" / "final" / "README.md").read_text()
+        named = str(out / "round-1" / "final") if reference == "previous" else "synthcaps"
+        assert f"reference = frozen {named} |" in card
+    assert terms["previous"] < 1e-9 < terms["start"]
+
+
+def test_round_reference_is_checked_before_anything_runs(rollout_dir, tmp_path):
+    from rewardflow.finetune import round_reference
+
+    args = RewardFlowConfig(output_dir=str(tmp_path / "o"), rounds=2, round_reference="previous")
+    assert round_reference(args, "synthcaps", "r1/final") == "r1/final"
+    assert round_reference(dataclasses.replace(args, round_reference="start"), "synthcaps", "r1/final") == "synthcaps"
+    with pytest.raises(ValueError, match="--round_reference must be 'start' or 'previous'"):
+        RewardFlowConfig(output_dir="o", rounds=2, round_reference="last")
+    with pytest.raises(ValueError, match=r"it needs --rounds >= 2 \(got 1\)"):
+        RewardFlowConfig(output_dir="o", round_reference="previous")
+    with pytest.raises(ValueError, match="and no --reference_model"):
+        RewardFlowConfig(output_dir="o", rounds=2, round_reference="previous", reference_model="synthcaps")
+    with pytest.raises(ValueError, match="--round_reference previous needs full fine-tuning"):
+        run(rollout_dir, tmp_path / "lora", "--rounds", "2", "--round_reference", "previous", "--use_peft")
+    assert not (tmp_path / "lora").exists()
 
 
 DDP_SCRIPT = """

@@ -659,14 +659,14 @@ def oracle_rounds(name: str = "oracle_rounds.json") -> str:
     head = ["round", "Δ verifier vs base", "Δ verifier vs previous round",
             *(["Δ verifier vs the same round, reference the base"] if compared else []),
             "tuned prompts: Δ verifier vs base", f"its rollout: {_kept(a)} over the mean", "Δ CLAP", "Δ KL",
-            "mel Fréchet"]  # fmt: skip
+            "mel Fréchet", "reference term, last log"]  # fmt: skip
     lines = [_row(head), "|" + "---|" * len(head)]
     for key, m in rounds.items():
         prev, tuned, roll = m["paired_vs_previous"], m["tuned_prompts_vs_base"], m["rollout"]
         same = [_bci(compared[key]["verifier"]) if key in compared else ""] if compared else []
         lines.append(_row([key.removeprefix("round-"), _delta(m, "verifier"), _bci(prev["verifier"]) if prev else "",
                            *same, _bci(tuned) if tuned else "", f"{roll['best_of_n'] - roll['mean']:+.3f}",
-                           *_run_cells(m, ("clap", "kl"))]))  # fmt: skip
+                           *_run_cells(m, ("clap", "kl")), _f(m["train"].get("last_log", {}).get("loss/reference"))]))  # fmt: skip
     reference = ("the reference being round k − 1's model" if a.get("round_reference") == "previous"
                  else "the reference staying the base")  # fmt: skip
     lines.append(f"\nBase: verifier {r['base']['verifier']:.3f}, mel Fréchet {r['base']['mel_frechet']:.1f} on "
@@ -677,7 +677,8 @@ def oracle_rounds(name: str = "oracle_rounds.json") -> str:
                  f"round k − 1's model (the rollout's seed + k − 1) and tunes {a['max_steps']} steps from its weights, "
                  f"{reference}; loss guided at s = {a['loss_cfg_scale']:g}, learning rate "
                  f"{a['learning_rate']:g}, β = {a['beta']:g}. Tuned prompts: round k's model on round k + 1's rollout "
-                 "against the base's rollout, each prompt's mean over its clips.")  # fmt: skip
+                 "against the base's rollout, each prompt's mean over its clips. Reference term: the regulariser "
+                 "(unweighted by β) against that round's reference, the round's last log (a mean over 20 steps).")  # fmt: skip
     if compared:
         lines[-1] += (" The same round, reference the base: each round against that round of the run whose reference"
                       f" stays the base (`{a['compare_rounds']}`), paired by prompt across the two evaluations, whose "

@@ -550,14 +550,18 @@ def oracle_beta(a: StudyArguments, rollout: str, out: Path, first_round: str, fi
 def paired_between_evals(out: Path, first: tuple[str, str], second: tuple[str, str]) -> dict:
     """`first - second` per score, paired by prompt with a 95 % bootstrap interval; each is `(evaluation, model)`,
     read from the per-prompt means `eval-<evaluation>.json` holds, and both must be on the same prompts."""
+    return paired_between_eval_files(*((out / f"eval-{name}.json", model) for name, model in (first, second)))
+
+
+def paired_between_eval_files(first: tuple[Path, str], second: tuple[Path, str]) -> dict:
+    """`paired_between_evals` for two evaluation reports anywhere: each is `(report path, model)`."""
     from experiments.results_io import paired_between
 
     cols = {}
-    for label, (name, model) in (("first", first), ("second", second)):
-        cols[label] = json.loads((out / f"eval-{name}.json").read_text())["per_prompt"][model]
+    for label, (path, model) in (("first", first), ("second", second)):
+        cols[label] = json.loads(Path(path).read_text())["per_prompt"][model]
     if cols["first"]["prompt_ids"] != cols["second"]["prompt_ids"]:
-        raise ValueError(f"eval-{first[0]}.json and eval-{second[0]}.json evaluate other prompts: they cannot be "
-                         "paired.")  # fmt: skip
+        raise ValueError(f"{first[0]} and {second[0]} evaluate other prompts: they cannot be paired.")
     return paired_between(cols, "first", "second")
 
 

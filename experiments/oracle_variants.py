@@ -48,6 +48,7 @@ from experiments.alignment_study import (  # noqa: E402
     finetune_run,
     logged_means,
     make_rollout,
+    paired_between_eval_files,
     paired_difference,
     rollout_paired,
     rollout_spread,
@@ -219,20 +220,17 @@ def paired_with_compared(a: VariantArguments, out: Path, finals: dict[int, str])
     """Each round k > 1 minus the same round of the `--compare_rounds` run, paired by prompt across the two
     evaluations, with the largest per-prompt difference between the two evaluations of the base (the same clips
     were generated twice: it should be zero)."""
-    from experiments.results_io import paired_between
-
-    theirs = Path(a.compare_rounds)
-    mine_eval = json.loads((out / "eval-main.json").read_text())["per_prompt"]
-    their_eval = json.loads((theirs / "eval-main.json").read_text())["per_prompt"]
-    if mine_eval[a.model]["prompt_ids"] != their_eval[a.model]["prompt_ids"]:
-        raise ValueError(f"--compare_rounds {theirs} evaluated other prompts: its rounds cannot be paired with these.")
+    mine, theirs = out / "eval-main.json", Path(a.compare_rounds) / "eval-main.json"
+    mine_base = json.loads(mine.read_text())["per_prompt"][a.model]
+    their_models = json.loads(theirs.read_text())["per_prompt"]
+    if mine_base["prompt_ids"] != their_models[a.model]["prompt_ids"]:
+        raise ValueError(f"--compare_rounds {a.compare_rounds} evaluated other prompts: its rounds cannot be paired.")
     result = {"base_max_abs_difference": max(abs(x - y) for x, y in zip(
-        mine_eval[a.model]["verifier"], their_eval[a.model]["verifier"], strict=True))}  # fmt: skip
+        mine_base["verifier"], their_models[a.model]["verifier"], strict=True))}  # fmt: skip
     for k, folder in finals.items():
-        other = str(theirs / "runs" / rounds_name(a, "start") / f"round-{k}" / "final")
-        if k > 1 and other in their_eval:
-            result[f"round-{k}"] = paired_between({"first": mine_eval[folder], "second": their_eval[other]}, "first",
-                                                  "second")  # fmt: skip
+        other = str(Path(a.compare_rounds) / "runs" / rounds_name(a, "start") / f"round-{k}" / "final")
+        if k > 1 and other in their_models:
+            result[f"round-{k}"] = paired_between_eval_files((mine, folder), (theirs, other))
     return result
 
 

@@ -433,7 +433,8 @@ def run_rounds(args: RewardFlowConfig, model_args=None, callbacks: list | None =
     """Online rounds (after ORW-CFM): round 1 trains on `--rollout`; round k > 1 first rolls out with round k-1's
     tuned pipeline, with the first rollout's generation settings and seed + k - 1. The reference is the starting
     model in every round (with LoRA the adapter carries over, so "adapters off" is still the starting model), or with
-    `--round_reference previous` round k - 1's tuned model (full fine-tuning only). A finished round (its `final/` exists) is skipped on rerun; an unfinished one resumes from its checkpoints."""
+    `--round_reference previous` round k - 1's tuned model (full fine-tuning only). A finished round (its `final/`
+    exists) is skipped on rerun; an unfinished one resumes from its checkpoints."""
     from rewardflow.distributed import process_state
     from rewardflow.rollout import rollout
     from rewardflow.rollout_config import RolloutConfig

@@ -283,12 +283,11 @@ def degradation_rates(folder: str, a: StudyArguments) -> dict:
     import torch
 
     from base_model import MaskAudioFlowPipeline
-    from reward_models.classifiers import load_classifier
+    from reward_models.classifiers import degradation_kinds, load_classifier
     from rewardflow.prompts import load_prompts, sample_seed
 
     clf = load_classifier("synthcaps")
-    idx = [i for i, lab in enumerate(clf.labels) if lab.startswith("degradation=")]
-    names = [clf.labels[i].split("=")[1] for i in idx]
+    names = [lab.split("=")[1] for lab in clf.labels if lab.startswith("degradation=")]
     rows = load_prompts("synthcaps:heldout", a.eval_prompts, first_prompt=a.first_prompt)
     pipe = MaskAudioFlowPipeline.from_pretrained(folder)
     counts, flags = dict.fromkeys(names, 0), []
@@ -297,9 +296,9 @@ def degradation_rates(folder: str, a: StudyArguments) -> dict:
         seeds = [sample_seed(1000, r["prompt_id"], 0) for r in chunk]  # the evaluation's seeds (EvaluateConfig.seed)
         with torch.inference_mode():
             wav = pipe([r["prompt"] for r in chunk], seed=seeds).waveforms
-        for j in clf.probs(wav, 16000)[:, idx].argmax(1).tolist():
-            counts[names[j]] += 1
-            flags.append(int(names[j] != "none"))
+        for kind in degradation_kinds(clf.probs(wav, 16000), clf.labels):
+            counts[kind] += 1
+            flags.append(int(kind != "none"))
     n = len(rows)
     return {"clips": n, **{k: v / n for k, v in counts.items()}, "degraded": 1 - counts["none"] / n,
             "degraded_by_prompt": flags, "prompt_ids": [r["prompt_id"] for r in rows]}  # fmt: skip

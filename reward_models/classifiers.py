@@ -113,6 +113,17 @@ def kl_divergence(p_ref: np.ndarray, p_gen: np.ndarray, eps: float = 1e-6) -> np
     return np.maximum((p * np.log(p / q)).sum(1), 0.0)
 
 
+def degradation_kinds(probs, labels: list[str]) -> list[str] | None:
+    """Each clip's most probable `degradation=<kind>` label (`none`, `hiss`, `clipping`, `muffled`) from classifier
+    probabilities `(B, K)` over `labels`; None where the labels have no degradation group (SynthMusic, PANNs). The
+    evaluation's `degraded` and the alignment study's degradation shares are read with it."""
+    idx = [i for i, lab in enumerate(labels) if lab.startswith("degradation=")]
+    if not idx:
+        return None
+    kinds = [labels[i].split("=", 1)[1] for i in idx]
+    return [kinds[j] for j in np.asarray(probs)[:, idx].argmax(1)]
+
+
 class SynthCapsClassifierConfig(PretrainedConfig):
     r"""Configuration of [`SynthCapsClassifier`].
 

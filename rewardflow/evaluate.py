@@ -11,7 +11,8 @@ Per model: CLAP score (checkpoint named), aesthetics and its four axes, the corp
 FAD over CLAP audio embeddings (the embedding model named), a Fréchet distance over mel statistics, the paper's KL
 between classifier label distributions of each clip and its prompt's reference clip (the bundled SynthCaps or SynthMusic
 attribute classifier offline, PANNs Cnn14 with `--kl_classifier panns:<checkpoint>`) with a Fréchet distance over that
-classifier's embeddings, and seconds per clip. Every model generates the same prompts with the same per-clip seeds, derived from the prompt id, so clips are
+classifier's embeddings, the share of clips that classifier reads as degraded (hiss, clipping, muffling; SynthCaps
+only), and seconds per clip. Every model generates the same prompts with the same per-clip seeds, derived from the prompt id, so clips are
 paired by `(prompt_id, sample_index)`, never by order: each later model's difference to the first comes with a 95%
 bootstrap interval over prompts. A metric that cannot be computed says why (`n/a: <reason>`); failures raise.
 `evaluate_selections` gives several best-of-N reports (N and rerank reward) from one generation of the candidates.
@@ -212,19 +213,26 @@ class References:
             fd = f"Fréchet distance between {c.model_id} embeddings of generated and reference clips"
         else:
             kl = fd = self.no_kl_reason
+        degraded = {}
+        if c is not None and any(lab.startswith("degradation=") for lab in getattr(c, "labels", [])):
+            degraded["degraded"] = (
+                f"share of clips whose most probable {c.model_id} degradation label is not `none` (hiss, clipping or "
+                "muffling, read from the audio)"
+            )
         return {
             "clap": f"mean cosine(text, audio) of {clap.model_id} (checkpoint {clap.checkpoint_hash[:12]})",
             "fad_clap": f"Fréchet distance between {clap.model_id} audio embeddings of generated and reference clips",
             "mel_frechet": "Fréchet distance between per-clip mel-bin mean/std statistics (2 x 80 dims)",
             "kl": kl,
             "fd_classifier": fd,
+            **degraded,
             **{n: f"{r.model_id} (checkpoint {r.checkpoint_hash[:12]})" for n, r in rewards.items() if n != "clap"},
         }
 
     def distances(self, gen: torch.Tensor, keys: list, scores: dict) -> dict:
         """FAD, mel and classifier Fréchet distances of one model's clips `(N, samples)`; adds each clip's KL to
-        `scores`."""
-        from reward_models.classifiers import kl_divergence
+        `scores`, and with a SynthCaps classifier whether the clip reads degraded (`degraded`, 1 or 0)."""
+        from reward_models.classifiers import degradation_kinds, kl_divergence
         from rewardflow.metrics import frechet_distance, mel_statistics
 
         out = {}
@@ -239,6 +247,9 @@ class References:
             kl = kl_divergence(np.stack([self.probs[p] for p, _ in keys]), gen_p.numpy())
             for key, value in zip(keys, kl):
                 scores[key]["kl"] = float(value)
+            kinds = degradation_kinds(gen_p, getattr(self.classifier, "labels", []))
+            for key, kind in zip(keys, kinds or []):  # a SynthCaps classifier also hears hiss, clipping, muffling
+                scores[key]["degraded"] = float(kind != "none")
             out["fd_classifier"] = frechet_distance(gen_emb.numpy(), self.cls_emb.numpy())
         else:
             out["kl"] = out["fd_classifier"] = self.no_kl_reason

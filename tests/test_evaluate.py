@@ -133,7 +133,7 @@ def test_model_against_its_copy_and_best_of(tmp_path, monkeypatch):
     assert {k: v for k, v in m.items() if k != "seconds_per_clip"} == {
         k: v for k, v in c.items() if k != "seconds_per_clip"
     }
-    for key in ("aesthetics/PQ", "aesthetics/PC", "aesthetics/CE", "aesthetics/CU", "clap", "kl"):
+    for key in ("aesthetics/PQ", "aesthetics/PC", "aesthetics/CE", "aesthetics/CU", "clap", "kl", "degraded"):
         assert math.isfinite(m[key]), key
         assert report["paired_vs_first"][str(copy)][key] == {"mean": 0.0, "ci95": [0.0, 0.0]}
     assert m["kl"] > 0 and m["fd_classifier"] > 0  # generated clips are not their references
@@ -148,10 +148,34 @@ def test_model_against_its_copy_and_best_of(tmp_path, monkeypatch):
     assert not any(k.startswith("verifier/") for k in report["paired_vs_first"][str(copy)])
     assert "synthcaps-classifier" in report["metric_info"]["kl"]
     assert "synthcaps-classifier" in report["metric_info"]["fd_classifier"]
+    assert m["degraded"] in (0, 0.25, 0.5, 0.75, 1) and "degradation" in report["metric_info"]["degraded"]
     assert "laion" in report["metric_info"]["fad_clap"] or "clap" in report["metric_info"]["fad_clap"]
     best = evaluate("--models", "synthcaps", "--max_prompts", "4", "--best_of", "2", "--rerank_reward", "verifier")
     assert best["selection"] == "best-of-2 by verifier" and "best-of-2 by verifier" in best["table"]
     assert best["models"]["synthcaps"]["verifier"] >= m["verifier"]  # candidate 0 is the single sample
+
+
+def test_degraded_is_the_share_of_clips_whose_most_probable_degradation_is_not_none(monkeypatch):
+    """The classifier is made to hear clipping on every other generated clip (and never on a reference): `degraded`
+    is the share of those clips, and each prompt's mean over its clips is kept for pairing like every other score."""
+    from reward_models.classifiers import SynthCapsAttributeClassifier
+
+    one_pass = SynthCapsAttributeClassifier.probs_and_embed
+    calls = []
+
+    def hears_clipping(self, w, sr):
+        probs, emb = one_pass(self, w, sr)
+        none, hiss, clipping, muffled = [i for i, lab in enumerate(self.labels) if lab.startswith("degradation=")]
+        probs[:, [hiss, clipping, muffled]], probs[:, none] = 0.1, 0.5
+        if calls:  # the first pass is the reference clips'
+            probs[1::2, clipping] = 0.9
+        calls.append(len(w))
+        return probs, emb
+
+    monkeypatch.setattr(SynthCapsAttributeClassifier, "probs_and_embed", hears_clipping)
+    report = evaluate("--models", "synthcaps", "--max_prompts", "3", "--num_samples", "2", "--rewards", "clap")
+    assert calls == [3, 6] and report["models"]["synthcaps"]["degraded"] == 0.5
+    assert report["per_prompt"]["synthcaps"]["degraded"] == [0.5, 0.5, 0.5]  # one of each prompt's two clips
 
 
 def test_selections_share_candidates_and_report_what_each_run_alone_reports(monkeypatch):

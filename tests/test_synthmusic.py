@@ -193,4 +193,5 @@ def test_music_classifier_labels_and_evaluation_on_music_prompts(tmp_path):
     )  # fmt: skip
     m = report["models"]["synthcaps"]
     assert 0 <= m["verifier"] <= 1 and m["kl"] > 0 and "synthmusic-classifier" in report["metric_info"]["kl"]
+    assert "degraded" not in m and "degraded" not in report["metric_info"]  # music renders carry no degradation
     assert set(report["verifier_by_attribute"]["synthcaps"]) >= {"tempo", "mode", "timbre"}

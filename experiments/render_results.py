@@ -930,8 +930,10 @@ def aesthetics(name: str = "results.json") -> str:
         lines.append(_row([label, _f(d["degraded"]), _f(d["hiss"]), _f(d["clipping"]), _f(d["muffled"]), *deltas]))
     paired = deg["aesthetics-topk"].get("degraded_minus_control")
     if paired:  # studies made before the readings were kept per prompt have no interval
+        control = deg["control"].get("degraded_minus_base")
         lines.append(f"\nDegraded share, aesthetics-tuned − control, paired by prompt: {_bci(paired)}; − base: "
-                     f"{_bci(deg['aesthetics-topk']['degraded_minus_base'])}.")  # fmt: skip
+                     f"{_bci(deg['aesthetics-topk']['degraded_minus_base'])}"
+                     + (f"; control − base: {_bci(control)}." if control else "."))  # fmt: skip
     if "aesthetics_minus_control" in r:
         d = r["aesthetics_minus_control"]
         lines.append(f"\nAesthetics-tuned − control, paired by prompt: verifier {_bci(d['verifier'])}, aesthetics "
@@ -1218,6 +1220,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "oracle-rounds-previous": lambda: oracle_rounds("oracle_rounds_previous.json"),
     "aesthetics-heldout": lambda: aesthetics("heldout_rollout_items.json"),
     "aesthetics-heldout-768": lambda: aesthetics("heldout_rollout_guided_768.json"),
+    "aesthetics-fresh": lambda: aesthetics("heldout_rollout_aesthetics_fresh.json"),
     "best-of-n-heldout": lambda: best_of_n("heldout_rollout_items.json"),
     "guardrail-heldout": lambda: guardrail("heldout_rollout_items.json"),
     "tau-heldout": lambda: tau("heldout_rollout_tau.json"),

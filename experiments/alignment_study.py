@@ -232,9 +232,10 @@ def finetune_run(a: StudyArguments, name: str, fields: dict, rollout: str, out: 
 
 
 def _cached_evaluation(path: Path, settings: dict) -> dict | None:
-    """The study's evaluation report at `path` when it was made with `settings`, else None."""
+    """The study's evaluation report at `path` when it was made with `settings`, else None. A report made before
+    `evaluate.py` read each clip's degradation (no `degradation_by_kind`) is made again: the study reads it."""
     if path.is_file() and (report := json.loads(path.read_text()))["study_settings"] == settings:
-        return report
+        return report if "degradation_by_kind" in report else None
     return None
 
 
@@ -277,60 +278,26 @@ def evaluate_reranked(a: StudyArguments, out: Path, names: dict[tuple[str, int],
     return reports
 
 
-def degradation_rates(folder: str, a: StudyArguments) -> dict:
-    """Share of a model's clips the SynthCaps classifier reads as degraded (hiss, clipping, muffling), on the
-    evaluation prompts and seeds (one clip each); `degraded_by_prompt` is 1 where a prompt's clip reads degraded."""
-    import torch
-
-    from base_model import MaskAudioFlowPipeline
-    from reward_models.classifiers import degradation_kinds, load_classifier
-    from rewardflow.prompts import load_prompts, sample_seed
-
-    clf = load_classifier("synthcaps")
-    names = [lab.split("=")[1] for lab in clf.labels if lab.startswith("degradation=")]
-    rows = load_prompts("synthcaps:heldout", a.eval_prompts, first_prompt=a.first_prompt)
-    pipe = MaskAudioFlowPipeline.from_pretrained(folder)
-    counts, flags = dict.fromkeys(names, 0), []
-    for b in range(0, len(rows), 16):
-        chunk = rows[b : b + 16]
-        seeds = [sample_seed(1000, r["prompt_id"], 0) for r in chunk]  # the evaluation's seeds (EvaluateConfig.seed)
-        with torch.inference_mode():
-            wav = pipe([r["prompt"] for r in chunk], seed=seeds).waveforms
-        for kind in degradation_kinds(clf.probs(wav, 16000), clf.labels):
-            counts[kind] += 1
-            flags.append(int(kind != "none"))
-    n = len(rows)
-    return {"clips": n, **{k: v / n for k, v in counts.items()}, "degraded": 1 - counts["none"] / n,
-            "degraded_by_prompt": flags, "prompt_ids": [r["prompt_id"] for r in rows]}  # fmt: skip
-
-
-def degradation_readings(a: StudyArguments, out: Path, models: dict[str, str]) -> dict:
-    """`degradation_rates` of each of `models` (`name -> folder`), read back from `<out>/degradation.json` when made
-    for the same model and prompts; then every model but the base against the base, and every model but the base
-    and the control against `control` (when one is given): the difference in the share of degraded clips, paired by
-    prompt (one clip each, the same seed), with a 95 % bootstrap interval."""
+def degradation_readings(report: dict, models: dict[str, str]) -> dict:
+    """The share of each of `models`' (`name -> folder`) clips that the SynthCaps classifier reads as degraded (hiss,
+    clipping, muffling), from the study's evaluation `report` (`evaluate.py`'s `degraded` and `degradation_by_kind`,
+    one classifier pass over the evaluated clips); then every model but the base against the base, and every model
+    but the base and the control against `control` (when one is given): the difference in the degraded share, paired
+    by prompt (the same seeds), with a 95 % bootstrap interval."""
     import numpy as np
 
-    from base_model.files import atomic_write_json
     from rewardflow.metrics import bootstrap_interval
 
-    path = out / "degradation.json"
-    made = json.loads(path.read_text()) if path.is_file() else {}
-    settings = {"first_prompt": a.first_prompt, "eval_prompts": a.eval_prompts}
-    for name, folder in models.items():
-        reading = made.get(name, {})
-        if reading.get("study_settings") != {**settings, "model": folder} or "degraded_by_prompt" not in reading:
-            made[name] = {**degradation_rates(folder, a), "study_settings": {**settings, "model": folder}}
-            atomic_write_json(path, made)
-    rows = {n: {k: v for k, v in made[n].items() if k not in ("study_settings", "degraded_by_prompt", "prompt_ids")}
-            for n in models}  # fmt: skip
+    if "degradation_by_kind" not in report:
+        raise ValueError("the evaluation report has no degradation reading: the study evaluates SynthCaps prompts.")
+    clips = report["settings"]["num_samples"] * len(report["per_prompt"][models["base"]]["prompt_ids"])
+    rows = {n: {"clips": clips, **report["degradation_by_kind"][f], "degraded": report["models"][f]["degraded"]}
+            for n, f in models.items()}  # fmt: skip
 
     def paired(first: str, second: str) -> dict:
-        if made[first]["prompt_ids"] != made[second]["prompt_ids"]:
-            raise ValueError(f"the degradation readings of {first} and {second} are on other prompts.")
-        diff = np.subtract(made[first]["degraded_by_prompt"], made[second]["degraded_by_prompt"], dtype=np.float64)
-        mean, lo, hi = bootstrap_interval(diff)
-        return {"mean": mean, "ci95": [lo, hi], "prompts": len(diff)}
+        a, b = (report["per_prompt"][models[n]]["degraded"] for n in (first, second))
+        mean, lo, hi = bootstrap_interval(np.subtract(a, b, dtype=np.float64))
+        return {"mean": mean, "ci95": [lo, hi], "prompts": len(a)}
 
     for name in models:
         if name != "base":
@@ -426,7 +393,7 @@ def main(a: StudyArguments) -> dict:
         result["oracle_beta"] = oracle_beta(a, rollout, out, finals["verifier-topk"], first_tuned)
     if "aesthetics" in a.questions:
         result["degradation"] = degradation_readings(
-            a, out, {"base": a.model, "aesthetics-topk": finals["aesthetics-topk"], "control": finals["control"]}
+            report, {"base": a.model, "aesthetics-topk": finals["aesthetics-topk"], "control": finals["control"]}
         )
     if "clap_vs_control" in a.questions:
         result["clap_minus_control"] = paired_difference(a, finals["clap-topk"], finals["control"])

@@ -231,7 +231,8 @@ class References:
 
     def distances(self, gen: torch.Tensor, keys: list, scores: dict) -> dict:
         """FAD, mel and classifier Fréchet distances of one model's clips `(N, samples)`; adds each clip's KL to
-        `scores`, and with a SynthCaps classifier whether the clip reads degraded (`degraded`, 1 or 0)."""
+        `scores`, and with a SynthCaps classifier whether the clip reads degraded (`degraded`, 1 or 0) and as which
+        kind (`degradation/<kind>`, 1 for its most probable degradation label, 0 for the others)."""
         from reward_models.classifiers import degradation_kinds, kl_divergence
         from rewardflow.metrics import frechet_distance, mel_statistics
 
@@ -247,9 +248,12 @@ class References:
             kl = kl_divergence(np.stack([self.probs[p] for p, _ in keys]), gen_p.numpy())
             for key, value in zip(keys, kl):
                 scores[key]["kl"] = float(value)
-            kinds = degradation_kinds(gen_p, getattr(self.classifier, "labels", []))
+            labels = getattr(self.classifier, "labels", [])
+            kinds = degradation_kinds(gen_p, labels)
+            every = [lab.split("=", 1)[1] for lab in labels if lab.startswith("degradation=")]
             for key, kind in zip(keys, kinds or []):  # a SynthCaps classifier also hears hiss, clipping, muffling
                 scores[key]["degraded"] = float(kind != "none")
+                scores[key].update({f"degradation/{k}": float(k == kind) for k in every})
             out["fd_classifier"] = frechet_distance(gen_emb.numpy(), self.cls_emb.numpy())
         else:
             out["kl"] = out["fd_classifier"] = self.no_kl_reason
@@ -396,6 +400,10 @@ def evaluate_selections(cfg: EvaluateConfig, selections: list[Selection]) -> dic
             report["paired_by_attribute"] = {
                 name: {k.removeprefix("verifier/"): v for k, v in diffs.items()} for name, diffs in paired.items()
             }
+        if "degraded" in next(iter(per_clip[sel].values()))[keys[0]]:
+            report["degradation_by_kind"] = {
+                name: degradation_by_kind(scores, keys) for name, scores in per_clip[sel].items()
+            }
         report["table"] = format_table(report)
     return reports
 
@@ -413,7 +421,9 @@ def _save_clips(cfg, index: int, name: str, keys, by_id, waves, scores, sample_r
         rel = f"audio/model-{index}/{p}-{s}.wav"
         save_wav(Path(cfg.output_dir) / rel, waves[(p, s)], sample_rate)
         entry = {
-            k.removeprefix("reward/"): v for k, v in scores[(p, s)].items() if not k.startswith("reward/verifier/")
+            k.removeprefix("reward/"): v
+            for k, v in scores[(p, s)].items()
+            if not k.startswith(("reward/verifier/", "degradation/"))
         }
         clips["clips"].append(
             {"model": name, "prompt_id": p, "sample_index": s, "prompt": by_id[p]["prompt"], "audio": rel, **entry}
@@ -425,8 +435,8 @@ def _summarise(scores: dict, keys: list) -> dict:
     """Mean of each score over clips; NaN-only scores (e.g. the verifier on prompts without attributes) say why."""
     out = {}
     for col in scores[keys[0]]:
-        if col.startswith("reward/verifier/"):
-            continue  # per-attribute diagnostics (NaN where an attribute is absent): the rollout table keeps them
+        if col.startswith(("reward/verifier/", "degradation/")):
+            continue  # per-attribute and per-kind diagnostics: `verifier_by_attribute`, `degradation_by_kind`
         v = np.array([scores[k][col] for k in keys], dtype=np.float64)
         if np.isfinite(v).any():
             out[col.removeprefix("reward/")] = float(np.nanmean(v))
@@ -458,6 +468,12 @@ def verifier_by_attribute(scores: dict, keys: list, n: int = 2000) -> dict:
                     "accuracy": float(np.nanmean(v)), "ci95": [lo, hi], "checked": checked,
                 }  # fmt: skip
     return out
+
+
+def degradation_by_kind(scores: dict, keys: list) -> dict:
+    """`{kind: share of clips}` over each degradation kind the classifier reads (`none` included; they sum to 1)."""
+    kinds = [c.removeprefix("degradation/") for c in scores[keys[0]] if c.startswith("degradation/")]
+    return {k: float(np.mean([scores[key][f"degradation/{k}"] for key in keys])) for k in kinds}
 
 
 def _summary_column(col: str) -> bool:

@@ -157,7 +157,8 @@ def test_model_against_its_copy_and_best_of(tmp_path, monkeypatch):
 
 def test_degraded_is_the_share_of_clips_whose_most_probable_degradation_is_not_none(monkeypatch):
     """The classifier is made to hear clipping on every other generated clip (and never on a reference): `degraded`
-    is the share of those clips, and each prompt's mean over its clips is kept for pairing like every other score."""
+    is the share of those clips, each prompt's mean over its clips is kept for pairing like every other score, and
+    `degradation_by_kind` gives each kind's share."""
     from reward_models.classifiers import SynthCapsAttributeClassifier
 
     one_pass = SynthCapsAttributeClassifier.probs_and_embed
@@ -176,6 +177,9 @@ def test_degraded_is_the_share_of_clips_whose_most_probable_degradation_is_not_n
     report = evaluate("--models", "synthcaps", "--max_prompts", "3", "--num_samples", "2", "--rewards", "clap")
     assert calls == [3, 6] and report["models"]["synthcaps"]["degraded"] == 0.5
     assert report["per_prompt"]["synthcaps"]["degraded"] == [0.5, 0.5, 0.5]  # one of each prompt's two clips
+    kinds = {"none": 0.5, "hiss": 0.0, "clipping": 0.5, "muffled": 0.0}
+    assert report["degradation_by_kind"] == {"synthcaps": kinds}
+    assert not any(k.startswith("degradation/") for k in report["models"]["synthcaps"])  # kinds are not columns
 
 
 def test_selections_share_candidates_and_report_what_each_run_alone_reports(monkeypatch):

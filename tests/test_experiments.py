@@ -320,6 +320,11 @@ def test_alignment_study_tiny(tmp_path, monkeypatch):
     assert paired["prompts"] == 3
     assert paired["mean"] == pytest.approx(deg["aesthetics-topk"]["degraded"] - deg["control"]["degraded"])
     assert paired["ci95"][0] <= paired["mean"] <= paired["ci95"][1] and "degraded_minus_control" not in deg["control"]
+    # the reading is the evaluation's own (one classifier pass over the evaluated clips): its shares are `degraded`
+    for name in ("control", "aesthetics-topk"):
+        assert deg[name]["degraded"] == result["runs"][name]["model"]["degraded"], name
+        assert sum(deg[name][k] for k in ("none", "hiss", "clipping", "muffled")) == pytest.approx(1.0), name
+    assert deg["base"]["degraded"] == result["base"]["degraded"] and deg["base"]["clips"] == 3
     assert set(result["best_of_n"]) == {"clap-2", "verifier-2", "clap-2-matched"}
     assert all(
         "verifier" in b["tuned_minus_this"] and "clap" in b["tuned_minus_this"] for b in result["best_of_n"].values()
@@ -336,15 +341,12 @@ def test_alignment_study_tiny(tmp_path, monkeypatch):
     )
     assert [r["step"] for r in result["guardrail"]["history"]] == [0, 1, 2]
     assert "verifier" in result["guardrail"]["kept_minus_last"]  # against clap-topk, the same run unguarded
-    import experiments.alignment_study as study
-
-    def unexpected(*args):
-        raise AssertionError("the degradation reading is read back, not made again")
-
-    monkeypatch.setattr(study, "degradation_rates", unexpected)
     import rewardflow.evaluate
 
-    monkeypatch.setattr(rewardflow.evaluate, "evaluate_selections", unexpected)  # best-of-N too
+    def unexpected(*args):
+        raise AssertionError("the evaluations are read back, not made again")
+
+    monkeypatch.setattr(rewardflow.evaluate, "evaluate_selections", unexpected)  # the main one and best-of-N
     assert main(a)["degradation"] == result["degradation"]  # a rerun reads everything back
     assert json.loads((tmp_path / "published" / "results.json").read_text())["runs"].keys() == result["runs"].keys()
     # every table of the record renders from that JSON

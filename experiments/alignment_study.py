@@ -288,8 +288,6 @@ def degradation_readings(report: dict, models: dict[str, str]) -> dict:
 
     from rewardflow.metrics import bootstrap_interval
 
-    if "degradation_by_kind" not in report:
-        raise ValueError("the evaluation report has no degradation reading: the study evaluates SynthCaps prompts.")
     clips = report["settings"]["num_samples"] * len(report["per_prompt"][models["base"]]["prompt_ids"])
     rows = {n: {"clips": clips, **report["degradation_by_kind"][f], "degraded": report["models"][f]["degraded"]}
             for n, f in models.items()}  # fmt: skip

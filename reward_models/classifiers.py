@@ -113,15 +113,20 @@ def kl_divergence(p_ref: np.ndarray, p_gen: np.ndarray, eps: float = 1e-6) -> np
     return np.maximum((p * np.log(p / q)).sum(1), 0.0)
 
 
+def degradation_labels(labels: list[str]) -> dict[int, str]:
+    """`{label index: kind}` of the `degradation=<kind>` labels among `labels` (`none`, `hiss`, `clipping`,
+    `muffled` for SynthCaps); empty where there are none (SynthMusic, PANNs)."""
+    return {i: lab.split("=", 1)[1] for i, lab in enumerate(labels) if lab.startswith("degradation=")}
+
+
 def degradation_kinds(probs, labels: list[str]) -> list[str] | None:
-    """Each clip's most probable `degradation=<kind>` label (`none`, `hiss`, `clipping`, `muffled`) from classifier
-    probabilities `(B, K)` over `labels`; None where the labels have no degradation group (SynthMusic, PANNs). The
-    evaluation's `degraded` and the alignment study's degradation shares are read with it."""
-    idx = [i for i, lab in enumerate(labels) if lab.startswith("degradation=")]
-    if not idx:
+    """Each clip's most probable `degradation=<kind>` label from classifier probabilities `(B, K)` over `labels`;
+    None where the labels have no degradation group. The evaluation's `degraded` is read with it."""
+    kinds = degradation_labels(labels)
+    if not kinds:
         return None
-    kinds = [labels[i].split("=", 1)[1] for i in idx]
-    return [kinds[j] for j in np.asarray(probs)[:, idx].argmax(1)]
+    names = list(kinds.values())
+    return [names[j] for j in np.asarray(probs)[:, list(kinds)].argmax(1)]
 
 
 class SynthCapsClassifierConfig(PretrainedConfig):

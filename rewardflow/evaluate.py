@@ -203,6 +203,8 @@ class References:
             self.probs = dict(zip((r["prompt_id"] for r in rows), probs.numpy()))
 
     def metric_info(self, rewards: dict) -> dict:
+        from reward_models.classifiers import degradation_labels
+
         clap, c = self.clap, self.classifier
         if c is not None:
             kl = (
@@ -214,7 +216,7 @@ class References:
         else:
             kl = fd = self.no_kl_reason
         degraded = {}
-        if c is not None and any(lab.startswith("degradation=") for lab in getattr(c, "labels", [])):
+        if c is not None and degradation_labels(getattr(c, "labels", [])):
             degraded["degraded"] = (
                 f"share of clips whose most probable {c.model_id} degradation label is not `none` (hiss, clipping or "
                 "muffling, read from the audio)"
@@ -233,7 +235,7 @@ class References:
         """FAD, mel and classifier Fréchet distances of one model's clips `(N, samples)`; adds each clip's KL to
         `scores`, and with a SynthCaps classifier whether the clip reads degraded (`degraded`, 1 or 0) and as which
         kind (`degradation/<kind>`, 1 for its most probable degradation label, 0 for the others)."""
-        from reward_models.classifiers import degradation_kinds, kl_divergence
+        from reward_models.classifiers import degradation_kinds, degradation_labels, kl_divergence
         from rewardflow.metrics import frechet_distance, mel_statistics
 
         out = {}
@@ -249,8 +251,7 @@ class References:
             for key, value in zip(keys, kl):
                 scores[key]["kl"] = float(value)
             labels = getattr(self.classifier, "labels", [])
-            kinds = degradation_kinds(gen_p, labels)
-            every = [lab.split("=", 1)[1] for lab in labels if lab.startswith("degradation=")]
+            kinds, every = degradation_kinds(gen_p, labels), degradation_labels(labels).values()
             for key, kind in zip(keys, kinds or []):  # a SynthCaps classifier also hears hiss, clipping, muffling
                 scores[key]["degraded"] = float(kind != "none")
                 scores[key].update({f"degradation/{k}": float(k == kind) for k in every})
